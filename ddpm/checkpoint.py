@@ -1,0 +1,127 @@
+"""Checkpoints: written atomically, loaded safely, found again after any interruption.
+
+A checkpoint is one ``torch.save`` file holding only tensors and plain containers, so that
+``torch.load(weights_only=True)`` reads it: a file carrying pickled code is refused, not run.
+Writes go to a temporary file in the same folder, are fsynced and renamed over the target, so a
+kill at any moment leaves either the old or the new file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddpm.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+STEP_RE = re.compile(r"^step_(\d+)\.pt$")
+FORMAT = "ddpm-checkpoint-v1"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to ``path`` through a temp file + fsync + rename; the old file survives any failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def save_checkpoint(state: dict[str, Any], ckpt_dir: str | Path, step: int, keep: int) -> Path:
+    """Write ``step_XXXXXXX.pt`` and point ``last.pt`` at it; keep the ``keep`` newest step files."""
+    ckpt_dir = Path(ckpt_dir)
+    state = {"format": FORMAT, **state}
+    step_path = atomic_save(state, ckpt_dir / f"step_{step:07d}.pt")
+    # last.pt is a hard link to the same bytes (no second write), swapped in atomically.
+    tmp_link = ckpt_dir / f".last.pt.{os.getpid()}.lnk"
+    tmp_link.unlink(missing_ok=True)
+    try:
+        os.link(step_path, tmp_link)
+        os.replace(tmp_link, ckpt_dir / "last.pt")
+    except OSError:  # file systems without hard links
+        tmp_link.unlink(missing_ok=True)
+        atomic_save(state, ckpt_dir / "last.pt")
+    if keep >= 0:
+        for old in step_checkpoints(ckpt_dir)[keep:]:
+            if old != step_path:
+                old.unlink(missing_ok=True)
+    return step_path
+
+
+def step_checkpoints(ckpt_dir: str | Path) -> list[Path]:
+    """Step checkpoints of a folder, newest first."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := STEP_RE.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; every failure is a :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise CheckpointError(f"checkpoint {path} was refused by the safe loader (weights_only=True): {first}") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {first}") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a ddpm checkpoint (no '{FORMAT}' marker)")
+    return state
+
+
+def find_latest(ckpt_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of a folder that loads; broken files are skipped with a warning."""
+    ckpt_dir = Path(ckpt_dir)
+    candidates = step_checkpoints(ckpt_dir)
+    last = ckpt_dir / "last.pt"
+    if last.is_file():
+        candidates.insert(0, last)
+    best: tuple[int, Path, dict[str, Any]] | None = None
+    for path in candidates:
+        try:
+            state = load_checkpoint(path, map_location)
+        except CheckpointError as exc:
+            log.warning("skipping %s", exc)
+            continue
+        if best is None or state["step"] > best[0]:
+            best = (state["step"], path, state)
+        if path != last:  # step files are sorted newest first: the first good one wins
+            break
+    return None if best is None else (best[1], best[2])

@@ -1,0 +1,85 @@
+"""The Hydra entry points' shared shell: config checks up front, user errors as one line.
+
+Every ``ddpm-*`` command is ``@hydra_main(config_name=...)`` over a function ``fn(cfg, run_dir)``.
+Before Hydra runs, the command line is composed once with Hydra's compose API so that an unknown
+group option, key or wrongly typed value is reported as one ``error: ...`` line with exit code 2
+instead of Hydra's multi-line report.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from ddpm.config import register_configs
+from ddpm.errors import EXIT_USAGE, USER_ERRORS
+
+CONFIG_MODULE = "ddpm.conf"
+log = logging.getLogger("ddpm")
+
+# Flags that make Hydra do something other than run the job: leave them to Hydra.
+_HYDRA_FLAGS = ("-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve", "--package", "-p", "--shell-completion", "-sc", "--version", "--run", "-r", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun")
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` (or of the first cause that has one) folded onto one line."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = " ".join(str(seen).split())
+        if text:
+            return text
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__
+
+
+def fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USAGE)
+
+
+def precheck(config_name: str, argv: list[str]) -> None:
+    """Compose the config from ``argv``'s overrides; exit with one line if that fails."""
+    if any(a.split("=")[0] in _HYDRA_FLAGS for a in argv):
+        return
+    overrides = [a for a in argv if not a.lstrip("+~").startswith("hydra.") and not a.lstrip("+~").startswith("hydra/")]
+    from hydra import compose, initialize_config_module
+
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            compose(config_name, overrides=overrides)
+    except Exception as exc:  # Hydra and OmegaConf raise many types; all mean a bad command line
+        fail(one_line(exc))
+
+
+def hydra_main(config_name: str, extra_errors: tuple[type[BaseException], ...] = ()) -> Callable:
+    """Decorate ``fn(cfg, run_dir)`` into a console-script ``main()`` driven by Hydra."""
+    register_configs()
+    errors = USER_ERRORS + tuple(extra_errors)
+
+    def decorate(fn: Callable[[DictConfig, Path], Any]) -> Callable[[], Any]:
+        @functools.wraps(fn)
+        def task(cfg: DictConfig) -> Any:
+            run_dir = Path(HydraConfig.get().runtime.output_dir)
+            try:
+                return fn(cfg, run_dir)
+            except errors as exc:
+                fail(one_line(exc))
+
+        hydra_task = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name)(task)
+
+        def main() -> Any:
+            precheck(config_name, sys.argv[1:])
+            return hydra_task()
+
+        main.__doc__ = fn.__doc__
+        return main
+
+    return decorate

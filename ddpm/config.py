@@ -1,0 +1,155 @@
+"""Typed schemas of the Hydra configs: a misspelt key or a wrong type fails at compose time.
+
+Each YAML group file under ``conf/`` is merged into these dataclasses (struct mode), so only
+the fields declared here exist. Value ranges are checked by :func:`validate_train` before any work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from ddpm.errors import ConfigError
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING  # loader: mnist, cryptopunks, cats, cifar10, folder
+    root: str = ""  # sub-folder of paths.data_dir
+    image_size: int = 32  # side the model sees (MNIST 28 is zero-padded to 32)
+    channels: int = 3
+    hflip: bool = False  # random horizontal flips (not for digits)
+    resize: bool = False  # resize images of another size instead of failing
+    download: bool = False  # let torchvision download where a network exists
+    background: list[int] = field(default_factory=lambda: [99, 133, 150])  # RGB behind transparent pixels
+    path: Optional[str] = None  # folder dataset: a directory or .tar of images
+    test_fraction: float = 0.1  # held-out share for datasets without an official test split
+    num_classes: Optional[int] = None
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    channels: int = 64
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2])
+    num_res_blocks: int = 2
+    attention_resolutions: list[int] = field(default_factory=lambda: [16])
+    num_heads: int = 4
+    dropout: float = 0.1
+    scale_shift_norm: bool = True
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = MISSING  # linear, cosine, quadratic
+    T: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    cosine_s: float = 0.008
+    max_beta: float = 0.999
+
+
+@dataclass
+class GPUConfig:
+    name: str = MISSING
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    precision: str = "fp32"  # fp32, fp16 (GradScaler), bf16
+    tf32: bool = True  # TF32 matmuls/convs on Ampere+ (set explicitly either way)
+    grad_accum_steps: int = 1
+    channels_last: bool = False
+    compile: bool = False
+
+
+@dataclass
+class SamplerConfig:
+    name: str = MISSING  # ddpm, ddim, ... (see ddpm.samplers.SAMPLERS)
+    steps: Optional[int] = None  # network evaluations; null = all T steps
+    eta: float = 0.0  # DDIM noise scale (0 deterministic, 1 ancestral-like)
+    spacing: str = "leading"  # leading, trailing or linspace
+    clip_denoised: bool = True  # clamp x̂_0 to [-1, 1] at each step
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = 10000  # optimizer steps
+    batch_size: int = 128  # per process and micro-batch; global = batch_size x ranks x grad_accum_steps
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 500
+    lr_schedule: str = "constant"  # constant or cosine (after warmup)
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    ema_decay: float = 0.9999
+    objective: str = "eps"  # eps, x0, v
+    seed: int = 0
+    log_every: int = 50
+    sample_every: int = 1000  # 0 disables sample grids
+    num_sample_images: int = 64
+    sample_steps: int = 50  # DDIM steps for the grids written during training
+    ckpt_every: int = 1000
+    keep_checkpoints: int = 3  # rotated step checkpoints kept besides last.pt
+    max_bad_steps: int = 20  # consecutive non-finite steps before giving up
+    progress: bool = True  # tqdm bar
+
+
+@dataclass
+class PathsConfig:
+    data_dir: str = "data"
+    cache_dir: str = "~/.cache/ddpm"
+
+
+@dataclass
+class TrainConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    gpu: GPUConfig = field(default_factory=GPUConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    resume: Optional[str] = None  # latest, a checkpoint path, or null
+    dry_run: bool = False
+    experiment: Optional[str] = None  # name of the applied experiment preset (informational)
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def validate_train(cfg: Any) -> None:
+    """Range checks that the type system cannot express; raises :class:`ConfigError`."""
+    t = cfg.train
+    _check(t.max_steps >= 0, f"train.max_steps must be >= 0, got {t.max_steps}")
+    _check(t.batch_size > 0, f"train.batch_size must be > 0, got {t.batch_size}")
+    _check(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
+    _check(0.0 <= t.ema_decay < 1.0, f"train.ema_decay must lie in [0, 1), got {t.ema_decay}")
+    _check(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    _check(t.lr_schedule in ("constant", "cosine"), f"train.lr_schedule must be constant or cosine, got {t.lr_schedule!r}")
+    _check(t.objective in ("eps", "x0", "v"), f"train.objective must be eps, x0 or v, got {t.objective!r}")
+    _check(t.grad_clip >= 0, f"train.grad_clip must be >= 0, got {t.grad_clip}")
+    for key in ("log_every", "sample_every", "ckpt_every", "num_sample_images", "keep_checkpoints"):
+        _check(t[key] >= 0, f"train.{key} must be >= 0, got {t[key]}")
+    _check(t.sample_steps >= 1, f"train.sample_steps must be >= 1, got {t.sample_steps}")
+    _check(t.max_bad_steps >= 1, f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}")
+    g = cfg.gpu
+    _check(g.precision in ("fp32", "fp16", "bf16"), f"gpu.precision must be fp32, fp16 or bf16, got {g.precision!r}")
+    _check(g.grad_accum_steps >= 1, f"gpu.grad_accum_steps must be >= 1, got {g.grad_accum_steps}")
+    s = cfg.schedule
+    _check(s.T > 0, f"schedule.T must be > 0, got {s.T}")
+    d = cfg.dataset
+    _check(d.image_size > 0, f"dataset.image_size must be > 0, got {d.image_size}")
+    _check(d.channels in (1, 3), f"dataset.channels must be 1 or 3, got {d.channels}")
+    _check(0.0 <= d.test_fraction < 1.0, f"dataset.test_fraction must lie in [0, 1), got {d.test_fraction}")
+    _check(len(d.background) == 3 and all(0 <= c <= 255 for c in d.background), f"dataset.background must be 3 values in 0..255, got {list(d.background)}")
+    m = cfg.model
+    _check(m.num_heads >= 1, f"model.num_heads must be >= 1, got {m.num_heads}")

@@ -1,0 +1,62 @@
+"""Generate images from a trained network with any sampler, reproducibly per sample."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from ddpm.samplers.base import Callback, EpsFn, Sampler, StackedRandomGenerator
+
+
+def generate(
+    eps_fn: EpsFn,
+    sampler: Sampler,
+    shape: tuple[int, int, int],
+    num_samples: int,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+    progress: bool = False,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Return ``num_samples`` samples (float32 in model range, on CPU).
+
+    Sample i starts from noise drawn by its own generator seeded ``seed + i``, and draws all its
+    later noise from it too, so sample i is the same image whatever ``batch_size`` is.
+
+    Args:
+        eps_fn: the ε-predictor (see :func:`ddpm.samplers.make_eps_fn`).
+        sampler: the reverse-process integrator.
+        shape: (C, H, W) of one image.
+        num_samples: how many images.
+        seed: seed of sample 0.
+        batch_size: images per network call.
+        device: where to run.
+        progress: show a tqdm bar over network evaluations.
+        callback: forwarded to :meth:`Sampler.sample` (called per batch, per step).
+    """
+    out = []
+    bar = tqdm(total=sampler.num_evaluations * -(-num_samples // batch_size), desc="sampling", unit="eval", disable=not progress)
+    for start in range(0, num_samples, batch_size):
+        n = min(batch_size, num_samples - start)
+        rng = StackedRandomGenerator(device, range(seed + start, seed + start + n))
+        x_T = rng.randn(shape)
+        out.append(sampler.sample(eps_fn, x_T, rng, callback=callback, progress=bar).cpu())
+    bar.close()
+    return torch.cat(out)
+
+
+def noise_to_step(diffusion, x0: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """Noise clean images to step ``k`` with per-image generators (image i uses ``seed + i``)."""
+    rng = StackedRandomGenerator(x0.device, range(seed, seed + x0.shape[0]))
+    kk = torch.full((x0.shape[0],), k, device=x0.device, dtype=torch.long)
+    return diffusion.q_sample(x0, kk, rng.randn(x0.shape[1:]))
+
+
+def denoise_from(eps_fn: EpsFn, sampler: Sampler, x_k: torch.Tensor, seed: int, callback: Callback | None = None) -> torch.Tensor:
+    """Run ``sampler`` (built with ``max_step=k``) from the noised images ``x_k`` back to x_0.
+
+    The sampler's fresh noise for image i comes from a generator seeded ``seed + i``.
+    """
+    rng = StackedRandomGenerator(x_k.device, range(seed, seed + x_k.shape[0]))
+    return sampler.sample(eps_fn, x_k, rng, callback=callback)

@@ -1,0 +1,105 @@
+"""Where and how the network runs: device, distributed setup, precision, TF32, channels_last."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ddpm.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Runtime:
+    """The resolved execution setup of one process.
+
+    Args:
+        device: the torch device of this process.
+        precision: effective precision (``fp32``, ``fp16`` or ``bf16``) after CPU fall-backs.
+        rank: global rank (0 when not distributed).
+        world_size: number of processes.
+        local_rank: rank on this node (selects the GPU).
+    """
+
+    device: torch.device
+    precision: str
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast for the network call only (no-op in fp32)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=DTYPES[self.precision])
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` picks CUDA when available (the local rank's GPU), else CPU."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} was requested but CUDA is not available here; use gpu.device=cpu or auto")
+        if device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+        if device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device} does not exist ({torch.cuda.device_count()} GPUs visible)")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in DTYPES:
+        raise ConfigError(f"unknown precision {precision!r}; choose fp32, fp16 or bf16")
+    if precision == "fp16" and device.type != "cuda":
+        warnings.warn("fp16 mixed precision needs CUDA; falling back to fp32 on CPU", stacklevel=2)
+        log.warning("fp16 mixed precision needs CUDA; falling back to fp32 on %s", device)
+        return "fp32"
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"bf16 is not supported on {torch.cuda.get_device_name(device)}; use gpu=fp16")
+    return precision
+
+
+def setup_runtime(gpu_cfg) -> Runtime:
+    """Initialise torch.distributed when launched by torchrun, pick the device and set TF32."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(gpu_cfg.device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+    if device.type == "cuda":
+        # Set explicitly both ways: the defaults changed across torch releases.
+        torch.backends.cuda.matmul.allow_tf32 = bool(gpu_cfg.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(gpu_cfg.tf32)
+        torch.backends.cudnn.benchmark = True
+    return Runtime(device, resolve_precision(gpu_cfg.precision, device), rank, world_size, local_rank)
+
+
+def teardown_runtime() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

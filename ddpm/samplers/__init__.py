@@ -1,0 +1,31 @@
+"""Reverse-process samplers sharing one interface (see :class:`ddpm.samplers.base.Sampler`).
+
+Adding a sampler is one module with a :class:`Sampler` subclass, registered in ``SAMPLERS``.
+"""
+
+from ddpm.samplers.base import Sampler, StackedRandomGenerator, make_eps_fn, timestep_sequence
+from ddpm.samplers.ddim import DDIMSampler
+from ddpm.samplers.ddpm import DDPMSampler
+
+SAMPLERS: dict[str, type[Sampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler}
+
+
+def build_sampler(cfg, diffusion, max_step: int | None = None) -> Sampler:
+    """Build the sampler named by a ``sampler`` config node.
+
+    Args:
+        cfg: ``sampler`` config (name, steps, eta, spacing, clip_denoised).
+        diffusion: the model's :class:`~ddpm.diffusion.GaussianDiffusion`.
+        max_step: start the reverse process at this schedule step instead of T-1 (denoising
+            from a noised image); ``steps`` then counts evaluations within 0..max_step.
+    """
+    from ddpm.errors import ConfigError
+
+    if cfg.name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {cfg.name!r}; choose one of {', '.join(SAMPLERS)}")
+    kwargs = {"steps": cfg.steps, "spacing": cfg.spacing, "clip_denoised": cfg.clip_denoised, "max_step": max_step}
+    if cfg.name == "ddim":
+        kwargs["eta"] = cfg.eta
+    return SAMPLERS[cfg.name](diffusion, **kwargs)
+
+__all__ = ["SAMPLERS", "build_sampler", "Sampler", "StackedRandomGenerator", "make_eps_fn", "timestep_sequence", "DDIMSampler", "DDPMSampler"]

@@ -1,0 +1,141 @@
+"""What every sampler shares: timestep selection, per-sample random streams, the ε call."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.errors import ConfigError
+
+# eps_fn(x_k, k) -> ε̂ (float32); k is a (B,) long tensor of schedule steps.
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# callback(i, k, x_k, x0_hat) after each network evaluation.
+Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def timestep_sequence(T: int, steps: int, spacing: str = "leading") -> list[int]:
+    """Increasing schedule steps visited by a sampler with ``steps`` network evaluations.
+
+    Args:
+        T: steps of the training schedule.
+        steps: evaluations, 1 <= steps <= T.
+        spacing: ``leading`` (0, T/s, 2T/s, ...), ``trailing`` (..., T-1; Lin et al. 2023) or
+            ``linspace`` (rounded linspace from 0 to T-1), as in diffusers.
+    """
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ConfigError(f"sampler.steps must be >= 1, got {steps}")
+    if steps > T:
+        raise ConfigError(f"sampler.steps={steps} exceeds the schedule's T={T}")
+    if spacing == "leading":
+        seq = (np.arange(steps) * (T // steps)).round()
+    elif spacing == "trailing":
+        seq = np.round(np.arange(T, 0, -T / steps))[::-1] - 1
+    elif spacing == "linspace":
+        seq = np.linspace(0, T - 1, steps).round()
+    else:
+        raise ConfigError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    seq = sorted({int(k) for k in seq})
+    if len(seq) != steps:
+        raise ConfigError(f"{spacing} spacing gives repeated steps for steps={steps}, T={T}; use another spacing")
+    return seq
+
+
+class StackedRandomGenerator:
+    """One ``torch.Generator`` per sample, seeded ``seed + index``: sample i is the same image
+    whatever the batch size or position in the batch (as in EDM).
+
+    Args:
+        device: where the numbers are generated.
+        seeds: one seed per sample of the batch.
+    """
+
+    def __init__(self, device: torch.device | str, seeds: Sequence[int]) -> None:
+        self.generators = [torch.Generator(device).manual_seed(int(s) % (1 << 63)) for s in seeds]
+        self.device = torch.device(device)
+
+    def randn(self, shape: Sequence[int]) -> torch.Tensor:
+        """Standard normal noise of shape (len(seeds), *shape)."""
+        return torch.stack([torch.randn(tuple(shape), generator=g, device=self.device) for g in self.generators])
+
+
+def make_eps_fn(model: torch.nn.Module, diffusion: GaussianDiffusion, autocast=None) -> EpsFn:
+    """Wrap a network into ε̂(x_k, k) in float32, whatever the training objective and precision."""
+    import contextlib
+
+    ctx = autocast or contextlib.nullcontext
+
+    def eps_fn(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        with ctx():
+            out = model(x, k)
+        return diffusion.eps_from_output(x, k, out)
+
+    return eps_fn
+
+
+class Sampler(ABC):
+    """Base class: integrate the reverse process from x_T ~ N(0, I) to x_0.
+
+    Args:
+        diffusion: the schedule and its derived tables.
+        steps: network evaluations (None: all T steps).
+        spacing: timestep spacing (see :func:`timestep_sequence`).
+        clip_denoised: clamp the predicted x̂_0 to the data range [-1, 1] at every step.
+        max_step: highest schedule step visited (default T-1); lower values denoise a partly
+            noised x_{max_step} instead of sampling from pure noise.
+    """
+
+    stochastic = False
+
+    def __init__(
+        self, diffusion: GaussianDiffusion, steps: int | None = None, spacing: str = "leading", clip_denoised: bool = True, max_step: int | None = None
+    ) -> None:
+        self.diffusion = diffusion
+        top = diffusion.T if max_step is None else int(max_step) + 1
+        if not 1 <= top <= diffusion.T:
+            raise ConfigError(f"start step {max_step} is outside the schedule's 0..{diffusion.T - 1}")
+        self.timesteps = timestep_sequence(top, top if steps is None else steps, spacing)
+        self.clip_denoised = clip_denoised
+        abar = diffusion.schedule.alphas_cumprod
+        self.abar = abar[self.timesteps].tolist()  # ᾱ at the visited steps, float64
+
+    @property
+    def num_evaluations(self) -> int:
+        return len(self.timesteps)
+
+    def x0_from_eps(self, x: torch.Tensor, abar: float, eps: torch.Tensor) -> torch.Tensor:
+        x0 = (x - (1 - abar) ** 0.5 * eps) / abar**0.5
+        return x0.clamp(-1, 1) if self.clip_denoised else x0
+
+    @abstractmethod
+    def step(self, i: int, x: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, rng: StackedRandomGenerator | None) -> torch.Tensor:
+        """Move from visited step i (``timesteps[i]``) to step i-1 (or to x_0 when i == 0)."""
+
+    def reset(self) -> None:
+        """Clear any multistep history (called at the start of :meth:`sample`)."""
+
+    @torch.inference_mode()
+    def sample(self, eps_fn: EpsFn, x_T: torch.Tensor, rng: StackedRandomGenerator | None = None, callback: Callback | None = None, progress=None) -> torch.Tensor:
+        """Run the reverse process from ``x_T``; stochastic samplers draw their noise from ``rng``."""
+        if self.stochastic and rng is None:
+            raise ValueError(f"{type(self).__name__} needs a random generator")
+        self.reset()
+        x = x_T.float()
+        for i in reversed(range(len(self.timesteps))):
+            k = self.timesteps[i]
+            kk = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
+            eps = eps_fn(x, kk).float()
+            x0 = self.x0_from_eps(x, self.abar[i], eps)
+            if self.clip_denoised:  # keep ε consistent with the clipped x̂_0
+                eps = (x - self.abar[i] ** 0.5 * x0) / (1 - self.abar[i]) ** 0.5
+            if callback is not None:
+                callback(i, k, x, x0)
+            x = self.step(i, x, eps, x0, rng)
+            if progress is not None:
+                progress.update(1)
+        return x

@@ -1,0 +1,31 @@
+"""DDIM (Song et al. 2021): deterministic for eta = 0, ancestral-like for eta = 1."""
+
+from __future__ import annotations
+
+import torch
+
+from ddpm.samplers.base import Sampler, StackedRandomGenerator
+
+
+class DDIMSampler(Sampler):
+    """Args (besides :class:`Sampler`'s):
+    eta: scale of the fresh noise; σ_i = eta · √((1-ᾱ_prev)/(1-ᾱ) · (1-ᾱ/ᾱ_prev)).
+    """
+
+    def __init__(self, diffusion, steps=None, spacing="leading", clip_denoised=True, max_step=None, eta: float = 0.0) -> None:
+        super().__init__(diffusion, steps, spacing, clip_denoised, max_step)
+        if eta < 0:
+            from ddpm.errors import ConfigError
+
+            raise ConfigError(f"sampler.eta must be >= 0, got {eta}")
+        self.eta = float(eta)
+        self.stochastic = self.eta > 0
+
+    def step(self, i: int, x: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, rng: StackedRandomGenerator | None) -> torch.Tensor:
+        abar = self.abar[i]
+        abar_prev = self.abar[i - 1] if i > 0 else 1.0
+        sigma = self.eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)) ** 0.5
+        out = abar_prev**0.5 * x0 + max(1 - abar_prev - sigma**2, 0.0) ** 0.5 * eps
+        if sigma > 0:
+            out = out + sigma * rng.randn(x.shape[1:])
+        return out

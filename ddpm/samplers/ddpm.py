@@ -1,0 +1,30 @@
+"""Ancestral DDPM sampling (Ho et al. 2020), on all T steps or a respaced subset.
+
+On a subset τ of the steps the chain uses the respaced schedule ᾱ'_i = ᾱ_{τ_i} (Nichol &
+Dhariwal 2021). Noise is added on every step but the last: the step into x_0 is the posterior
+mean (its variance β̃_0 is 0).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ddpm.samplers.base import Sampler, StackedRandomGenerator
+
+
+class DDPMSampler(Sampler):
+    stochastic = True
+
+    def step(self, i: int, x: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, rng: StackedRandomGenerator | None) -> torch.Tensor:
+        abar = self.abar[i]
+        abar_prev = self.abar[i - 1] if i > 0 else 1.0
+        alpha = abar / abar_prev
+        beta = 1 - alpha
+        # Posterior q(x_prev | x, x0) of the (respaced) chain.
+        c0 = beta * abar_prev**0.5 / (1 - abar)
+        ck = (1 - abar_prev) * alpha**0.5 / (1 - abar)
+        mean = c0 * x0 + ck * x
+        if i == 0:
+            return mean
+        var = beta * (1 - abar_prev) / (1 - abar)
+        return mean + var**0.5 * rng.randn(x.shape[1:])

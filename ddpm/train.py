@@ -1,0 +1,455 @@
+"""``ddpm-train``: train a U-Net denoiser (DDPM) on an image dataset.
+
+Single process by default; ``torchrun --nproc_per_node=N -m ddpm.train ...`` runs the same code
+with DistributedDataParallel. Every rank draws the random numbers of the whole global batch from
+one shared generator and takes its own rows, so N ranks with batch B compute exactly what one
+process with batch N*B computes, and a resumed run continues the same random stream.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm.auto import tqdm
+
+import ddpm
+from ddpm.checkpoint import find_latest, load_checkpoint, save_checkpoint
+from ddpm.cli import hydra_main
+from ddpm.config import validate_train
+from ddpm.data import load_dataset, to_model_range
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.ema import make_ema
+from ddpm.errors import CheckpointError, ConfigError
+from ddpm.generate import generate
+from ddpm.models import build_model
+from ddpm.runtime import Runtime, setup_runtime, teardown_runtime
+from ddpm.samplers import DDIMSampler, make_eps_fn
+from ddpm.schedules import NoiseSchedule
+
+log = logging.getLogger("ddpm.train")
+
+# Parts of the config a checkpoint's weights depend on: resuming with other values is refused.
+COMPATIBLE_KEYS = ("model", "schedule", "train.objective", "dataset.image_size", "dataset.channels")
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite steps."""
+
+
+class RunDirLocked(RuntimeError):
+    """Another live process trains in this run directory."""
+
+
+def _select(cfg: Any, key: str) -> Any:
+    node = OmegaConf.select(cfg, key) if isinstance(cfg, DictConfig) else _dict_select(cfg, key)
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _dict_select(d: dict, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def config_differences(saved: dict, cfg: DictConfig) -> list[str]:
+    """Human-readable differences between a checkpoint's config and ``cfg`` on the weight-shaping keys."""
+    diffs = []
+    for key in COMPATIBLE_KEYS:
+        a, b = _select(saved, key), _select(cfg, key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for sub in sorted(set(a) | set(b)):
+                if sub != "name" and a.get(sub) != b.get(sub):
+                    diffs.append(f"{key}.{sub}: checkpoint {a.get(sub)!r} vs now {b.get(sub)!r}")
+        elif a != b:
+            diffs.append(f"{key}: checkpoint {a!r} vs now {b!r}")
+    return diffs
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, warmup: int, max_steps: int, kind: str):
+    """Linear warm-up, then constant or cosine decay to 0 (torch's schedulers, stepped per optimizer step)."""
+    from torch.optim import lr_scheduler as S
+
+    main = (
+        S.CosineAnnealingLR(optimizer, T_max=max(1, max_steps - warmup))
+        if kind == "cosine"
+        else S.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    )
+    if warmup <= 0:
+        return main
+    warm = S.LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup)
+    return S.SequentialLR(optimizer, [warm, main], milestones=[warmup])
+
+
+class _StopSignal:
+    """Turns SIGINT/SIGTERM into a flag checked between steps (finish step, checkpoint, exit)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignal:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+class _RunLock:
+    """An exclusive ``flock`` on ``<run_dir>/.lock``; the kernel drops it when the process dies."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> _RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise RunDirLocked(f"another ddpm-train process is running in {self.path.parent}; wait for it to end or choose another hydra.run.dir") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return model.module if isinstance(model, DDP) else model
+
+
+class Trainer:
+    """Everything of one training run; :meth:`fit` runs it.
+
+    Args:
+        cfg: the composed ``train`` config.
+        run_dir: where checkpoints, samples, TensorBoard logs and the config go.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
+        validate_train(cfg)
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.rt: Runtime = setup_runtime(cfg.gpu)
+        tc = cfg.train
+        data = load_dataset(cfg.dataset, cfg.paths.data_dir, cfg.paths.cache_dir, "train")
+        self.images = data.images.to(self.rt.device)  # uint8 in memory; scaled per batch on device
+        self.data_source = data.source
+        self.shape = tuple(self.images.shape[1:])
+        self.accum = int(cfg.gpu.grad_accum_steps)
+        self.global_batch = tc.batch_size * self.accum * self.rt.world_size
+        self.steps_per_epoch = len(self.images) // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"global batch {self.global_batch} (train.batch_size x ranks x gpu.grad_accum_steps) exceeds the {len(self.images)} training images")
+
+        self.diffusion = GaussianDiffusion(NoiseSchedule.from_config(cfg.schedule), tc.objective)
+        torch.manual_seed(tc.seed)  # identical initial weights on every rank
+        self.model = build_model(cfg.model, self.shape[1], self.shape[0]).to(self.rt.device)
+        self.memory_format = torch.channels_last if cfg.gpu.channels_last else torch.contiguous_format
+        self.model = self.model.to(memory_format=self.memory_format)
+        self.ema = make_ema(self.model, tc.ema_decay)
+        fused = self.rt.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, fused=fused)
+        self.scheduler = build_lr_scheduler(self.optimizer, tc.warmup_steps, tc.max_steps, tc.lr_schedule)
+        self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.precision == "fp16")
+        net: torch.nn.Module = self.model
+        if self.rt.distributed:
+            net = DDP(net, device_ids=[self.rt.device.index] if self.rt.device.type == "cuda" else None)
+        self.net = torch.compile(net) if cfg.gpu.compile else net
+        self.noise_gen = torch.Generator(self.rt.device).manual_seed(tc.seed)  # same on all ranks
+        self.step = 0
+        self.bad_steps = 0
+        self.skipped_steps = 0
+        self._perm_epoch, self._perm = -1, torch.empty(0)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        rng = {"noise": self.noise_gen.get_state(), "torch": torch.get_rng_state()}
+        if self.rt.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.rt.device)
+        return {
+            "step": self.step,
+            "model": _unwrap(self.model).state_dict(),
+            "ema": self.ema.module.state_dict(),
+            "ema_n_averaged": self.ema.n_averaged.detach().cpu(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "skipped_steps": self.skipped_steps,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "version": ddpm.__version__,
+            "data_source": self.data_source,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
+        diffs = config_differences(state.get("config", {}), self.cfg)
+        if diffs:
+            raise CheckpointError(f"checkpoint {path} was trained with another config: " + "; ".join(diffs))
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.module.load_state_dict(state["ema"])
+            self.ema.n_averaged.copy_(state["ema_n_averaged"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} does not fit this model: {str(exc).splitlines()[0]}") from exc
+        self.step = int(state["step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.noise_gen.set_state(state["rng"]["noise"].cpu() if self.rt.device.type == "cpu" else state["rng"]["noise"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.rt.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.rt.device)
+
+    def resume(self, resume: str | None) -> Path | None:
+        """Load ``latest`` (newest good checkpoint of the run dir) or an explicit path."""
+        if not resume:
+            return None
+        if resume == "latest":
+            found = find_latest(self.ckpt_dir)
+            if found is None:
+                log.info("resume=latest: no checkpoint in %s yet, starting from step 0", self.ckpt_dir)
+                return None
+            path, state = found
+        else:
+            path = Path(resume).expanduser()
+            state = load_checkpoint(path)
+        self.load_state_dict(state, path)
+        log.info("resumed from %s at step %d", path, self.step)
+        return path
+
+    # ------------------------------------------------------------------ data
+    def _epoch_perm(self, epoch: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(len(self.images), generator=g).to(self.rt.device)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def global_batch_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x_0, k and ε for the whole global batch of the current step (identical on all ranks)."""
+        epoch, pos = divmod(self.step, self.steps_per_epoch)
+        idx = self._epoch_perm(epoch)[pos * self.global_batch : (pos + 1) * self.global_batch]
+        x0 = to_model_range(self.images[idx])
+        G, dev, g = self.global_batch, self.rt.device, self.noise_gen
+        k = self.diffusion.sample_timesteps(G, g, dev)
+        noise = torch.randn((G, *self.shape), generator=g, device=dev)
+        flip = torch.rand(G, generator=g, device=dev) < 0.5
+        if self.cfg.dataset.hflip:
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        return x0, k, noise
+
+    # ------------------------------------------------------------------ one optimizer step
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward/backward over all micro-batches, then one optimizer step. Returns (loss, grad norm)."""
+        x0, k, noise = self.global_batch_tensors()
+        B, W, r = self.cfg.train.batch_size, self.rt.world_size, self.rt.rank
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.rt.device)
+        for m in range(self.accum):
+            rows = slice(m * B * W + r * B, m * B * W + (r + 1) * B)
+            last = m == self.accum - 1
+            sync = nullcontext() if last or not self.rt.distributed else self.net.no_sync()
+            with sync:
+                xk = self.diffusion.q_sample(x0[rows], k[rows], noise[rows]).to(memory_format=self.memory_format)
+                with self.rt.autocast():
+                    out = self.net(xk, k[rows])
+                loss = torch.nn.functional.mse_loss(out.float(), self.diffusion.target(x0[rows], noise[rows], k[rows])) / self.accum
+                self.scaler.scale(loss).backward()
+            total += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        finite = bool(torch.isfinite(grad_norm) & torch.isfinite(total))
+        if self.rt.distributed:  # all ranks must agree to skip
+            flag = torch.tensor([float(finite)], device=self.rt.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = bool(flag.item())
+        if finite:
+            self.scaler.step(self.optimizer)
+            self.bad_steps = 0
+        else:
+            self.bad_steps += 1
+            self.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", self.step, self.bad_steps)
+        self.scaler.update()
+        self.scheduler.step()
+        if finite:
+            self.ema.update_parameters(self.model)
+        self.step += 1
+        if self.bad_steps >= self.cfg.train.max_bad_steps:
+            raise TrainingDiverged(
+                f"{self.bad_steps} consecutive steps had a non-finite loss or gradient (step {self.step}); "
+                f"stopped, the last good checkpoint is kept in {self.ckpt_dir}. Lower train.lr or use gpu=bf16/fp32."
+            )
+        return total, grad_norm
+
+    # ------------------------------------------------------------------ outputs
+    def save(self) -> Path | None:
+        if not self.rt.is_main:
+            return None
+        path = save_checkpoint(self.state_dict(), self.ckpt_dir, self.step, self.cfg.train.keep_checkpoints)
+        log.info("checkpoint %s", path)
+        return path
+
+    def sample_grid(self, writer) -> Path | None:
+        tc = self.cfg.train
+        if not self.rt.is_main or tc.num_sample_images == 0:
+            return None
+        from torchvision.utils import save_image
+
+        model = self.ema.module.eval()
+        sampler = DDIMSampler(self.diffusion, steps=min(tc.sample_steps, self.diffusion.T))
+        x = generate(make_eps_fn(model, self.diffusion, self.rt.autocast), sampler, self.shape, tc.num_sample_images, seed=0, batch_size=max(tc.batch_size, 64), device=self.rt.device)
+        model.train()
+        grid = (x + 1) / 2
+        path = self.run_dir / "samples" / f"step_{self.step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(grid, path, nrow=int(math.ceil(math.sqrt(len(grid)))))
+        if writer is not None:
+            from torchvision.utils import make_grid
+
+            writer.add_image("samples", make_grid(grid, nrow=int(math.ceil(math.sqrt(len(grid))))), self.step)
+        return path
+
+    def describe(self) -> str:
+        n_params = sum(p.numel() for p in self.model.parameters())
+        rt = self.rt
+        return (
+            f"dataset {self.cfg.dataset.name}: {len(self.images)} images {self.shape} from {self.data_source}\n"
+            f"model {self.cfg.model.name}: {n_params:,} parameters\n"
+            f"schedule {self.cfg.schedule.name}: T={self.diffusion.T}, t_T={float(self.diffusion.schedule.ou_times[-1]):.4f}\n"
+            f"device {rt.device}, precision {rt.precision}, world size {rt.world_size}, "
+            f"global batch {self.global_batch} = {self.cfg.train.batch_size} per rank x {rt.world_size} ranks x {self.accum} accumulation"
+        )
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        cfg, tc, rt = self.cfg, self.cfg.train, self.rt
+        writer = None
+        if rt.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.run_dir / "tb"))
+        bar = tqdm(total=tc.max_steps, initial=self.step, desc="train", unit="step", disable=not (tc.progress and rt.is_main), dynamic_ncols=True)
+        window_loss = torch.zeros((), device=rt.device)
+        window_steps, window_t = 0, time.perf_counter()
+        last_loss = float("nan")
+        first_loss: float | None = None
+        stop = _StopSignal()
+        with stop:
+            while self.step < tc.max_steps and stop.signum is None:
+                loss, grad_norm = self.train_step()
+                window_loss += loss
+                window_steps += 1
+                if tc.log_every and (self.step % tc.log_every == 0 or self.step == tc.max_steps):
+                    elapsed = time.perf_counter() - window_t
+                    last_loss = float(window_loss) / window_steps
+                    first_loss = last_loss if first_loss is None else first_loss
+                    ips = window_steps * self.global_batch / max(elapsed, 1e-9)
+                    lr = self.scheduler.get_last_lr()[0]
+                    bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{ips:.0f}")
+                    if rt.is_main:
+                        log.info("step %d loss %.5f grad_norm %.3f lr %.2e img/s %.1f", self.step, last_loss, float(grad_norm), lr, ips)
+                        writer.add_scalar("train/loss", last_loss, self.step)
+                        writer.add_scalar("train/grad_norm", float(grad_norm), self.step)
+                        writer.add_scalar("train/lr", lr, self.step)
+                        writer.add_scalar("train/images_per_s", ips, self.step)
+                        if rt.device.type == "cuda":
+                            writer.add_scalar("train/max_memory_gb", torch.cuda.max_memory_allocated(rt.device) / 2**30, self.step)
+                    window_loss.zero_()
+                    window_steps, window_t = 0, time.perf_counter()
+                if tc.ckpt_every and self.step % tc.ckpt_every == 0:
+                    self.save()
+                if tc.sample_every and self.step % tc.sample_every == 0:
+                    self.sample_grid(writer)
+                bar.update(1)
+        bar.close()
+        if stop.signum is not None:
+            name = signal.Signals(stop.signum).name
+            self.save()
+            msg = f"received {name}: stopped after step {self.step}, checkpoint saved in {self.ckpt_dir}; continue with resume=latest"
+            log.warning(msg)
+            print(msg, file=sys.stderr, flush=True)
+            if writer is not None:
+                writer.close()
+            raise SystemExit(128 + stop.signum)
+        # Final checkpoint and grid, unless the loop just wrote them.
+        if not (tc.ckpt_every and self.step % tc.ckpt_every == 0):
+            self.save()
+        if not (tc.sample_every and self.step % tc.sample_every == 0):
+            self.sample_grid(writer)
+        if writer is not None:
+            writer.close()
+        summary = {"step": self.step, "loss": last_loss, "first_logged_loss": first_loss, "skipped_steps": self.skipped_steps, "checkpoint": str(self.ckpt_dir / "last.pt")}
+        if rt.is_main:
+            (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any] | None:
+    """Run (or dry-run) one training job into ``run_dir``; returns the final summary."""
+    run_dir = Path(run_dir)
+    with _RunLock(run_dir) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():
+        trainer = Trainer(cfg, run_dir)
+        try:
+            if trainer.rt.is_main:
+                (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            if cfg.dry_run:
+                print(OmegaConf.to_yaml(cfg, resolve=True))
+                print(trainer.describe())
+                return None
+            log.info("ddpm %s\n%s", ddpm.__version__, trainer.describe())
+            trainer.resume(cfg.resume)
+            return trainer.fit()
+        finally:
+            teardown_runtime()
+
+
+@hydra_main(config_name="train", extra_errors=(TrainingDiverged, RunDirLocked))
+def main(cfg: DictConfig, run_dir: Path) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    train(cfg, run_dir)
+
+
+if __name__ == "__main__":
+    main()
