@@ -119,6 +119,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
+    __import__("ddpm.evaluate.config", fromlist=["register_evaluate_configs"]).register_evaluate_configs(cs)
 
 
 def _check(ok: bool, msg: str) -> None:
