@@ -1,0 +1,1 @@
+"""``ddpm-evaluate``: sample quality (FID/KID/IS), mode coverage, denoising quality and memorisation."""
