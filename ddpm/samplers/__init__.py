@@ -6,8 +6,9 @@ Adding a sampler is one module with a :class:`Sampler` subclass, registered in `
 from ddpm.samplers.base import Sampler, StackedRandomGenerator, make_eps_fn, timestep_sequence
 from ddpm.samplers.ddim import DDIMSampler
 from ddpm.samplers.ddpm import DDPMSampler
+from ddpm.samplers.dpm_solver import DPMSolverSampler
 
-SAMPLERS: dict[str, type[Sampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler}
+SAMPLERS: dict[str, type[Sampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler, "dpm_solver": DPMSolverSampler}
 
 
 def build_sampler(cfg, diffusion, max_step: int | None = None) -> Sampler:
@@ -26,6 +27,19 @@ def build_sampler(cfg, diffusion, max_step: int | None = None) -> Sampler:
     kwargs = {"steps": cfg.steps, "spacing": cfg.spacing, "clip_denoised": cfg.clip_denoised, "max_step": max_step}
     if cfg.name == "ddim":
         kwargs["eta"] = cfg.eta
+    elif cfg.eta != 0:  # a noise scale the sampler would silently ignore
+        raise ConfigError(f"sampler.eta applies to the ddim sampler only, not to {cfg.name!r}")
     return SAMPLERS[cfg.name](diffusion, **kwargs)
 
-__all__ = ["SAMPLERS", "build_sampler", "Sampler", "StackedRandomGenerator", "make_eps_fn", "timestep_sequence", "DDIMSampler", "DDPMSampler"]
+
+__all__ = [
+    "SAMPLERS",
+    "build_sampler",
+    "Sampler",
+    "StackedRandomGenerator",
+    "make_eps_fn",
+    "timestep_sequence",
+    "DDIMSampler",
+    "DDPMSampler",
+    "DPMSolverSampler",
+]

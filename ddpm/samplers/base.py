@@ -100,6 +100,9 @@ class Sampler(ABC):
         if not 1 <= top <= diffusion.T:
             raise ConfigError(f"start step {max_step} is outside the schedule's 0..{diffusion.T - 1}")
         self.timesteps = timestep_sequence(top, top if steps is None else steps, spacing)
+        if max_step is not None and self.timesteps[-1] != max_step:
+            # leading spacing stops short of the top; a noised x_{max_step} must start at its own step
+            self.timesteps = [k + max_step - self.timesteps[-1] for k in self.timesteps]
         self.clip_denoised = clip_denoised
         abar = diffusion.schedule.alphas_cumprod
         self.abar = abar[self.timesteps].tolist()  # ᾱ at the visited steps, float64
