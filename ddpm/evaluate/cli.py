@@ -53,13 +53,21 @@ def _classifier(cfg: DictConfig, dataset_cfg: DictConfig, device: torch.device, 
     )
 
 
-def _fidelity(cfg: DictConfig, dataset_cfg: DictConfig, fake: torch.Tensor, clf, device: torch.device, warnings: list[str]) -> dict:
-    from ddpm.evaluate.fidelity import INCEPTION_NAME, fidelity_metrics, register_domain_extractor, resolve_inception_weights
+def _fidelity(
+    cfg: DictConfig,
+    dataset_cfg: DictConfig,
+    fake: torch.Tensor,
+    clf,
+    inception_weights: str | None,
+    device: torch.device,
+    warnings: list[str],
+) -> dict:
+    from ddpm.evaluate.fidelity import INCEPTION_NAME, fidelity_metrics, register_domain_extractor
 
     fe = cfg.feature_extractor
     wanted = [m for m in ("fid", "kid", "isc") if m in cfg.metrics]
     if fe.kind == "inception":
-        weights = resolve_inception_weights(fe.weights_path, cfg.paths.cache_dir)
+        weights = inception_weights
         extractor, tag = INCEPTION_NAME, f"{INCEPTION_NAME}@{Path(weights).name if weights else 'download'}"
     else:
         weights, extractor = str(clf.path), register_domain_extractor()
@@ -116,13 +124,19 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    fe = cfg.feature_extractor
+    metrics = list(cfg.metrics)
+    inception_weights = None
+    if fe.kind == "inception" and any(m in metrics for m in ("fid", "kid", "isc")):
+        from ddpm.evaluate.fidelity import resolve_inception_weights
+
+        # Before any other work: a missing weights file must fail within a second, not after sampling.
+        inception_weights = resolve_inception_weights(fe.weights_path, cfg.paths.cache_dir)
     device = resolve_device(cfg.device)
     pre = load_pretrained(cfg.ckpt, device, use_ema=bool(cfg.use_ema))
     dataset_cfg = pre.cfg.dataset
-    fe = cfg.feature_extractor
     if fe.kind == "domain" and fe.dataset and fe.dataset != dataset_cfg.name:
         raise ConfigError(f"feature_extractor={fe.name} is the {fe.dataset} classifier, but {pre.path} was trained on {dataset_cfg.name}")
-    metrics = list(cfg.metrics)
     warnings: list[str] = []
     result: dict[str, Any] = {
         "ddpm_version": ddpm.__version__,
@@ -154,7 +168,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
         np.savez_compressed(run_dir / "samples.npz", images=fake.numpy())
 
     if any(m in metrics for m in ("fid", "kid", "isc")):
-        result["fidelity"] = {fe.name: _fidelity(cfg, dataset_cfg, fake, clf, device, warnings)}
+        result["fidelity"] = {fe.name: _fidelity(cfg, dataset_cfg, fake, clf, inception_weights, device, warnings)}
 
     if "coverage" in metrics:
         if clf is None:
