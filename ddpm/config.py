@@ -121,6 +121,7 @@ def register_configs() -> None:
     cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
     __import__("ddpm.evaluate.config", fromlist=["register_evaluate_configs"]).register_evaluate_configs(cs)
     __import__("ddpm.sample_config", fromlist=["register_sample_configs"]).register_sample_configs(cs)
+    __import__("ddpm.regimes.config", fromlist=["register"]).register(cs)
 
 
 def _check(ok: bool, msg: str) -> None:

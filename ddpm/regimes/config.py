@@ -1,0 +1,141 @@
+"""Typed schema of ``conf/regimes.yaml`` (the ``ddpm-regimes`` command) and its range checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from ddpm.config import DatasetConfig, PathsConfig, ScheduleConfig
+from ddpm.errors import ConfigError
+
+SYNTHETIC = ("gaussian", "gaussian_spectrum", "mixture")
+ANALYSES = ("spectrum", "speciation", "collapse", "tracking", "trained")
+
+
+@dataclass
+class DataSourceConfig:
+    name: str = "gaussian"  # gaussian, gaussian_spectrum, mixture, or an image dataset (mnist, cifar10, cryptopunks, cats)
+    n: Optional[int] = None  # training points (seeded subset for images; null = all images)
+    d: int = 64  # dimension of synthetic data
+    sigma2: float = 1.0  # gaussian: variance; gaussian_spectrum: mean eigenvalue
+    power: float = 1.0  # gaussian_spectrum: λ_i ∝ i^-power
+    classes: int = 2  # mixture: number of Gaussian classes
+    mu: float = 1.0  # mixture: μ̃, class means have |m|² = d μ̃²
+    sigma: float = 1.0  # mixture: class standard deviation
+    seed: int = 0  # draws of synthetic data and of image subsets
+    downsample: int = 1  # images: average-pool factor (MNIST 28 -> 14 -> 7)
+    dataset: Optional[DatasetConfig] = None  # images: the training config's dataset node
+
+
+@dataclass
+class AnalysesConfig:
+    name: str = "all"
+    analyses: list[str] = field(default_factory=lambda: ["spectrum", "speciation", "collapse", "tracking"])
+
+
+@dataclass
+class KernelConfig:
+    dtype: str = "float32"  # float32 or float64 (very small t)
+    chunk_size: int = 4096  # training points per streamed chunk
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
+
+
+@dataclass
+class CollapseConfig:
+    t_min: float = 0.01
+    t_max: float = 3.0
+    points: int = 40  # log-spaced grid in t
+    refine: int = 16  # extra points between the grid points bracketing the p_½ crossing
+    queries: int = 1024  # forward-noised training points (common to all t)
+    batch: int = 256  # queries per kernel call
+    f_threshold: float = 0.05  # secondary estimate: first t where f/α exceeds this
+
+
+@dataclass
+class SpeciationConfig:
+    t_min: float = 0.02
+    t_max: Optional[float] = None  # null: the schedule's last time
+    points: int = 40
+    queries: int = 1024  # class-posterior identity: forward-noised points
+    batch: int = 256
+    clone_traj: int = 128  # cloning experiment: trajectories (0 disables it)
+    clone_points: int = 8  # branch times (log-spaced between t_min and t_max)
+    clone_steps: int = 100  # sampler steps over the whole schedule
+    clone_n: Optional[int] = 10000  # training points for the exact score in the cloning runs (null: all)
+
+
+@dataclass
+class TrackingConfig:
+    samples: int = 64  # backward trajectories with the exact score
+    steps: int = 200  # sampler steps over the whole schedule
+
+
+@dataclass
+class TrainedConfig:
+    samples: int = 64  # trajectories sampled with the network
+    steps: int = 100  # sampler steps
+    gap_points: int = 12  # times of the ε_θ vs ε* gap curve
+    gap_queries: int = 128  # noised training (and held-out) points per time
+    memorised_ratio: float = 0.3333333333  # nearest / second-nearest distance below this = memorised
+    use_ema: bool = True
+
+
+@dataclass
+class RegimesConfig:
+    data: DataSourceConfig = field(default_factory=DataSourceConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    regimes: AnalysesConfig = field(default_factory=AnalysesConfig)
+    kernel: KernelConfig = field(default_factory=KernelConfig)
+    collapse: CollapseConfig = field(default_factory=CollapseConfig)
+    speciation: SpeciationConfig = field(default_factory=SpeciationConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    trained: TrainedConfig = field(default_factory=TrainedConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    ckpt: Optional[str] = None  # trained checkpoint for the `trained` analysis
+    seed: int = 0
+    threads: Optional[int] = None  # torch CPU threads; null: 1 under the joblib launcher, else torch's default
+    plots: bool = True
+    eigenvalues: int = 8  # top eigenvalues (and their times) reported
+
+
+def register(cs: ConfigStore) -> None:
+    """Register the ``ddpm-regimes`` schemas."""
+    cs.store(name="regimes_schema", node=RegimesConfig)
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def validate_regimes(cfg: Any) -> None:
+    """Range checks of a composed regimes config; raises :class:`ConfigError`."""
+    d = cfg.data
+    image = d.name not in SYNTHETIC
+    _check(image == (d.dataset is not None), f"data={d.name}: image sources need a dataset node, synthetic ones none (use data=<name>)")
+    if not image:
+        _check(d.n is not None and d.n >= 1, f"data.n must be >= 1 for synthetic data, got {d.n}")
+        _check(d.d >= 1, f"data.d must be >= 1, got {d.d}")
+    else:
+        _check(d.n is None or d.n >= 1, f"data.n must be >= 1 or null (all images), got {d.n}")
+        _check(d.downsample >= 1, f"data.downsample must be >= 1, got {d.downsample}")
+    _check(d.sigma2 > 0 and d.sigma > 0, f"data.sigma2 and data.sigma must be > 0, got {d.sigma2}, {d.sigma}")
+    _check(d.classes >= 2, f"data.classes must be >= 2, got {d.classes}")
+    for a in cfg.regimes.analyses:
+        _check(a in ANALYSES, f"unknown analysis {a!r} in regimes.analyses; choose from {', '.join(ANALYSES)}")
+    _check("trained" not in cfg.regimes.analyses or cfg.ckpt, "the trained analysis needs a checkpoint: ckpt=/path/to/last.pt")
+    _check(cfg.kernel.dtype in ("float32", "float64"), f"kernel.dtype must be float32 or float64, got {cfg.kernel.dtype!r}")
+    _check(cfg.kernel.chunk_size >= 1, f"kernel.chunk_size must be >= 1, got {cfg.kernel.chunk_size}")
+    c = cfg.collapse
+    _check(0 < c.t_min < c.t_max, f"collapse needs 0 < t_min < t_max, got {c.t_min}, {c.t_max}")
+    _check(c.points >= 3 and c.queries >= 1 and c.batch >= 1 and c.refine >= 0, "collapse.points >= 3, queries >= 1, batch >= 1, refine >= 0")
+    s = cfg.speciation
+    _check(s.t_min > 0 and (s.t_max is None or s.t_max > s.t_min), f"speciation needs 0 < t_min < t_max, got {s.t_min}, {s.t_max}")
+    _check(s.points >= 3 and s.queries >= 1 and s.clone_traj >= 0 and s.clone_points >= 1 and s.clone_steps >= 2, "speciation: points >= 3, queries >= 1, clone_traj >= 0, clone_points >= 1, clone_steps >= 2")
+    _check(cfg.tracking.samples >= 1 and cfg.tracking.steps >= 2, "tracking.samples >= 1 and tracking.steps >= 2")
+    t = cfg.trained
+    _check(t.samples >= 1 and t.steps >= 2 and t.gap_points >= 1 and t.gap_queries >= 1, "trained: samples >= 1, steps >= 2, gap_points >= 1, gap_queries >= 1")
+    _check(0 < t.memorised_ratio < 1, f"trained.memorised_ratio must lie in (0, 1), got {t.memorised_ratio}")
+    _check(cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1 or null, got {cfg.threads}")

@@ -1,0 +1,280 @@
+"""The exact score of the noised empirical distribution of n training points, streamed.
+
+For points a_1..a_n the noised empirical law P_t is a mixture of N(e^{-t} a_μ, Δ_t I) with
+Δ_t = 1 - e^{-2t}; its posterior weights are a softmax over μ of
+
+    L_μ(x, t) = (e^{-t} x·a_μ - ½ e^{-2t} |a_μ|²) / Δ_t,
+
+and ∇log P_t(x) = (e^{-t} Σ_μ w_μ a_μ - x) / Δ_t. This is attention with a per-key bias, so it is
+computed like flash attention: over chunks of the training set with a running max and running
+sums (log-sum-exp), never exponentiating raw logits and never holding an (B, n) matrix.
+
+Two tricks keep it fast and accurate: the points are centred (weights are invariant to shifting
+x and e^{-t} a_μ together, and smaller |a_μ|² means less float32 cancellation), and the bias is
+folded into the matrix product by appending |a_μ|² as an extra column.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ddpm.errors import ConfigError, DataError
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# exp() of logits this far below the running max is clamped to stay a normal float: subnormal
+# weights are worthless (< 1e-34 each) but make the second matrix product ~10x slower.
+_EXP_FLOOR = {torch.float32: -80.0, torch.float64: -700.0}
+
+
+def delta(t: torch.Tensor) -> torch.Tensor:
+    """Δ_t = 1 - e^{-2t}, accurate for small t."""
+    return -torch.expm1(-2.0 * t)
+
+
+def _as_times(t: float | torch.Tensor, batch: int) -> torch.Tensor:
+    t = torch.as_tensor(t, dtype=torch.float64).flatten()
+    if t.numel() == 1:
+        t = t.expand(batch)
+    if t.numel() != batch:
+        raise ValueError(f"got {t.numel()} times for {batch} queries")
+    if not bool((t > 0).all()) or not bool(torch.isfinite(t).all()):
+        raise ConfigError(f"times must be finite and > 0 (the empirical score is singular at t = 0), got min {float(t.min())}")
+    return t
+
+
+@dataclass
+class PosteriorStats:
+    """Posterior statistics of B queries under the noised empirical mixture.
+
+    Args:
+        lse: log Σ_μ exp L_μ (B,), of the centred logits.
+        mean: Σ_μ w_μ a_μ (B, d) in the original (uncentred) coordinates, or None.
+        max_w: largest weight (B,).
+        argmax: index of the largest weight = nearest scaled point e^{-t} a_μ (B,).
+        sum_w2: Σ_μ w_μ² (B,): probability that two posterior draws pick the same point.
+        class_w: Σ_{μ in c} w_μ (B, C) when the points carry labels and it was asked for, else None.
+    """
+
+    lse: torch.Tensor
+    mean: torch.Tensor | None
+    max_w: torch.Tensor
+    argmax: torch.Tensor
+    sum_w2: torch.Tensor
+    class_w: torch.Tensor | None = None
+
+
+class ExactScore:
+    """Streamed posterior weights, score and ε of the exact empirical score of ``points``.
+
+    Args:
+        points: training points (n, d) (images are flattened by the caller).
+        labels: optional int class labels (n,) for class posterior weights.
+        dtype: ``float32`` (default, fast) or ``float64`` (very small t, tests).
+        chunk_size: training points per streamed chunk; results do not depend on it.
+        device: where the computation runs.
+    """
+
+    def __init__(
+        self, points: torch.Tensor, labels: torch.Tensor | None = None, dtype: str | torch.dtype = "float32", chunk_size: int = 4096,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise ConfigError(f"kernel dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+            dtype = DTYPES[dtype]
+        if points.ndim != 2 or points.shape[0] < 1:
+            raise DataError(f"need an (n, d) matrix of training points, got shape {tuple(points.shape)}")
+        if chunk_size < 1:
+            raise ConfigError(f"kernel.chunk_size must be >= 1, got {chunk_size}")
+        self.dtype, self.device, self.chunk_size = dtype, torch.device(device), int(chunk_size)
+        a = points.to(torch.float64)
+        self.center = a.mean(0)
+        a = a - self.center
+        # [a | |a|²]: one matrix product gives x·a_μ and the bias term together.
+        self.a_aug = torch.cat([a, (a * a).sum(1, keepdim=True)], 1).to(device=self.device, dtype=dtype).contiguous()
+        self.n, self.d = a.shape
+        self.labels = None if labels is None else labels.to(self.device, torch.long)
+        self.num_classes = 0 if labels is None else int(labels.max()) + 1
+        self._onehot = None
+
+    @property
+    def points(self) -> torch.Tensor:
+        """The centred points (n, d) in the kernel's dtype."""
+        return self.a_aug[:, : self.d]
+
+    @property
+    def sq_norms(self) -> torch.Tensor:
+        """|a_μ - mean|² (n,)."""
+        return self.a_aug[:, self.d]
+
+    def _onehot_chunks(self) -> torch.Tensor:
+        if self.labels is None:
+            raise ConfigError("class weights need labelled training points")
+        if self._onehot is None:
+            self._onehot = torch.nn.functional.one_hot(self.labels, self.num_classes).to(self.dtype)
+        return self._onehot
+
+    def _centre_queries(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x - e^{-t} mean: the query in the centred frame."""
+        x = x.to(device=self.device, dtype=torch.float64)
+        return x - torch.exp(-t).to(self.device)[:, None] * self.center.to(self.device)
+
+    @torch.no_grad()
+    def stats(self, x: torch.Tensor, t: float | torch.Tensor, mean: bool = True, classes: bool = False) -> PosteriorStats:
+        """Posterior statistics of queries ``x`` (B, d) at time(s) ``t`` (scalar or (B,)).
+
+        Args:
+            x: noised queries x_t in the original coordinates.
+            t: OU time, scalar or one per query (> 0).
+            mean: also compute Σ w_μ a_μ (one more matrix product).
+            classes: also compute class posterior weights (needs labels).
+        """
+        B = x.shape[0]
+        t = _as_times(t, B)
+        xc = self._centre_queries(x, t)
+        dt = delta(t).to(self.device)
+        et = torch.exp(-t).to(self.device)
+        # q·[a | |a|²] = (e^{-t} x·a - ½ e^{-2t} |a|²) / Δ = L.
+        q = torch.cat([xc * (et / dt)[:, None], (-0.5 * et * et / dt)[:, None]], 1).to(self.dtype)
+        m = torch.full((B,), -math.inf, dtype=self.dtype, device=self.device)
+        s = torch.zeros(B, dtype=self.dtype, device=self.device)
+        s2 = torch.zeros_like(s)
+        arg = torch.zeros(B, dtype=torch.long, device=self.device)
+        num = torch.zeros(B, self.d, dtype=self.dtype, device=self.device) if mean else None
+        onehot = self._onehot_chunks() if classes else None
+        cls = torch.zeros(B, self.num_classes, dtype=self.dtype, device=self.device) if classes else None
+        floor = _EXP_FLOOR[self.dtype]
+        for start in range(0, self.n, self.chunk_size):
+            chunk = self.a_aug[start : start + self.chunk_size]
+            L = q @ chunk.T
+            cmax, carg = L.max(1)
+            better = cmax > m
+            arg = torch.where(better, carg + start, arg)
+            m_new = torch.maximum(m, cmax)
+            scale = torch.exp(m - m_new)
+            E = L.sub_(m_new[:, None]).clamp_min_(floor).exp_()
+            s = s * scale + E.sum(1)
+            s2 = s2 * scale * scale + torch.linalg.vector_norm(E, dim=1).square()
+            if num is not None:
+                num = torch.addmm(num * scale[:, None], E, chunk[:, : self.d])
+            if cls is not None:
+                cls = torch.addmm(cls * scale[:, None], E, onehot[start : start + self.chunk_size])
+            m = m_new
+        lse = m.double() + torch.log(s.double())
+        out_mean = None if num is None else (num.double() / s.double()[:, None]) + self.center.to(self.device)
+        return PosteriorStats(
+            lse=lse,
+            mean=out_mean,
+            max_w=(1.0 / s.double()),
+            argmax=arg,
+            sum_w2=s2.double() / s.double().square(),
+            class_w=None if cls is None else cls.double() / s.double()[:, None],
+        )
+
+    def denoised(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        """E[x_0 | x_t] = Σ_μ w_μ a_μ (float64, original coordinates)."""
+        return self.stats(x, t).mean
+
+    def score(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        """∇log P_t(x) = (e^{-t} Σ w_μ a_μ - x) / Δ_t (float64)."""
+        tt = _as_times(t, x.shape[0]).to(self.device)
+        return (torch.exp(-tt)[:, None] * self.denoised(x, tt) - x.to(self.device, torch.float64)) / delta(tt)[:, None]
+
+    def eps(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        """ε*(x) = (x - e^{-t} Σ w_μ a_μ) / sqrt(Δ_t) = -sqrt(Δ_t) ∇log P_t (float64)."""
+        tt = _as_times(t, x.shape[0]).to(self.device)
+        return -self.score(x, tt) * delta(tt).sqrt()[:, None]
+
+    def log_density(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        """log P_t(x) of the noised empirical mixture (float64); for checks, not for speed."""
+        B = x.shape[0]
+        tt = _as_times(t, B)
+        xc = self._centre_queries(x, tt)
+        dt = delta(tt).to(self.device)
+        lse = self.stats(x, tt, mean=False).lse
+        # log P = lse - |x_c|²/(2Δ) - log n - d/2 log(2πΔ): the |x|² term dropped from L comes back.
+        return lse - (xc * xc).sum(1) / (2 * dt) - math.log(self.n) - 0.5 * self.d * torch.log(2 * math.pi * dt)
+
+    @torch.no_grad()
+    def forward_stats(
+        self, index: torch.Tensor, z: torch.Tensor, times: torch.Tensor, classes: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Statistics at x_t = e^{-t} a_{index} + sqrt(Δ_t) z for many t with the same (index, z).
+
+        Needs only two matrix products per chunk, G = a_{μ0}·a_μ and Z = z·a_μ, for all times:
+        x_t·a_μ = e^{-t} G + sqrt(Δ_t) Z (common random numbers across t).
+
+        Args:
+            index: training point μ0 of each query (B,).
+            z: standard normal noise (B, d).
+            times: OU times (T,), each > 0.
+            classes: also return class posterior weights (T, B, C).
+
+        Returns:
+            ``log_w0`` (T, B) log-weight of μ0, ``sum_w2`` (T, B), ``max_w`` (T, B), ``argmax`` (T, B)
+            and optionally ``class_w`` (T, B, C); all float64.
+        """
+        times = _as_times(times, torch.as_tensor(times).numel()).to(self.device)
+        T, B = times.numel(), index.numel()
+        index = index.to(self.device)
+        a0 = self.points[index]
+        zz = z.to(self.device, self.dtype)
+        et, dt = torch.exp(-times), delta(times)
+        c1 = (et * et / dt).to(self.dtype)  # multiplies G - ½|a|²
+        c2 = (et * dt.sqrt() / dt).to(self.dtype)  # multiplies Z
+        m = torch.full((T, B), -math.inf, dtype=self.dtype, device=self.device)
+        s = torch.zeros(T, B, dtype=self.dtype, device=self.device)
+        s2 = torch.zeros_like(s)
+        arg = torch.zeros(T, B, dtype=torch.long, device=self.device)
+        onehot = self._onehot_chunks() if classes else None
+        cls = torch.zeros(T, B, self.num_classes, dtype=self.dtype, device=self.device) if classes else None
+        buf, floor = None, _EXP_FLOOR[self.dtype]
+        for start in range(0, self.n, self.chunk_size):
+            chunk = self.points[start : start + self.chunk_size]
+            H = a0 @ chunk.T
+            H.sub_(0.5 * self.sq_norms[start : start + self.chunk_size])
+            Z = zz @ chunk.T
+            if buf is None or buf.shape != H.shape:
+                buf = torch.empty_like(H)
+            for i in range(T):
+                L = torch.mul(H, c1[i], out=buf)
+                L.add_(Z, alpha=float(c2[i]))
+                cmax, carg = L.max(1)
+                arg[i] = torch.where(cmax > m[i], carg + start, arg[i])
+                m_new = torch.maximum(m[i], cmax)
+                scale = torch.exp(m[i] - m_new)
+                E = L.sub_(m_new[:, None]).clamp_min_(floor).exp_()
+                s[i] = s[i] * scale + E.sum(1)
+                s2[i] = s2[i] * scale * scale + torch.linalg.vector_norm(E, dim=1).square()
+                if cls is not None:
+                    cls[i] = torch.addmm(cls[i] * scale[:, None], E, onehot[start : start + self.chunk_size])
+                m[i] = m_new
+        # L_{μ0} = c1 (|a0|² - ½|a0|²) + c2 z·a0, computed directly in float64.
+        a0d, zd = a0.double(), z.to(self.device, torch.float64)
+        L0 = c1.double()[:, None] * 0.5 * (a0d * a0d).sum(1)[None] + c2.double()[:, None] * (zd * a0d).sum(1)[None]
+        lse = m.double() + torch.log(s.double())
+        out = {"log_w0": L0 - lse, "sum_w2": s2.double() / s.double().square(), "max_w": 1.0 / s.double(), "argmax": arg}
+        if cls is not None:
+            out["class_w"] = cls.double() / s.double()[..., None]
+        return out
+
+    @torch.no_grad()
+    def nearest(self, x: torch.Tensor, k: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+        """Euclidean distances (B, k) and indices (B, k) of the k nearest training points to ``x``."""
+        xc = (x.to(self.device, torch.float64) - self.center.to(self.device)).to(self.dtype)
+        xsq = (xc * xc).sum(1, keepdim=True)
+        best_d = torch.full((x.shape[0], 0), math.inf, dtype=self.dtype, device=self.device)
+        best_i = torch.zeros((x.shape[0], 0), dtype=torch.long, device=self.device)
+        for start in range(0, self.n, self.chunk_size):
+            chunk = self.a_aug[start : start + self.chunk_size]
+            d2 = (xsq - 2 * xc @ chunk[:, : self.d].T + chunk[:, self.d][None]).clamp_min_(0)
+            kk = min(k, d2.shape[1])
+            vals, idx = torch.topk(d2, kk, dim=1, largest=False)
+            best_d = torch.cat([best_d, vals], 1)
+            best_i = torch.cat([best_i, idx + start], 1)
+            best_d, order = torch.topk(best_d, min(k, best_d.shape[1]), dim=1, largest=False)
+            best_i = torch.gather(best_i, 1, order)
+        return best_d.double().sqrt(), best_i
