@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from ddpm.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 STEP_RE = re.compile(r"^step_(\d+)\.pt$")
+# Temp files of atomic_save (".step_0000010.pt.ab12cd.tmp") and of the last.pt link swap.
+PARTIAL_RE = re.compile(r"^\.(step_\d+\.pt|last\.pt)\..+\.(tmp|lnk)$")
 FORMAT = "ddpm-checkpoint-v1"
 
 
@@ -40,14 +43,43 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# Testing hook (used by scripts/fault_drill.py): seconds to pause in the middle of every checkpoint
+# write, so that a kill can be aimed inside a write. Unset in normal use.
+SLOW_WRITE_ENV = "DDPM_TEST_SLOW_WRITE"
+
+
+class _PausingWriter:
+    """A file wrapper that sleeps once after the first write: makes a write last long enough to hit."""
+
+    def __init__(self, f: Any, pause_s: float) -> None:
+        self._f, self._pause_s, self._paused = f, pause_s, False
+
+    def write(self, data: bytes) -> int:
+        n = self._f.write(data)
+        if not self._paused:
+            self._f.flush()  # the torn half is really on disk when the kill lands
+            self._paused = True
+            time.sleep(self._pause_s)
+        return n
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` through a temp file + fsync + rename; the old file survives any failure."""
+    """``torch.save`` to ``path`` through a temp file + fsync + rename; the old file survives any failure.
+
+    Args:
+        obj: what to save (tensors and plain containers only, so that the safe loader reads it).
+        path: the target file; its folder is created if needed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    pause = float(os.environ.get(SLOW_WRITE_ENV) or 0)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            torch.save(obj, _PausingWriter(f, pause) if pause > 0 else f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -58,11 +90,45 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
+def clean_partial_writes(ckpt_dir: str | Path) -> list[Path]:
+    """Delete the temp files that a killed writer left in ``ckpt_dir``; returns what was removed.
+
+    Call it only while holding the run directory's lock: a live writer's temp file looks the same.
+
+    Args:
+        ckpt_dir: a checkpoint folder (missing is fine).
+    """
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    removed = []
+    for p in ckpt_dir.iterdir():
+        if PARTIAL_RE.match(p.name):
+            try:
+                p.unlink(missing_ok=True)
+            except OSError as exc:  # a read-only folder: the next write reports the real problem
+                log.warning("could not remove the incomplete write %s: %s", p, exc)
+                continue
+            removed.append(p)
+    if removed:
+        log.warning(
+            "removed %d incomplete checkpoint write(s) left by an interrupted run: %s", len(removed), ", ".join(p.name for p in removed)
+        )
+    return removed
+
+
 def save_checkpoint(state: dict[str, Any], ckpt_dir: str | Path, step: int, keep: int) -> Path:
     """Write ``step_XXXXXXX.pt`` and point ``last.pt`` at it; keep the ``keep`` newest step files."""
     ckpt_dir = Path(ckpt_dir)
     state = {"format": FORMAT, **state}
-    step_path = atomic_save(state, ckpt_dir / f"step_{step:07d}.pt")
+    target = ckpt_dir / f"step_{step:07d}.pt"
+    try:
+        step_path = atomic_save(state, target)
+    except OSError as exc:  # full disk, read-only or unwritable folder, quota, file size limit
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise CheckpointError(
+            f"could not write checkpoint {target}: {reason}; the checkpoints already in {ckpt_dir} are untouched"
+        ) from exc
     # last.pt is a hard link to the same bytes (no second write), swapped in atomically.
     tmp_link = ckpt_dir / f".last.pt.{os.getpid()}.lnk"
     tmp_link.unlink(missing_ok=True)
@@ -71,7 +137,10 @@ def save_checkpoint(state: dict[str, Any], ckpt_dir: str | Path, step: int, keep
         os.replace(tmp_link, ckpt_dir / "last.pt")
     except OSError:  # file systems without hard links
         tmp_link.unlink(missing_ok=True)
-        atomic_save(state, ckpt_dir / "last.pt")
+        try:
+            atomic_save(state, ckpt_dir / "last.pt")
+        except OSError as exc:  # step_path is complete: resume=latest finds it
+            raise CheckpointError(f"wrote {step_path} but could not update {ckpt_dir / 'last.pt'}: {exc.strerror or exc}") from exc
     if keep >= 0:
         for old in step_checkpoints(ckpt_dir)[keep:]:
             if old != step_path:

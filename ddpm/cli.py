@@ -26,7 +26,32 @@ CONFIG_MODULE = "ddpm.conf"
 log = logging.getLogger("ddpm")
 
 # Flags that make Hydra do something other than run the job: leave them to Hydra.
-_HYDRA_FLAGS = ("-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve", "--package", "-p", "--shell-completion", "-sc", "--version", "--run", "-r", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun")
+_HYDRA_FLAGS = (
+    "-m",
+    "--multirun",
+    "--cfg",
+    "-c",
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--info",
+    "-i",
+    "--resolve",
+    "--package",
+    "-p",
+    "--shell-completion",
+    "-sc",
+    "--version",
+    "--run",
+    "-r",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+)
 
 
 def one_line(exc: BaseException) -> str:

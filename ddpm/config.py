@@ -7,7 +7,8 @@ the fields declared here exist. Value ranges are checked by :func:`validate_trai
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -25,9 +26,9 @@ class DatasetConfig:
     resize: bool = False  # resize images of another size instead of failing
     download: bool = False  # let torchvision download where a network exists
     background: list[int] = field(default_factory=lambda: [99, 133, 150])  # RGB behind transparent pixels
-    path: Optional[str] = None  # folder dataset: a directory or .tar of images
+    path: str | None = None  # folder dataset: a directory or .tar of images
     test_fraction: float = 0.1  # held-out share for datasets without an official test split
-    num_classes: Optional[int] = None
+    num_classes: int | None = None
 
 
 @dataclass
@@ -66,7 +67,7 @@ class GPUConfig:
 @dataclass
 class SamplerConfig:
     name: str = MISSING  # ddpm, ddim, ... (see ddpm.samplers.SAMPLERS)
-    steps: Optional[int] = None  # network evaluations; null = all T steps
+    steps: int | None = None  # network evaluations; null = all T steps
     eta: float = 0.0  # DDIM noise scale (0 deterministic, 1 ancestral-like)
     spacing: str = "leading"  # leading, trailing or linspace
     clip_denoised: bool = True  # clamp x̂_0 to [-1, 1] at each step
@@ -109,9 +110,9 @@ class TrainConfig:
     gpu: GPUConfig = field(default_factory=GPUConfig)
     train: TrainSection = field(default_factory=TrainSection)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    resume: Optional[str] = None  # latest, a checkpoint path, or null
+    resume: str | None = None  # latest, a checkpoint path, or null
     dry_run: bool = False
-    experiment: Optional[str] = None  # name of the applied experiment preset (informational)
+    experiment: str | None = None  # name of the applied experiment preset (informational)
 
 
 def register_configs() -> None:
@@ -140,6 +141,13 @@ def validate_train(cfg: Any) -> None:
     _check(t.lr_schedule in ("constant", "cosine"), f"train.lr_schedule must be constant or cosine, got {t.lr_schedule!r}")
     _check(t.objective in ("eps", "x0", "v"), f"train.objective must be eps, x0 or v, got {t.objective!r}")
     _check(t.grad_clip >= 0, f"train.grad_clip must be >= 0, got {t.grad_clip}")
+    _check(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")
+    _check(len(t.betas) == 2 and all(0.0 <= b < 1.0 for b in t.betas), f"train.betas must be two values in [0, 1), got {list(t.betas)}")
+    resume = cfg.get("resume")
+    _check(
+        resume in (None, "", "latest") or Path(str(resume)).expanduser().is_file(),
+        f"resume={resume}: no such checkpoint file (use resume=latest or a path to a .pt file)",
+    )
     for key in ("log_every", "sample_every", "ckpt_every", "num_sample_images", "keep_checkpoints"):
         _check(t[key] >= 0, f"train.{key} must be >= 0, got {t[key]}")
     _check(t.sample_steps >= 1, f"train.sample_steps must be >= 1, got {t.sample_steps}")
@@ -153,6 +161,9 @@ def validate_train(cfg: Any) -> None:
     _check(d.image_size > 0, f"dataset.image_size must be > 0, got {d.image_size}")
     _check(d.channels in (1, 3), f"dataset.channels must be 1 or 3, got {d.channels}")
     _check(0.0 <= d.test_fraction < 1.0, f"dataset.test_fraction must lie in [0, 1), got {d.test_fraction}")
-    _check(len(d.background) == 3 and all(0 <= c <= 255 for c in d.background), f"dataset.background must be 3 values in 0..255, got {list(d.background)}")
+    _check(
+        len(d.background) == 3 and all(0 <= c <= 255 for c in d.background),
+        f"dataset.background must be 3 values in 0..255, got {list(d.background)}",
+    )
     m = cfg.model
     _check(m.num_heads >= 1, f"model.num_heads must be >= 1, got {m.num_heads}")

@@ -16,7 +16,7 @@ from ddpm.errors import ConfigError
 
 @dataclass
 class GifConfig:
-    frames: int = 25  # frames of sampling.gif and noise.gif
+    frames: int = 20  # frames of sampling.gif and noise.gif
     fps: float = 8.0
     num_images: int = 16  # images in each GIF frame's grid (the first samples)
     scale: int = 2  # nearest-neighbour upscaling of the frames
@@ -80,7 +80,9 @@ def _check(ok: bool, msg: str) -> None:
 
 
 def _check_common(cfg: Any) -> None:
-    _check(not OmegaConf.is_missing(cfg, "ckpt") and bool(cfg.ckpt), "pass the checkpoint to use: ckpt=PATH (a .pt file or a training run dir)")
+    _check(
+        not OmegaConf.is_missing(cfg, "ckpt") and bool(cfg.ckpt), "pass the checkpoint to use: ckpt=PATH (a .pt file or a training run dir)"
+    )
     _check(cfg.precision in ("fp32", "fp16", "bf16"), f"precision must be fp32, fp16 or bf16, got {cfg.precision!r}")
 
 

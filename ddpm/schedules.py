@@ -18,7 +18,11 @@ SCHEDULES = ("linear", "cosine", "quadratic")
 
 
 def make_betas(
-    name: str, T: int, beta_start: float = 1e-4, beta_end: float = 0.02, cosine_s: float = 0.008,
+    name: str,
+    T: int,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    cosine_s: float = 0.008,
     max_beta: float = 0.999,
 ) -> torch.Tensor:
     """Return the float64 β_k, k = 0..T-1.
@@ -35,9 +39,7 @@ def make_betas(
         raise ConfigError(f"schedule.T must be a positive integer, got {T!r}")
     if name in ("linear", "quadratic"):
         if not (0.0 < beta_start < 1.0 and 0.0 < beta_end < 1.0):
-            raise ConfigError(
-                f"schedule betas must lie in (0, 1), got beta_start={beta_start}, beta_end={beta_end}"
-            )
+            raise ConfigError(f"schedule betas must lie in (0, 1), got beta_start={beta_start}, beta_end={beta_end}")
         if beta_end < beta_start:
             raise ConfigError(f"schedule.beta_end ({beta_end}) must be >= beta_start ({beta_start})")
     if name == "linear":
@@ -67,8 +69,12 @@ class NoiseSchedule:
         """Build from a ``schedule`` config node (name, T, beta_start, beta_end, ...)."""
         return cls(
             make_betas(
-                cfg.name, int(cfg.T), float(cfg.beta_start), float(cfg.beta_end),
-                float(cfg.get("cosine_s", 0.008)), float(cfg.get("max_beta", 0.999)),
+                cfg.name,
+                int(cfg.T),
+                float(cfg.beta_start),
+                float(cfg.beta_end),
+                float(cfg.get("cosine_s", 0.008)),
+                float(cfg.get("max_beta", 0.999)),
             )
         )
 

@@ -8,6 +8,7 @@ process with batch N*B computes, and a resumed run continues the same random str
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -20,7 +21,6 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 import ddpm
-from ddpm.checkpoint import find_latest, load_checkpoint, save_checkpoint
+from ddpm.checkpoint import clean_partial_writes, find_latest, load_checkpoint, save_checkpoint
 from ddpm.cli import hydra_main
 from ddpm.config import validate_train
 from ddpm.data import load_dataset, to_model_range
@@ -45,6 +45,27 @@ log = logging.getLogger("ddpm.train")
 
 # Parts of the config a checkpoint's weights depend on: resuming with other values is refused.
 COMPATIBLE_KEYS = ("model", "schedule", "train.objective", "dataset.image_size", "dataset.channels")
+
+
+# Testing hook (used by scripts/fault_drill.py and tests): steps whose loss is made NaN, e.g.
+# "5,6,7", "3-5" or "12-" (12 onwards). Unset in normal use.
+NONFINITE_ENV = "DDPM_TEST_NONFINITE_STEPS"
+
+
+def parse_step_ranges(spec: str) -> list[tuple[int, float]]:
+    """``"5,8-9,12-"`` -> inclusive ranges ``[(5, 5), (8, 9), (12, inf)]``.
+
+    Args:
+        spec: comma-separated steps ``N``, ranges ``A-B`` and open ranges ``A-``.
+    """
+    ranges: list[tuple[int, float]] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        lo, sep, hi = part.partition("-")
+        try:
+            ranges.append((int(lo), float(int(hi)) if hi else math.inf) if sep else (int(lo), float(int(lo))))
+        except ValueError:
+            raise ConfigError(f"{NONFINITE_ENV}={spec!r}: expected steps like 5,8-9,12-") from None
+    return ranges
 
 
 class TrainingDiverged(RuntimeError):
@@ -106,10 +127,8 @@ class _StopSignal:
 
     def __enter__(self) -> _StopSignal:
         for s in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers
                 self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread
-                pass
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -137,7 +156,9 @@ class _RunLock:
         except BlockingIOError:
             os.close(self.fd)
             self.fd = None
-            raise RunDirLocked(f"another ddpm-train process is running in {self.path.parent}; wait for it to end or choose another hydra.run.dir") from None
+            raise RunDirLocked(
+                f"another ddpm-train process is running in {self.path.parent}; wait for it to end or choose another hydra.run.dir"
+            ) from None
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"{os.getpid()}\n".encode())
         return self
@@ -176,7 +197,9 @@ class Trainer:
         self.global_batch = tc.batch_size * self.accum * self.rt.world_size
         self.steps_per_epoch = len(self.images) // self.global_batch
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"global batch {self.global_batch} (train.batch_size x ranks x gpu.grad_accum_steps) exceeds the {len(self.images)} training images")
+            raise ConfigError(
+                f"global batch {self.global_batch} (train.batch_size x ranks x gpu.grad_accum_steps) exceeds the {len(self.images)} training images"
+            )
 
         self.diffusion = GaussianDiffusion(NoiseSchedule.from_config(cfg.schedule), tc.objective)
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
@@ -185,7 +208,9 @@ class Trainer:
         self.model = self.model.to(memory_format=self.memory_format)
         self.ema = make_ema(self.model, tc.ema_decay)
         fused = self.rt.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, fused=fused)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, fused=fused
+        )
         self.scheduler = build_lr_scheduler(self.optimizer, tc.warmup_steps, tc.max_steps, tc.lr_schedule)
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.precision == "fp16")
         net: torch.nn.Module = self.model
@@ -197,6 +222,7 @@ class Trainer:
         self.bad_steps = 0
         self.skipped_steps = 0
         self._perm_epoch, self._perm = -1, torch.empty(0)
+        self._nan_steps = parse_step_ranges(os.environ.get(NONFINITE_ENV, ""))
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -292,6 +318,8 @@ class Trainer:
                 with self.rt.autocast():
                     out = self.net(xk, k[rows])
                 loss = torch.nn.functional.mse_loss(out.float(), self.diffusion.target(x0[rows], noise[rows], k[rows])) / self.accum
+                if self._nan_steps and any(lo <= self.step <= hi for lo, hi in self._nan_steps):
+                    loss = loss * float("nan")  # injected fault: NaN loss and gradients
                 self.scaler.scale(loss).backward()
             total += loss.detach()
         self.scaler.unscale_(self.optimizer)
@@ -338,7 +366,15 @@ class Trainer:
 
         model = self.ema.module.eval()
         sampler = DDIMSampler(self.diffusion, steps=min(tc.sample_steps, self.diffusion.T))
-        x = generate(make_eps_fn(model, self.diffusion, self.rt.autocast), sampler, self.shape, tc.num_sample_images, seed=0, batch_size=max(tc.batch_size, 64), device=self.rt.device)
+        x = generate(
+            make_eps_fn(model, self.diffusion, self.rt.autocast),
+            sampler,
+            self.shape,
+            tc.num_sample_images,
+            seed=0,
+            batch_size=max(tc.batch_size, 64),
+            device=self.rt.device,
+        )
         model.train()
         grid = (x + 1) / 2
         path = self.run_dir / "samples" / f"step_{self.step:07d}.png"
@@ -363,13 +399,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
-        cfg, tc, rt = self.cfg, self.cfg.train, self.rt
+        tc, rt = self.cfg.train, self.rt
         writer = None
         if rt.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(self.run_dir / "tb"))
-        bar = tqdm(total=tc.max_steps, initial=self.step, desc="train", unit="step", disable=not (tc.progress and rt.is_main), dynamic_ncols=True)
+        bar = tqdm(
+            total=tc.max_steps, initial=self.step, desc="train", unit="step", disable=not (tc.progress and rt.is_main), dynamic_ncols=True
+        )
         window_loss = torch.zeros((), device=rt.device)
         window_steps, window_t = 0, time.perf_counter()
         last_loss = float("nan")
@@ -419,7 +457,13 @@ class Trainer:
             self.sample_grid(writer)
         if writer is not None:
             writer.close()
-        summary = {"step": self.step, "loss": last_loss, "first_logged_loss": first_loss, "skipped_steps": self.skipped_steps, "checkpoint": str(self.ckpt_dir / "last.pt")}
+        summary = {
+            "step": self.step,
+            "loss": last_loss,
+            "first_logged_loss": first_loss,
+            "skipped_steps": self.skipped_steps,
+            "checkpoint": str(self.ckpt_dir / "last.pt"),
+        }
         if rt.is_main:
             (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
         return summary
@@ -432,6 +476,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any] | None:
         trainer = Trainer(cfg, run_dir)
         try:
             if trainer.rt.is_main:
+                clean_partial_writes(trainer.ckpt_dir)  # safe: the run lock excludes a live writer
                 (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
             if cfg.dry_run:
                 print(OmegaConf.to_yaml(cfg, resolve=True))

@@ -93,7 +93,12 @@ class Sampler(ABC):
     stochastic = False
 
     def __init__(
-        self, diffusion: GaussianDiffusion, steps: int | None = None, spacing: str = "leading", clip_denoised: bool = True, max_step: int | None = None
+        self,
+        diffusion: GaussianDiffusion,
+        steps: int | None = None,
+        spacing: str = "leading",
+        clip_denoised: bool = True,
+        max_step: int | None = None,
     ) -> None:
         self.diffusion = diffusion
         top = diffusion.T if max_step is None else int(max_step) + 1
@@ -119,11 +124,13 @@ class Sampler(ABC):
     def step(self, i: int, x: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, rng: StackedRandomGenerator | None) -> torch.Tensor:
         """Move from visited step i (``timesteps[i]``) to step i-1 (or to x_0 when i == 0)."""
 
-    def reset(self) -> None:
+    def reset(self) -> None:  # noqa: B027 - optional hook, a no-op for one-step samplers
         """Clear any multistep history (called at the start of :meth:`sample`)."""
 
     @torch.inference_mode()
-    def sample(self, eps_fn: EpsFn, x_T: torch.Tensor, rng: StackedRandomGenerator | None = None, callback: Callback | None = None, progress=None) -> torch.Tensor:
+    def sample(
+        self, eps_fn: EpsFn, x_T: torch.Tensor, rng: StackedRandomGenerator | None = None, callback: Callback | None = None, progress=None
+    ) -> torch.Tensor:
         """Run the reverse process from ``x_T``; stochastic samplers draw their noise from ``rng``."""
         if self.stochastic and rng is None:
             raise ValueError(f"{type(self).__name__} needs a random generator")

@@ -1,0 +1,126 @@
+"""Every config group composes, typos fail at compose time, and dry_run works on the real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, compose_config
+from omegaconf.errors import ConfigKeyError, ValidationError
+from PIL import Image
+
+from ddpm.errors import DataError
+from ddpm.train import train
+
+GROUPS = ("dataset", "model", "schedule", "gpu", "experiment")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes(group, option):
+    cfg = compose_config("train", [f"{group}={option}"])
+    if group == "experiment":
+        assert cfg.experiment == option
+    else:
+        assert cfg[group].name == option
+
+
+def test_experiments_override_only_what_changes():
+    base = compose_config("train")
+    c3 = compose_config("train", ["experiment=config3_mnist"])
+    assert (c3.schedule.T, c3.schedule.beta_end, c3.train.lr) == (1000, 0.01, 2e-4)
+    assert c3.train.batch_size == base.train.batch_size
+    assert compose_config("train", ["experiment=config2_mnist"]).schedule.T == 300
+    assert compose_config("train", ["experiment=config1_cryptopunks"]).dataset.name == "cryptopunks"
+    assert compose_config("train", ["experiment=cats64"]).dataset.image_size == 64
+
+
+def test_model_presets_sizes():
+    from ddpm.models import build_model
+
+    sizes = {}
+    for name in ("tiny", "small", "base"):
+        m = build_model(compose_config("train", [f"model={name}"]).model, 32, 3)
+        sizes[name] = sum(p.numel() for p in m.parameters())
+    assert sizes["tiny"] < 1_000_000 < sizes["small"] < sizes["base"]
+
+
+def test_typos_and_wrong_types_fail_at_compose_time():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)):
+        compose_config("train", ["train.batchsize=3"])
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose_config("train", ["train.batch_size=abc"])
+
+
+def test_multirun_style_overrides_of_T_and_betas_compose():
+    for sched in ("linear", "cosine", "quadratic"):
+        cfg = compose_config("train", [f"schedule={sched}", "schedule.T=250", "schedule.beta_end=0.03"])
+        assert (cfg.schedule.name, cfg.schedule.T) == (sched, 250)
+
+
+@pytest.mark.parametrize(
+    "dataset,n,shape",
+    [("mnist", 60000, (1, 32, 32)), ("cryptopunks", 9000, (3, 24, 24)), ("cats", 4638, (3, 64, 64))],
+)
+def test_dry_run_on_real_data(dataset, n, shape, data_dir, tmp_path, capsys):
+    cfg = compose_config(
+        "train", [f"dataset={dataset}", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path / 'cache'}", "dry_run=true"]
+    )
+    assert train(cfg, tmp_path / "run") is None
+    out = capsys.readouterr().out
+    assert f"{n} images {shape}" in out
+    assert "parameters" in out and (tmp_path / "run" / "config.yaml").is_file()
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_real_dataset_contents(data_dir, tmp_path):
+    from ddpm.data import load_dataset
+
+    mnist = load_dataset(compose_config("train").dataset, data_dir, tmp_path, "train")
+    assert mnist.labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]  # the known first labels
+    assert mnist.images[:, :, :2].max() == 0 and mnist.images[:, :, 2:30, 2:30].float().mean() / 255 == pytest.approx(0.1307, abs=1e-3)
+    assert len(load_dataset(compose_config("train").dataset, data_dir, tmp_path, "test")) == 10000
+    punks = load_dataset(compose_config("train", ["dataset=cryptopunks"]).dataset, data_dir, tmp_path, "test")
+    assert len(punks) == 1000 and punks.images.dtype.is_floating_point is False
+    # Transparent pixels are composited onto the configured background: corners are (99, 133, 150).
+    assert punks.images[:, :, 0, 0].tolist().count([99, 133, 150]) > 900
+
+
+def test_folder_dataset_and_missing_data(tmp_path):
+    from ddpm.data import load_dataset
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    cfg = compose_config("train", ["dataset=folder", f"dataset.path={folder}", "dataset.image_size=16", "dataset.test_fraction=0"])
+    data = load_dataset(cfg.dataset, tmp_path, tmp_path / "cache", "train")
+    assert data.images.shape == (5, 3, 16, 16)
+    assert np.array_equal(data.images[0].permute(1, 2, 0).numpy(), np.asarray(Image.open(folder / "0.png")))
+    with pytest.raises(DataError, match="looked for"):
+        load_dataset(compose_config("train").dataset, tmp_path, tmp_path / "cache", "train")
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset(compose_config("train").dataset, tmp_path / "nope", tmp_path / "cache", "train")
+
+
+def test_packages_list_covers_every_subpackage():
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.relative_to(REPO).parent.parts) for p in (REPO / "ddpm").rglob("__init__.py")}
+    assert found | {"ddpm.conf"} == listed
+
+
+def test_configs_ship_with_the_installed_package():
+    import importlib.resources as resources
+
+    root = resources.files("ddpm.conf")
+    assert Path(str(root / "train.yaml")).is_file()
+    assert {p.name for p in (root / "dataset").iterdir()} >= {f"{o}.yaml" for o in options("dataset")}
