@@ -117,6 +117,16 @@ def clean_partial_writes(ckpt_dir: str | Path) -> list[Path]:
     return removed
 
 
+def _write_failure(exc: BaseException) -> str:
+    """The operating system's reason behind a failed write (torch.save wraps it in a RuntimeError)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen.strerror or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def save_checkpoint(state: dict[str, Any], ckpt_dir: str | Path, step: int, keep: int) -> Path:
     """Write ``step_XXXXXXX.pt`` and point ``last.pt`` at it; keep the ``keep`` newest step files."""
     ckpt_dir = Path(ckpt_dir)
@@ -124,10 +134,9 @@ def save_checkpoint(state: dict[str, Any], ckpt_dir: str | Path, step: int, keep
     target = ckpt_dir / f"step_{step:07d}.pt"
     try:
         step_path = atomic_save(state, target)
-    except OSError as exc:  # full disk, read-only or unwritable folder, quota, file size limit
-        reason = exc.strerror or str(exc) or type(exc).__name__
+    except (OSError, RuntimeError) as exc:  # full disk, read-only or unwritable folder, quota, file size limit
         raise CheckpointError(
-            f"could not write checkpoint {target}: {reason}; the checkpoints already in {ckpt_dir} are untouched"
+            f"could not write checkpoint {target}: {_write_failure(exc)}; the checkpoints already in {ckpt_dir} are untouched"
         ) from exc
     # last.pt is a hard link to the same bytes (no second write), swapped in atomically.
     tmp_link = ckpt_dir / f".last.pt.{os.getpid()}.lnk"
