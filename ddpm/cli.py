@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -102,6 +103,9 @@ def hydra_main(config_name: str, extra_errors: tuple[type[BaseException], ...] =
 
         def main() -> Any:
             precheck(config_name, sys.argv[1:])
+            if int(os.environ.get("RANK", "0")) > 0:
+                # torchrun: only rank 0 writes the run dir (config copies, log file).
+                sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
             return hydra_task()
 
         main.__doc__ = fn.__doc__

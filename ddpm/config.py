@@ -62,6 +62,7 @@ class GPUConfig:
     grad_accum_steps: int = 1
     channels_last: bool = False
     compile: bool = False
+    num_threads: int | None = None  # torch CPU threads; null: 1 per job under the joblib launcher, else torch's default
 
 
 @dataclass

@@ -81,11 +81,42 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def hydra_job() -> tuple[int | None, str]:
+    """(job number, launcher target) of the running Hydra job; (None, "") outside a multirun."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):
+        return None, ""
+    target = str(hc.launcher.get("_target_", "")) if "launcher" in hc else ""
+    return (hc.job.num if hc.mode.name == "MULTIRUN" else None), target
+
+
+def configure_threads(threads: int | None) -> int:
+    """Set torch's CPU threads: ``threads`` if given, else 1 per job under the joblib launcher
+    (parallel jobs on one machine must not oversubscribe the cores), else torch's default."""
+    if threads is None:
+        threads = 1 if "joblib" in hydra_job()[1].lower() else 0
+    if threads < 0:
+        raise ConfigError(f"thread count must be >= 0, got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def setup_runtime(gpu_cfg) -> Runtime:
-    """Initialise torch.distributed when launched by torchrun, pick the device and set TF32."""
+    """Initialise torch.distributed when launched by torchrun, pick the device and set TF32.
+
+    In a multirun on a machine with several GPUs, ``device=auto`` gives job j the GPU j mod count.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    configure_threads(gpu_cfg.get("num_threads"))
+    job_num = hydra_job()[0]
+    if world_size == 1 and job_num is not None and gpu_cfg.device == "auto" and torch.cuda.device_count() > 1:
+        local_rank = job_num % torch.cuda.device_count()
     device = resolve_device(gpu_cfg.device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
