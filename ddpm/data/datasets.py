@@ -244,6 +244,8 @@ def load_dataset(cfg, data_dir: str | Path, cache_dir: str | Path, split: str = 
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     data_dir, cache_dir = Path(data_dir).expanduser(), Path(cache_dir).expanduser()
+    if cfg.download and cfg.name in ("mnist", "cifar10"):
+        data_dir.mkdir(parents=True, exist_ok=True)
     if not data_dir.is_dir() and not (cfg.name == "folder" and cfg.path and Path(cfg.path).is_absolute()):
         raise DataError(f"data root {data_dir} does not exist; set paths.data_dir=... or the DDPM_DATA_DIR environment variable")
     images, labels, source = DATASETS[cfg.name](cfg, data_dir, cache_dir, split if cfg.name in OFFICIAL_SPLITS else "train")
