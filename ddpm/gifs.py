@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
 
 from ddpm.data import from_model_range
 
@@ -30,6 +29,37 @@ def frame_indices(num_states: int, frames: int) -> list[int]:
     return [int(round(j * (num_states - 1) / (frames - 1))) for j in range(frames)]
 
 
+def make_grid(images: torch.Tensor, nrow: int, pad: int = 2, pad_value: int = 255) -> torch.Tensor:
+    """uint8 images (N, C, H, W) tiled row by row into one (3, H', W') uint8 grid, ``pad`` pixels apart.
+
+    The layout is torchvision's ``make_grid``; it is written out here because importing
+    torchvision adds seconds to every command's start.
+
+    Args:
+        images: uint8 images with 1 or 3 channels.
+        nrow: images per row.
+        pad: pixels between and around images.
+        pad_value: colour of the padding.
+    """
+    n, c, h, w = images.shape
+    if c == 1:
+        images = images.expand(n, 3, h, w)
+    rows = -(-n // nrow)
+    grid = torch.full((3, rows * (h + pad) + pad, nrow * (w + pad) + pad), pad_value, dtype=torch.uint8)
+    for j in range(n):
+        r, col = divmod(j, nrow)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, y : y + h, x : x + w] = images[j]
+    return grid
+
+
+def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    """Save images (N, C, H, W) in [-1, 1] as one PNG grid (default: a square-ish grid)."""
+    path = Path(path)
+    Image.fromarray(grid_frame(x, nrow)).save(path)
+    return path
+
+
 def grid_frame(x: torch.Tensor, nrow: int | None = None, scale: int = 1, pad: int = 2) -> np.ndarray:
     """One RGB uint8 frame (H, W, 3) showing a batch of images in [-1, 1] as a grid.
 
@@ -40,7 +70,7 @@ def grid_frame(x: torch.Tensor, nrow: int | None = None, scale: int = 1, pad: in
         pad: pixels between images.
     """
     nrow = nrow or int(math.ceil(math.sqrt(x.shape[0])))
-    grid = make_grid(from_model_range(x.detach().cpu()), nrow=nrow, padding=pad, pad_value=255)  # uint8, 3 channels
+    grid = make_grid(from_model_range(x.detach().cpu()), nrow=nrow, pad=pad)
     if scale > 1:
         grid = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
     return grid.permute(1, 2, 0).numpy()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from ddpm.cli import hydra_main
 from ddpm.data import from_model_range, load_dataset, to_model_range
 from ddpm.errors import CheckpointError, ConfigError
 from ddpm.generate import generate
-from ddpm.gifs import frame_indices, grid_frame, write_gif
+from ddpm.gifs import frame_indices, grid_frame, save_grid, write_gif
 from ddpm.pretrained import Pretrained, load_pretrained
 from ddpm.runtime import Runtime, resolve_device, resolve_precision
 from ddpm.sample_config import validate_sample
@@ -53,9 +52,10 @@ def resolve_ckpt(path: str | Path) -> Path:
 
 def setup(cfg: DictConfig) -> tuple[Pretrained, Runtime]:
     """Load the checkpoint onto the configured device; returns the model and the runtime."""
+    path = resolve_ckpt(cfg.ckpt)
     device = resolve_device(cfg.device)
     rt = Runtime(device, resolve_precision(cfg.precision, device))
-    return load_pretrained(resolve_ckpt(cfg.ckpt), device, use_ema=bool(cfg.use_ema)), rt
+    return load_pretrained(path, device, use_ema=bool(cfg.use_ema)), rt
 
 
 def check_outputs(run_dir: Path, names: tuple[str, ...], overwrite: bool) -> None:
@@ -194,10 +194,7 @@ def sample(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     bar.close()
     seconds = time.perf_counter() - t0
 
-    grid_x = torch.cat(grid)
-    from torchvision.utils import save_image
-
-    save_image((grid_x + 1) / 2, run_dir / "samples.png", nrow=int(math.ceil(math.sqrt(len(grid_x)))))
+    save_grid(torch.cat(grid), run_dir / "samples.png")
     outputs = ["samples.png"]
     steps = state_steps(sampler, states)
     if n_frames:
