@@ -2,7 +2,8 @@
 
 Real images of the checkpoint's dataset are noised to each chosen schedule step k (``steps=``)
 and/or Ornstein–Uhlenbeck time t = -½ log ᾱ (``times=``, mapped to the first step with t_k >= t),
-then denoised back to x_0 with the chosen ``sampler``. Written into the run dir:
+then denoised back to x_0 with the chosen ``sampler`` (``sampler.steps`` evaluations, or all k + 1
+steps when fewer remain). Written into the run dir:
 
 - ``denoise_k<k>.png``: original / noised / denoised images for each start, and
   ``denoise_overview.png`` with all starts;
@@ -130,6 +131,13 @@ class Trajectory:
             self.bar.update(1)
 
 
+def sampler_config(cfg: DictConfig, k: int) -> DictConfig:
+    """The sampler config for a start at step k: at most k + 1 evaluations fit between k and 0."""
+    if cfg.steps is None or cfg.steps <= k + 1:
+        return cfg
+    return OmegaConf.merge(cfg, {"steps": k + 1})
+
+
 def _stats(a: np.ndarray) -> tuple[float, float]:
     return float(np.mean(a)), float(np.std(a))
 
@@ -146,7 +154,9 @@ def visualize(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     pre, rt = setup(cfg)
     diffusion, sched = pre.diffusion, pre.diffusion.schedule
     starts = resolve_starts(list(cfg.steps), list(cfg.times), sched)
-    samplers = {s.step: build_sampler(cfg.sampler, diffusion, max_step=s.step) for s in starts}  # bad steps fail before any work
+    samplers = {
+        s.step: build_sampler(sampler_config(cfg.sampler, s.step), diffusion, max_step=s.step) for s in starts
+    }  # fail before any work
     x0 = real_images(cfg, pre, int(cfg.num_images), cfg.split, int(cfg.seed)).to(rt.device)
     eps_fn = make_eps_fn(pre.model, diffusion, rt.autocast)
     run_dir.mkdir(parents=True, exist_ok=True)

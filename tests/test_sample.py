@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import compose_config
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import compose_config
 from ddpm.data import from_model_range, load_dataset, to_model_range
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError
@@ -82,7 +82,9 @@ def test_gif_frame_count_size_and_timing(tmp_path: Path) -> None:
 
 def test_forward_chain_has_the_closed_form_marginals() -> None:
     """x_0 = μ everywhere: the Markov chain's x_k must be N(√ᾱ_k μ, 1 - ᾱ_k)."""
-    diff = GaussianDiffusion(NoiseSchedule.from_config(OmegaConf.create({"name": "linear", "T": 200, "beta_start": 1e-4, "beta_end": 0.02})))
+    diff = GaussianDiffusion(
+        NoiseSchedule.from_config(OmegaConf.create({"name": "linear", "T": 200, "beta_start": 1e-4, "beta_end": 0.02}))
+    )
     x0 = torch.full((4, 1, 64, 64), 0.5)
     states = forward_states(diff, x0, [20, 199], seed=3)
     for k in (20, 199):
@@ -147,7 +149,16 @@ def test_sample_i_is_independent_of_batch_size(tiny_ckpt: Path, data_dir: Path, 
     """The ancestral sampler draws fresh noise at every step: still, sample i must not depend on the batch."""
     runs = {}
     for bs in (1, 8):
-        cfg = sample_cfg(tiny_ckpt, data_dir, tmp_path / "cache", num_samples=8, batch_size=bs, save_images=True, sampler="ddpm", **{"sampler.steps": 6, "gif.frames": 0})
+        cfg = sample_cfg(
+            tiny_ckpt,
+            data_dir,
+            tmp_path / "cache",
+            num_samples=8,
+            batch_size=bs,
+            save_images=True,
+            sampler="ddpm",
+            **{"sampler.steps": 6, "gif.frames": 0},
+        )
         sample(cfg, tmp_path / f"bs{bs}")
         runs[bs] = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / f"bs{bs}" / "images").glob("*.png"))])
     assert runs[1].shape == (8, 32, 32)
@@ -196,7 +207,15 @@ def test_cli_rejects_bad_step_counts(tiny_ckpt: Path, steps: int, needle: str, t
 @pytest.mark.slow
 def test_cli_end_to_end(tiny_ckpt: Path, data_dir: Path, tmp_path: Path) -> None:
     res = run_script(
-        [f"ckpt={tiny_ckpt.parent.parent}", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path / 'cache'}", "num_samples=4", "sampler.steps=4", "gif.frames=5", "progress=false"],
+        [
+            f"ckpt={tiny_ckpt.parent.parent}",
+            f"paths.data_dir={data_dir}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            "num_samples=4",
+            "sampler.steps=4",
+            "gif.frames=5",
+            "progress=false",
+        ],
         tmp_path,
     )
     assert res.returncode == 0, res.stderr
