@@ -166,6 +166,14 @@ def step_checkpoints(ckpt_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def _unpickling_reason(exc: BaseException) -> str:
+    """The specific line of torch's weights-only error, without its advice to load unsafely."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "WeightsUnpickler error")
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    specific = [ln for ln in lines if not ln.startswith(boilerplate)]
+    return " ".join(specific).rstrip(".") or (lines[0] if lines else "unreadable content")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; every failure is a :class:`CheckpointError`."""
     path = Path(path)
@@ -174,8 +182,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise CheckpointError(f"checkpoint {path} was refused by the safe loader (weights_only=True): {first}") from exc
+        reason = _unpickling_reason(exc)
+        if "GLOBAL" in reason:  # the file names Python callables: code, not weights
+            raise CheckpointError(
+                f"checkpoint {path} was refused by the safe loader (weights_only=True), it carries code: {reason}; do not load it unsafely"
+            ) from exc
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint (the safe loader stopped at: {reason})") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {first}") from exc
