@@ -1,0 +1,254 @@
+"""``ddpm-regimes``: speciation and collapse times of diffusion, measured and against theory.
+
+Writes into its run dir ``regimes.json`` (every time in OU time t and as the step k of the
+schedule; top-level ``t_C``, ``t_C_theory``, ``t_S``, ``Lambda``, ``k_C``, ``k_S``),
+``curves.npz`` and PNG plots. See docs/regimes.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ddpm.cli import hydra_main
+from ddpm.errors import ConfigError
+from ddpm.regimes import plots, theory
+from ddpm.regimes.collapse import measure_collapse
+from ddpm.regimes.config import SYNTHETIC, validate_regimes
+from ddpm.regimes.data import Points, load_points
+from ddpm.regimes.score import ExactScore
+from ddpm.regimes.seeds import generator
+from ddpm.regimes.speciation import measure_speciation
+from ddpm.regimes.spectrum import analyse_spectrum
+from ddpm.regimes.tracking import end_statistics, exact_eps_fn, summarise_tracking, track
+from ddpm.schedules import NoiseSchedule
+
+log = logging.getLogger("ddpm.regimes")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"kernel.device={name} but CUDA is not available")
+    return torch.device(name)
+
+
+def _threads(cfg: DictConfig) -> int | None:
+    """Torch threads: the configured value, or 1 per job when Hydra's joblib launcher runs the sweep."""
+    if cfg.threads is not None:
+        return int(cfg.threads)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN and "joblib" in str(hc.launcher.get("_target_", "")).lower():
+            return 1
+    except ValueError:  # not running under Hydra
+        pass
+    return None
+
+
+def _step(schedule: NoiseSchedule, t: float | None) -> int | None:
+    return None if t is None else int(schedule.time_to_step(float(t)))
+
+
+def _time_entry(schedule: NoiseSchedule, t: float | None) -> dict[str, Any]:
+    """A time with its step and whether it lies beyond the schedule's last time."""
+    if t is None:
+        return {"t": None, "k": None}
+    return {"t": float(t), "k": _step(schedule, t), "beyond_schedule": bool(t > float(schedule.ou_times[-1]))}
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def _classifier(score: ExactScore, points: Points):
+    """Class of a final sample = label of its nearest training point."""
+
+    def classify(x: torch.Tensor) -> torch.Tensor:
+        return points.labels[score.nearest(x, k=1)[1][:, 0].cpu()]
+
+    return classify
+
+
+def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Run the analyses of ``cfg.regimes.analyses`` into ``run_dir``; returns the regimes.json record."""
+    validate_regimes(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    threads = _threads(cfg)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    device = _device(cfg.kernel.device)
+    analyses = list(cfg.regimes.analyses)
+    started = time.time()
+
+    pre = None
+    data_cfg = cfg.data
+    if cfg.ckpt:
+        from ddpm.pretrained import load_pretrained
+
+        pre = load_pretrained(cfg.ckpt, device, use_ema=cfg.trained.use_ema)
+        schedule = pre.diffusion.schedule
+        # The exact score must be that of the network's training set, at the network's resolution.
+        data_cfg = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
+        with open_dict(data_cfg):
+            data_cfg.dataset = pre.cfg.dataset
+            data_cfg.name = str(pre.cfg.dataset.name)
+            data_cfg.downsample = 1
+        log.info("checkpoint %s (step %d): using its schedule and dataset %s", cfg.ckpt, pre.step, data_cfg.name)
+    else:
+        schedule = NoiseSchedule.from_config(cfg.schedule)
+    points = load_points(data_cfg, cfg.paths.data_dir, cfg.paths.cache_dir)
+    n, d = points.n, points.d
+    alpha = math.log(n) / d
+    log.info("data %s: n=%d, d=%d, α=log(n)/d=%.4f, scaling %s", data_cfg.name, n, d, alpha, points.scaling)
+    score = ExactScore(points.x, points.labels, cfg.kernel.dtype, cfg.kernel.chunk_size, device)
+
+    t_end = float(schedule.ou_times[-1])
+    rec: dict[str, Any] = {
+        "data": data_cfg.name, "n": n, "d": d, "alpha": alpha, "scaling": points.scaling, "source": points.source,
+        "shape": list(points.shape), "schedule": {"name": str(cfg.schedule.name) if pre is None else str(pre.cfg.schedule.name), "T": schedule.T, "t_end": t_end},
+        "kernel_dtype": cfg.kernel.dtype, "analyses": analyses, "ckpt": cfg.ckpt,
+        "t_C": None, "t_C_theory": None, "t_S": None, "Lambda": None, "k_C": None, "k_S": None,
+    }
+    curves: dict[str, np.ndarray] = {}
+    theory_eigs = None
+
+    if "spectrum" in analyses or "speciation" in analyses:
+        spec, ref_eigs, theory_eigs = analyse_spectrum(points, int(cfg.eigenvalues))
+        rec.update(spec)
+        curves["eigenvalues"] = ref_eigs
+        if data_cfg.name == "gaussian":
+            rec["t_C_theory"] = theory.collapse_time_isotropic(n, d, float(data_cfg.sigma2))
+            rec["t_C_theory_formula"] = "½ log(1 + σ²/(n^{2/d} - 1))"
+        elif data_cfg.name == "gaussian_spectrum":
+            rec["t_C_theory"] = theory.collapse_time_spectral(n, theory_eigs)
+            rec["t_C_theory_formula"] = "Σ_i log(1 + λ_i/(e^{2t} - 1)) = 2 log n"
+        log.info("Λ = %.4f -> t_S = %.4f (k = %s); Gaussian surrogates t_C: isotropic %.4f, spectral %.4f",
+                 rec["Lambda"], rec["t_S"], _step(schedule, rec["t_S"]), rec["t_C_gauss_iso"], rec["t_C_gauss_spectral"])
+
+    if "collapse" in analyses:
+        c = cfg.collapse
+        summary, cc = measure_collapse(score, c.t_min, c.t_max, c.points, c.refine, c.queries, c.batch, cfg.seed, c.f_threshold)
+        rec.update(summary)
+        curves.update({f"collapse_{k}": v for k, v in cc.items()})
+        if theory_eigs is None:
+            _, _, theory_eigs = analyse_spectrum(points, int(cfg.eigenvalues))
+        name = "f/α Gaussian theory" if data_cfg.name in ("gaussian", "gaussian_spectrum") else "f/α Gaussian surrogate (data spectrum)"
+        f_th = theory.excess_entropy(cc["t"], n, theory_eigs)
+        curves["collapse_f_theory"] = f_th
+        log.info("t_C (p_½ = ½) = %s; f/α > %.2f from t = %s", summary["t_C"], c.f_threshold, summary["t_C_f_threshold"])
+        if cfg.plots:
+            plots.collapse_curves(run_dir / "collapse.png", cc, alpha, {name: f_th}, summary["t_C"], rec["t_C_theory"])
+
+    if "speciation" in analyses:
+        s = cfg.speciation
+        clone_eps = classify = None
+        class_probs = None
+        if points.labels is not None and s.clone_traj > 0:
+            sub = points
+            if s.clone_n is not None and s.clone_n < n:
+                keep = torch.randperm(n, generator=generator(cfg.seed, "clone-subset"))[: int(s.clone_n)]
+                sub = Points(points.x[keep], points.labels[keep], points.shape, points.scaling)
+            clone_score = score if sub is points else ExactScore(sub.x, sub.labels, cfg.kernel.dtype, cfg.kernel.chunk_size, device)
+            clone_eps, classify = exact_eps_fn(clone_score), _classifier(clone_score, sub)
+            class_probs = np.bincount(sub.labels.numpy(), minlength=score.num_classes) / sub.n
+            rec["clone_n"] = sub.n
+        summary, sc = measure_speciation(score, schedule, s, cfg.seed, clone_eps, classify, class_probs, d)
+        rec.update(summary)
+        curves.update({f"speciation_{k}": v for k, v in sc.items()})
+        plot_curves = dict(sc)
+        if data_cfg.name == "mixture" and int(data_cfg.classes) == 2:
+            tt = np.geomspace(s.t_min, s.t_max or t_end, 200)
+            phi = theory.clone_probability_two_class(tt, d, float(data_cfg.mu), float(data_cfg.sigma))
+            plot_curves.update({"theory_t": tt, "theory_phi_tilde": 2 * phi - 1})
+            rec["phi_two_class_at_t_S"] = float(theory.clone_probability_two_class(rec["t_S"], d, float(data_cfg.mu), float(data_cfg.sigma)))
+        if points.labels is None:
+            rec["speciation_note"] = "unlabelled data: t_S from the spectrum only (no classes to clone against)"
+        log.info("speciation: t_S = %.4f; φ̃ = ½ at t = %s", rec["t_S"], summary.get("t_S_clone"))
+        if cfg.plots and plot_curves:
+            plots.speciation_curves(run_dir / "speciation.png", plot_curves, rec["t_S"], summary)
+
+    tracks: dict[str, np.ndarray] = {}
+    if "tracking" in analyses:
+        tr = track(exact_eps_fn(score), score, schedule, cfg.tracking.samples, cfg.tracking.steps, cfg.seed)
+        ends = end_statistics(score, torch.from_numpy(tr["x0"]), float(cfg.trained.memorised_ratio))
+        rec.update(summarise_tracking(tr, "exact"))
+        rec["exact_memorised_fraction"] = ends["memorised_fraction"]
+        tracks["exact score"] = tr["t_last_change"]
+        curves.update({"tracking_t": tr["t"], "tracking_k": tr["k"], "tracking_exact_t_last_change": tr["t_last_change"]})
+
+    if "trained" in analyses:
+        from ddpm.regimes.trained import eps_gap, gap_steps, network_eps_fn, summarise_gap
+
+        t = cfg.trained
+        net = network_eps_fn(pre, device)
+        tr = track(net, score, schedule, t.samples, t.steps, cfg.seed + 1)
+        ends = end_statistics(score, torch.from_numpy(tr["x0"]), float(t.memorised_ratio))
+        rec.update(summarise_tracking(tr, "network"))
+        rec.update({"memorised_fraction": ends["memorised_fraction"], "memorised_se": ends["memorised_se"],
+                    "nn_ratio_median": ends["nn_ratio_median"], "memorised_ratio": float(t.memorised_ratio), "ckpt_step": pre.step})
+        tracks["network"] = tr["t_last_change"]
+        steps = gap_steps(pre, t.gap_points)
+        g_train = eps_gap(net, score, pre, points.x, steps, t.gap_queries, cfg.seed)
+        held = None
+        try:
+            held_pts = load_points(data_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, split="test")
+            held = eps_gap(net, score, pre, held_pts.x, steps, t.gap_queries, cfg.seed)
+        except Exception as exc:  # a dataset without a held-out split still gets the training curve
+            log.warning("no held-out points for the gap curve: %s", exc)
+        rec.update(summarise_gap(g_train, held))
+        curves.update({f"gap_train_{k}": v for k, v in g_train.items()})
+        if held is not None:
+            curves.update({f"gap_heldout_{k}": v for k, v in held.items()})
+        if cfg.plots:
+            plots.gap_plot(run_dir / "gap.png", g_train, held, rec["t_C"], rec["t_S"])
+        log.info("network: memorised fraction %.3f, gap %.3g (t=%.3g) .. %.3g (t=%.3g)", ends["memorised_fraction"],
+                 g_train["gap"][0], g_train["t"][0], g_train["gap"][-1], g_train["t"][-1])
+
+    if tracks and cfg.plots:
+        plots.tracking_hist(run_dir / "tracking.png", tracks, rec["t_C"])
+    rec["k_C"], rec["k_S"] = _step(schedule, rec["t_C"]), _step(schedule, rec["t_S"])
+    rec["times"] = {name: _time_entry(schedule, rec.get(name)) for name in (
+        "t_C", "t_C_theory", "t_C_f_threshold", "t_C_gauss_iso", "t_C_gauss_spectral", "t_S", "t_S_clone", "t_S_clone_simulated",
+        "exact_t_last_change_median", "network_t_last_change_median") if name in rec}
+    rec["no_generalisation_regime"] = bool(rec["t_C"] is not None and rec["t_S"] is not None and rec["t_C"] >= rec["t_S"])
+    if cfg.plots and (rec["t_C"] is not None or rec["t_S"] is not None):
+        plots.regime_bar(run_dir / "regimes.png", rec["t_C"], rec["t_S"], schedule, f"{data_cfg.name}: n={n}, d={d}, α={alpha:.3f}")
+    if cfg.plots and "eigenvalues" in curves:
+        plots.spectrum_plot(run_dir / "spectrum.png", curves["eigenvalues"])
+    rec["seconds"] = round(time.time() - started, 2)
+    rec["config"] = OmegaConf.to_container(cfg, resolve=True)
+    (run_dir / "regimes.json").write_text(json.dumps(rec, indent=2, default=_json_default, ensure_ascii=False))
+    np.savez_compressed(run_dir / "curves.npz", **{k: np.asarray(v) for k, v in curves.items()})
+    log.info("t_S = %s (k %s), t_C = %s (k %s) -> %s", rec["t_S"], rec["k_S"], rec["t_C"], rec["k_C"], run_dir / "regimes.json")
+    return rec
+
+
+@hydra_main(config_name="regimes")
+def main(cfg: DictConfig, run_dir: Path) -> None:
+    """Measure speciation and collapse times (see docs/regimes.md)."""
+    run_regimes(cfg, run_dir)
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["run_regimes", "main", "SYNTHETIC"]

@@ -1,0 +1,127 @@
+"""Training points for the regimes analyses: synthetic Gaussians or flattened images in [-1, 1]."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ddpm.data import load_dataset, to_model_range
+from ddpm.errors import ConfigError, DataError
+from ddpm.regimes.config import SYNTHETIC
+from ddpm.regimes.seeds import generator
+
+
+@dataclass
+class Points:
+    """n training points in R^d and what is known about their law.
+
+    Args:
+        x: float64 points (n, d).
+        labels: int64 classes (n,) or None.
+        shape: shape of one point as an image (C, H, W), or (d,) for synthetic data.
+        scaling: the pixel scaling of the points (recorded in every output).
+        population_eigs: exact covariance eigenvalues of the generating law (synthetic data), else None.
+        reference: points the data spectrum is estimated from (all images of the split for a subset), or None.
+        class_means: mixture class means (C, d), or None.
+        source: a description for the records.
+    """
+
+    x: torch.Tensor
+    labels: torch.Tensor | None
+    shape: tuple[int, ...]
+    scaling: str
+    population_eigs: np.ndarray | None = None
+    reference: torch.Tensor | None = None
+    class_means: torch.Tensor | None = None
+    source: str = ""
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.x.shape[1]
+
+
+def spectrum_eigs(d: int, sigma2: float, power: float) -> np.ndarray:
+    """λ_i ∝ i^-power, i = 1..d, scaled to mean ``sigma2``."""
+    lam = np.arange(1, d + 1, dtype=np.float64) ** (-float(power))
+    return lam * (sigma2 / lam.mean())
+
+
+def mixture_means(classes: int, d: int, mu: float, seed: int) -> torch.Tensor:
+    """Class means with |m_c|² = d μ̃²: ±(μ̃, ..., μ̃) for two classes, seeded random directions otherwise."""
+    if classes == 2:
+        m = torch.full((d,), float(mu), dtype=torch.float64)
+        return torch.stack([m, -m])
+    g = generator(seed, "mixture-means")
+    dirs = torch.randn(classes, d, generator=g, dtype=torch.float64)
+    return dirs / dirs.norm(dim=1, keepdim=True) * (math.sqrt(d) * mu)
+
+
+def sample_synthetic(cfg, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Draw ``n`` points of the synthetic law described by ``cfg`` (a ``data`` node) with ``seed``."""
+    g = generator(seed, "data")
+    z = torch.randn(n, int(cfg.d), generator=g, dtype=torch.float64)
+    if cfg.name == "gaussian":
+        return z * math.sqrt(cfg.sigma2), None
+    if cfg.name == "gaussian_spectrum":
+        return z * torch.from_numpy(np.sqrt(spectrum_eigs(int(cfg.d), cfg.sigma2, cfg.power))), None
+    if cfg.name == "mixture":
+        labels = torch.randint(0, int(cfg.classes), (n,), generator=g)
+        means = mixture_means(int(cfg.classes), int(cfg.d), cfg.mu, cfg.seed)
+        return means[labels] + cfg.sigma * z, labels
+    raise ConfigError(f"unknown synthetic data {cfg.name!r}; choose one of {', '.join(SYNTHETIC)}")
+
+
+def _images(cfg, data_dir: str | Path, cache_dir: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, ...], str]:
+    data = load_dataset(cfg.dataset, data_dir, cache_dir, split)
+    x = to_model_range(data.images).double()
+    f = int(cfg.downsample)
+    if f > 1:
+        if x.shape[-1] % f:
+            raise ConfigError(f"data.downsample={f} does not divide the image size {x.shape[-1]}")
+        x = F.avg_pool2d(x, f)
+    return x.flatten(1), data.labels, tuple(x.shape[1:]), data.source
+
+
+def load_points(cfg, data_dir: str | Path, cache_dir: str | Path, split: str = "train") -> Points:
+    """The training points of a ``data`` config node.
+
+    Args:
+        cfg: the ``data`` node (name, n, d, sigma2, ..., dataset, downsample).
+        data_dir: the data root for image datasets.
+        cache_dir: decoded-archive cache for image datasets.
+        split: ``train`` or ``test`` (held-out points; synthetic data draws a fresh sample).
+    """
+    if cfg.name in SYNTHETIC:
+        n = int(cfg.n)
+        x, labels = sample_synthetic(cfg, n, cfg.seed if split == "train" else int(cfg.seed) + 1_000_003)
+        eigs = None
+        means = None
+        if cfg.name == "gaussian":
+            eigs = np.full(int(cfg.d), float(cfg.sigma2))
+        elif cfg.name == "gaussian_spectrum":
+            eigs = spectrum_eigs(int(cfg.d), cfg.sigma2, cfg.power)
+        else:
+            means = mixture_means(int(cfg.classes), int(cfg.d), cfg.mu, cfg.seed)
+            # Equal-weight classes: covariance σ² I + (1/C) Σ m_c m_cᵀ - m̄ m̄ᵀ.
+            mbar = means.mean(0)
+            cov = cfg.sigma**2 * torch.eye(int(cfg.d), dtype=torch.float64) + (means.T @ means) / len(means) - torch.outer(mbar, mbar)
+            eigs = torch.linalg.eigvalsh(cov).flip(0).numpy()
+        return Points(x, labels, (int(cfg.d),), "synthetic (no pixel scaling)", eigs, None, means, cfg.name)
+    x, labels, shape, source = _images(cfg, data_dir, cache_dir, split)
+    full = x
+    if cfg.n is not None:
+        if cfg.n > len(x):
+            raise DataError(f"data.n={cfg.n} exceeds the {len(x)} {split} images of {cfg.name}")
+        keep = torch.randperm(len(x), generator=generator(cfg.seed, "subset"))[: int(cfg.n)].sort().values
+        x = x[keep]
+        labels = labels[keep] if labels is not None else None
+    return Points(x, labels, shape, "[-1, 1] (uint8 / 127.5 - 1, as in training)", None, full, None, source)

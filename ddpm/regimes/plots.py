@@ -1,0 +1,153 @@
+"""Figures of a ``ddpm-regimes`` run (matplotlib, Agg backend). Every time axis is OU time t."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ddpm.schedules import NoiseSchedule  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _step_axis(ax: plt.Axes, schedule: NoiseSchedule) -> None:
+    """A secondary x axis with the schedule step k of the times on the main axis."""
+    ts = schedule.ou_times.numpy()
+    ks = np.arange(len(ts))
+
+    def t2k(t):
+        return np.interp(t, ts, ks)
+
+    def k2t(k):
+        return np.interp(k, ks, ts)
+
+    sec = ax.secondary_xaxis("top", functions=(t2k, k2t))
+    sec.set_xlabel(f"step k ({schedule.T}-step schedule)")
+
+
+def regime_bar(path: Path, t_c: float | None, t_s: float | None, schedule: NoiseSchedule, title: str) -> Path:
+    """Memorisation [0, t_C], generalisation [t_C, t_S], noise [t_S, t_end] on one bar, in t and k."""
+    t_end = float(schedule.ou_times[-1])
+    fig, ax = plt.subplots(figsize=(8, 2.8))
+    tc = min(t_c, t_end) if t_c is not None else 0.0
+    ts = min(t_s, t_end) if t_s is not None else tc
+    segs = [(0.0, tc, "#d62728", "memorisation"), (tc, max(ts, tc), "#2ca02c", "generalisation"), (max(ts, tc), t_end, "#7f7f7f", "noise")]
+    for lo, hi, color, name in segs:
+        if hi > lo:
+            ax.barh(0, hi - lo, left=lo, color=color, alpha=0.8, label=f"{name} [{lo:.3f}, {hi:.3f}]")
+    if t_c is not None and t_s is not None and t_c >= t_s:
+        ax.text(t_end / 2, 0, "t_C >= t_S: no generalisation regime", ha="center", va="center", color="white", weight="bold")
+    ax.set_xlim(0, t_end)
+    ax.set_yticks([])
+    ax.set_xlabel("OU time t (generation runs right to left)")
+    _step_axis(ax, schedule)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.6), ncol=3, fontsize=8, frameon=False)
+    ax.set_title(title, fontsize=9, pad=8)
+    fig.subplots_adjust(left=0.04, right=0.97, top=0.62, bottom=0.42)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def collapse_curves(path: Path, curves: dict[str, np.ndarray], alpha: float, theory: dict[str, np.ndarray], t_c: float | None, t_c_theory: float | None) -> Path:
+    """f/α, p_½ and E[Σ w²] against t, with the Gaussian theory of f/α where available."""
+    t = curves["t"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.errorbar(t, curves["f"] / alpha, yerr=curves["f_se"] / alpha, fmt=".-", ms=3, label="f(t)/α  (excess entropy)")
+    ax.errorbar(t, curves["p_half"], yerr=curves["p_half_se"], fmt=".-", ms=3, label="p_½(t) = P(w_μ0 > ½)")
+    ax.errorbar(t, curves["sum_w2"], yerr=curves["sum_w2_se"], fmt=".-", ms=3, label="E[Σ_μ w_μ²]")
+    for name, y in theory.items():
+        ax.plot(t, np.clip(y, 0, None) / alpha, "--", label=name)
+    if t_c is not None:
+        ax.axvline(t_c, color="k", lw=1, label=f"t_C (p_½ = ½) = {t_c:.3f}")
+    if t_c_theory is not None:
+        ax.axvline(t_c_theory, color="k", ls=":", lw=1, label=f"t_C theory = {t_c_theory:.3f}")
+    ax.axhline(0.5, color="grey", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_ylim(-0.05, 1.1)
+    ax.set_xlabel("OU time t")
+    ax.legend(fontsize=7)
+    ax.set_title("collapse: exact empirical score, forward-noised training points", fontsize=9)
+    return _save(fig, path)
+
+
+def speciation_curves(path: Path, curves: dict[str, np.ndarray], t_s: float | None, extra: dict[str, Any]) -> Path:
+    """φ̃ (posterior identity and cloning) against t, with t_S = ½ log Λ."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if "posterior_t" in curves:
+        ax.errorbar(curves["posterior_t"], curves["posterior_phi_tilde"], yerr=curves["posterior_phi_tilde_se"], fmt=".-", ms=3, label="φ̃ from E[Σ_c π_c²] (exact score)")
+    if "clone_t" in curves:
+        y = curves.get("clone_phi_tilde", curves["clone_phi"])
+        se = curves.get("clone_phi_tilde_se", curves["clone_phi_se"])
+        ax.errorbar(curves["clone_t"], y, yerr=se, fmt="o", ms=4, label="φ̃ cloning experiment")
+    if "theory_phi_tilde" in curves:
+        ax.plot(curves["theory_t"], curves["theory_phi_tilde"], "--", label="φ̃ two-class closed form")
+    if t_s is not None:
+        ax.axvline(t_s, color="k", lw=1, label=f"t_S = ½ log Λ = {t_s:.3f}")
+    if extra.get("t_S_clone") is not None:
+        ax.axvline(extra["t_S_clone"], color="tab:blue", ls=":", lw=1, label=f"φ̃ = ½ at t = {extra['t_S_clone']:.3f}")
+    ax.axhline(0.5, color="grey", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("OU time t")
+    ax.set_ylabel("normalised clone agreement φ̃")
+    ax.legend(fontsize=7)
+    ax.set_title("speciation: do two clones split at t end in the same class?", fontsize=9)
+    return _save(fig, path)
+
+
+def spectrum_plot(path: Path, eigs: np.ndarray, top: int = 50) -> Path:
+    """Top covariance eigenvalues with their times ½ log λ_k."""
+    k = min(top, len(eigs))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.semilogy(np.arange(1, k + 1), eigs[:k], ".-")
+    ax.axhline(1.0, color="grey", lw=0.5)
+    ax.set_xlabel("eigenvalue index")
+    ax.set_ylabel("λ_k (t_k = ½ log λ_k)")
+    ax.set_title(f"covariance spectrum: Λ = {eigs[0]:.3f}, t_S = {0.5 * np.log(max(eigs[0], 1.0)):.3f}", fontsize=9)
+    return _save(fig, path)
+
+
+def tracking_hist(path: Path, runs: dict[str, np.ndarray], t_c: float | None) -> Path:
+    """Histogram of per-trajectory last-change times of the nearest scaled training point."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    allt = np.concatenate([v for v in runs.values()])
+    bins = np.geomspace(max(allt.min(), 1e-4), max(allt.max(), 1e-3) * 1.01, 30)
+    for name, v in runs.items():
+        ax.hist(np.clip(v, bins[0], None), bins=bins, alpha=0.6, label=name)
+    if t_c is not None:
+        ax.axvline(t_c, color="k", lw=1, label=f"t_C (p_½) = {t_c:.3f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("t of the last change of the nearest scaled training point")
+    ax.set_ylabel("trajectories")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def gap_plot(path: Path, train: dict[str, np.ndarray], held: dict[str, np.ndarray] | None, t_c: float | None, t_s: float | None) -> Path:
+    """E|ε_θ - ε*|² / E|ε*|² against t on training and held-out points."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.errorbar(train["t"], train["gap"], yerr=train["gap_se"], fmt=".-", label="noised training points")
+    if held is not None:
+        ax.errorbar(held["t"], held["gap"], yerr=held["gap_se"], fmt=".-", label="noised held-out points")
+    for v, name in ((t_c, "t_C"), (t_s, "t_S")):
+        if v is not None:
+            ax.axvline(v, color="k", ls=":" if name == "t_C" else "-", lw=1, label=f"{name} = {v:.3f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("OU time t")
+    ax.set_ylabel("E|ε_θ - ε*|² / E|ε*|²")
+    ax.legend(fontsize=7)
+    ax.set_title("trained network vs exact empirical score", fontsize=9)
+    return _save(fig, path)
