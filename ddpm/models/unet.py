@@ -50,15 +50,24 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        e = self.emb(F.silu(emb))[:, :, None, None].to(h.dtype)
+        # SiLU in place where no autograd graph is recorded: saves one activation-sized buffer.
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        e = self.emb(F.silu(emb)).to(h.dtype)
         if self.scale_shift:
+            # GroupNorm's affine and the scale-shift fold into one per-(sample, channel) affine
+            # map, applied by a single addcmul: gamma*(1+s), beta*(1+s)+shift.
             scale, shift = e.chunk(2, dim=1)
-            h = self.norm2(h) * (1 + scale) + shift
+            n2 = self.norm2
+            gain = (1 + scale) * n2.weight
+            bias = torch.addcmul(shift, 1 + scale, n2.bias)
+            h = F.group_norm(h, n2.num_groups, eps=n2.eps)
+            h = torch.addcmul(bias[:, :, None, None], h, gain[:, :, None, None])
         else:
-            h = self.norm2(h + e)
-        h = self.conv2(self.dropout(F.silu(h)))
-        return self.skip(x) + h
+            h = self.norm2(h + e[:, :, None, None])
+        h = self.conv2(self.dropout(F.silu(h, inplace=inplace)))
+        # The conv output is not needed by its backward, so the residual can be added in place.
+        return h.add_(self.skip(x))
 
 
 class AttentionBlock(nn.Module):
@@ -77,10 +86,15 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
-        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # (b, heads, hw, c/heads)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+        # Tokens with the head dimension last and unit-stride: the layout the fused (flash)
+        # attention kernels require; otherwise SDPA falls back to the slow math path on CPU.
+        # For channels_last activations this is a free view, for NCHW one copy.
+        qkv = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).contiguous()  # (b, hw, 3c)
+        q, k, v = qkv.view(b, h * w, 3, self.num_heads, c // self.num_heads).unbind(2)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        out = out.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        return x + self.proj(out.contiguous(memory_format=fmt))
 
 
 class Downsample(nn.Module):
@@ -133,8 +147,7 @@ class UNet(nn.Module):
             raise ConfigError("model.channels, model.channel_mult and model.num_res_blocks must be positive")
         if image_size % 2 ** (len(channel_mult) - 1):
             raise ConfigError(
-                f"image size {image_size} is not divisible by 2^{len(channel_mult) - 1} "
-                f"(model.channel_mult has {len(channel_mult)} levels)"
+                f"image size {image_size} is not divisible by 2^{len(channel_mult) - 1} (model.channel_mult has {len(channel_mult)} levels)"
             )
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.dropout must lie in [0, 1), got {dropout}")
@@ -162,8 +175,11 @@ class UNet(nn.Module):
                 skips.append(ch)
                 res //= 2
         self.mid = nn.ModuleList(
-            [ResBlock(ch, ch, emb_dim, dropout, scale_shift_norm), AttentionBlock(ch, num_heads),
-             ResBlock(ch, ch, emb_dim, dropout, scale_shift_norm)]
+            [
+                ResBlock(ch, ch, emb_dim, dropout, scale_shift_norm),
+                AttentionBlock(ch, num_heads),
+                ResBlock(ch, ch, emb_dim, dropout, scale_shift_norm),
+            ]
         )
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):

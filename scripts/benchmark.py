@@ -1,0 +1,705 @@
+#!/usr/bin/env python
+"""Speed of the ddpm U-Net, measured side by side with HuggingFace diffusers in one process.
+
+For each model preset at its dataset's resolution: parameters, forward FLOPs per image (torch's
+FLOP counter), training images/s (forward + backward + gradient clipping + AdamW + EMA, as
+``ddpm-train`` does it) and sampling images·steps/s (DDIM, inference mode), each as achieved
+GFLOP/s and as a fraction of the machine's float32 matrix-multiply peak. diffusers'
+``UNet2DModel`` configured like our ``small`` preset is measured the same way, giving the two
+headline ratios ``vs_diffusers.train_ratio`` and ``vs_diffusers.sample_ratio``. The effects of
+channels_last, torch.compile and the precision presets are measured on ``small``.
+
+Usage::
+
+    python scripts/benchmark.py --quick                 # < 10 minutes on 2 CPU cores
+    python scripts/benchmark.py --out /tmp/bench.json   # full run
+    pip install -e ".[bench]"                            # installs diffusers for the comparison
+
+Every number is the median over several timed repeats after warm-up; the spread is
+(max - min) / median. A busy machine is detected from the load average at the start and from a
+matmul probe repeated at the end, and reported in the table and the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
+
+from ddpm.config import ModelConfig, ScheduleConfig
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.ema import make_ema
+from ddpm.models import build_model
+from ddpm.samplers import DDIMSampler, make_eps_fn
+from ddpm.schedules import NoiseSchedule
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+# Each preset at the resolution of the dataset it is meant for (conf/experiment).
+PRESET_DATA = {
+    "tiny": ("mnist", 32, 1),
+    "small": ("mnist", 32, 1),
+    "base": ("cifar10", 32, 3),
+    "large": ("cats", 64, 3),
+}
+
+
+# --------------------------------------------------------------------------- machine
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in have]
+    return []
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, seconds: float = 1.0) -> float:
+    """Sustained GFLOP/s of an n x n x n matrix multiply (best of 3 timed bursts)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    t0 = time.perf_counter()
+    a @ b
+    sync(device)
+    one = max(time.perf_counter() - t0, 1e-6)
+    reps = max(1, int(seconds / 3 / one))
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        sync(device)
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return 2 * n**3 / best / 1e9
+
+
+def machine_peak(device: torch.device, quick: bool) -> dict[str, float]:
+    """The float32 matmul ceiling (max over sizes) and, for reference, bf16."""
+    sizes = (1024, 2048) if device.type == "cpu" else (4096, 8192)
+    secs = 0.6 if quick else 1.5
+    fp32 = max(matmul_gflops(device, torch.float32, n, secs) for n in sizes)
+    out = {"fp32_gflops": fp32}
+    if device.type == "cuda":
+        prev = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        out["tf32_gflops"] = matmul_gflops(device, torch.float32, sizes[-1], secs)
+        torch.backends.cuda.matmul.allow_tf32 = prev
+    out["bf16_gflops"] = matmul_gflops(device, torch.bfloat16, sizes[-1], secs)
+    return out
+
+
+# --------------------------------------------------------------------------- timing
+@dataclass
+class Timing:
+    """Seconds per iteration of each timed repeat."""
+
+    per_iter: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.per_iter)
+
+    @property
+    def spread(self) -> float:
+        return (max(self.per_iter) - min(self.per_iter)) / self.median
+
+
+def time_it(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int, iters: int) -> Timing:
+    """Warm-up calls, then ``repeats`` timed blocks of ``iters`` calls each."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        sync(device)
+        out.append((time.perf_counter() - t0) / iters)
+    return Timing(out)
+
+
+# --------------------------------------------------------------------------- models
+def load_yaml(group: str, name: str) -> Any:
+    """A config group file merged over its schema's defaults (as Hydra composes it)."""
+    schema = {"model": ModelConfig, "schedule": ScheduleConfig}[group]
+    return OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(CONF / group / f"{name}.yaml"))
+
+
+class DiffusersEps(torch.nn.Module):
+    """diffusers' UNet2DModel behind our ``model(x, k) -> tensor`` interface."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t).sample
+
+
+def diffusers_twin(model_cfg: Any, image_size: int, channels: int) -> torch.nn.Module:
+    """diffusers' UNet2DModel with our preset's levels, widths, blocks, attention and heads."""
+    from diffusers import UNet2DModel
+
+    widths = [model_cfg.channels * m for m in model_cfg.channel_mult]
+    res, down, up_res = image_size, [], []
+    for _ in widths:
+        down.append("AttnDownBlock2D" if res in model_cfg.attention_resolutions else "DownBlock2D")
+        up_res.append(res)
+        res //= 2
+    up = ["AttnUpBlock2D" if r in model_cfg.attention_resolutions else "UpBlock2D" for r in reversed(up_res)]
+    attn_widths = [w for w, r in zip(widths, up_res, strict=True) if r in model_cfg.attention_resolutions] or widths[:1]
+    head_dims = {w // model_cfg.num_heads for w in attn_widths}
+    if len(head_dims) != 1:
+        raise ValueError("diffusers' UNet2DModel takes one attention_head_dim; this preset needs several")
+    unet = UNet2DModel(
+        sample_size=image_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=tuple(widths),
+        layers_per_block=model_cfg.num_res_blocks,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        attention_head_dim=head_dims.pop(),
+        resnet_time_scale_shift="scale_shift" if model_cfg.scale_shift_norm else "default",
+        norm_num_groups=32,
+        dropout=model_cfg.dropout,
+    )
+    return DiffusersEps(unet)
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def forward_flops(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device) -> int:
+    """FLOPs of one forward pass of one image (a multiply-add counts 2)."""
+    x = torch.randn(1, *shape, device=device)
+    t = torch.tensor([500], device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, t)
+    return int(counter.get_total_flops())
+
+
+# --------------------------------------------------------------------------- workloads
+@dataclass
+class Variant:
+    """How the network runs: memory format, torch.compile and autocast precision."""
+
+    name: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    precision: str = "fp32"
+
+    def autocast(self, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+        if self.precision == "fp32":
+            return contextlib.nullcontext
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        return lambda: torch.autocast(device.type, dtype=dtype)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+def train_step_fn(
+    model: torch.nn.Module, variant: Variant, diffusion: GaussianDiffusion, batch: int, shape: tuple, device: torch.device
+) -> Callable[[], None]:
+    """One optimizer step exactly as ``ddpm-train`` takes it (minus data loading, which is an
+    index into an in-memory tensor there): q_sample, forward, MSE, backward, clip, AdamW, EMA."""
+    model = model.to(memory_format=variant.memory_format).train()
+    ema = make_ema(model, 0.9999)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    net = torch.compile(model) if variant.compile else model
+    scaler = torch.amp.GradScaler(device.type, enabled=variant.precision == "fp16")
+    autocast = variant.autocast(device)
+    g = torch.Generator(device).manual_seed(0)
+    x0 = torch.rand((batch, *shape), generator=g, device=device) * 2 - 1
+
+    def step() -> None:
+        k = diffusion.sample_timesteps(batch, g, device)
+        noise = torch.randn(x0.shape, generator=g, device=device)
+        xk = diffusion.q_sample(x0, k, noise).to(memory_format=variant.memory_format)
+        with autocast():
+            out = net(xk, k)
+        loss = F.mse_loss(out.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(opt)
+        scaler.update()
+        ema.update_parameters(model)
+
+    return step
+
+
+def sample_fn(
+    model: torch.nn.Module, variant: Variant, diffusion: GaussianDiffusion, batch: int, shape: tuple, device: torch.device, steps: int
+) -> Callable[[], None]:
+    """A DDIM run of ``steps`` network evaluations on ``batch`` images, in inference mode."""
+    model = model.to(memory_format=variant.memory_format).eval()
+    net = torch.compile(model) if variant.compile else model
+    eps_fn = make_eps_fn(net, diffusion, variant.autocast(device))
+    sampler = DDIMSampler(diffusion, steps=steps)
+    x_T = torch.randn((batch, *shape), generator=torch.Generator(device).manual_seed(0), device=device).to(
+        memory_format=variant.memory_format
+    )
+
+    def run() -> None:
+        sampler.sample(eps_fn, x_T)
+
+    return run
+
+
+@dataclass
+class Plan:
+    """How long to measure: warm-up calls, timed repeats and calls per repeat."""
+
+    warmup: int
+    repeats: int
+    iters: int
+    sample_steps: int
+
+
+def measure_model(
+    label: str,
+    make: Callable[[], torch.nn.Module],
+    shape: tuple,
+    device: torch.device,
+    diffusion: GaussianDiffusion,
+    peak: float,
+    plan: Plan,
+    variant: Variant,
+    train_batches: tuple[int, ...],
+    sample_batch: int,
+    fwd_flops: int,
+    do_sample: bool = True,
+) -> dict[str, Any]:
+    """Training and sampling throughput of one model in one variant."""
+    res: dict[str, Any] = {"model": label, "variant": variant.name, "train": {}, "sample": None}
+    for b in train_batches:
+        torch.manual_seed(0)
+        load = os.getloadavg()[0]
+        t_build = time.perf_counter()
+        step = train_step_fn(make(), variant, diffusion, b, shape, device)
+        step()  # first call: compile / allocator warm-up, timed separately
+        sync(device)
+        first = time.perf_counter() - t_build
+        tm = time_it(step, device, plan.warmup, plan.repeats, plan.iters)
+        ips = b / tm.median
+        gflops = 3 * fwd_flops * ips / 1e9
+        res["train"][str(b)] = {
+            "images_per_s": ips,
+            "gflops": gflops,
+            "frac_peak": gflops / peak,
+            "spread": tm.spread,
+            "s_per_step": tm.per_iter,
+            "first_step_s": first,
+            "load1": load,
+        }
+        print(
+            f"  {label:<16} {variant.name:<18} train b{b:<3} {ips:8.2f} img/s  {gflops:7.1f} GFLOP/s  {gflops / peak:5.1%} of peak  ±{tm.spread:.0%}",
+            flush=True,
+        )
+    if do_sample:
+        torch.manual_seed(0)
+        load = os.getloadavg()[0]
+        t_build = time.perf_counter()
+        run1 = sample_fn(make(), variant, diffusion, sample_batch, shape, device, 1)
+        run1()
+        sync(device)
+        first = time.perf_counter() - t_build
+        run = sample_fn(make(), variant, diffusion, sample_batch, shape, device, plan.sample_steps) if not variant.compile else None
+        if run is None:  # reuse the compiled network: recompiling would be timed as sampling
+            run = run1
+            steps = 1
+        else:
+            steps = plan.sample_steps
+        tm = time_it(run, device, plan.warmup, plan.repeats, max(1, plan.iters if steps == 1 else 1))
+        per_eval = Timing([t / steps for t in tm.per_iter])
+        ips = sample_batch / per_eval.median
+        gflops = fwd_flops * ips / 1e9
+        res["sample"] = {
+            "images_steps_per_s": ips,
+            "gflops": gflops,
+            "frac_peak": gflops / peak,
+            "spread": per_eval.spread,
+            "s_per_eval": per_eval.per_iter,
+            "first_call_s": first,
+            "batch": sample_batch,
+            "load1": load,
+        }
+        print(
+            f"  {label:<16} {variant.name:<18} sample b{sample_batch:<2} {ips:8.2f} img·step/s  {gflops:7.1f} GFLOP/s  {gflops / peak:5.1%} of peak  ±{per_eval.spread:.0%}",
+            flush=True,
+        )
+    return res
+
+
+# --------------------------------------------------------------------------- report
+def fmt_row(cells: list[str], widths: list[int]) -> str:
+    return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [fmt_row(header, widths), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += [fmt_row(r, widths) for r in rows]
+    return "\n".join(lines)
+
+
+def cell_train(m: dict, b: int) -> str:
+    t = m["train"].get(str(b))
+    return "-" if t is None else f"{t['images_per_s']:.1f} ({t['frac_peak']:.0%}) ±{t['spread']:.0%}"
+
+
+def cell_sample(m: dict) -> str:
+    s = m["sample"]
+    return "-" if s is None else f"{s['images_steps_per_s']:.1f} ({s['frac_peak']:.0%}) ±{s['spread']:.0%}"
+
+
+def report(result: dict) -> str:
+    peak = result["peak"]["fp32_gflops"]
+    out = [
+        f"machine: {result['machine']['cpu']} ({result['machine']['logical_cpus']} logical CPUs, torch threads {result['machine']['torch_threads']}), "
+        f"device {result['machine']['device']}, torch {result['machine']['torch']}",
+        f"peak fp32 matmul: {peak:.1f} GFLOP/s (bf16 {result['peak']['bf16_gflops']:.1f})",
+        "",
+        "images/s (fraction of the fp32 matmul peak, training FLOPs = 3 x forward) ± spread (max-min)/median",
+    ]
+    rows = []
+    for m in result["models"]:
+        bs = sorted(int(b) for b in m["train"])
+        rows.append(
+            [
+                m["model"],
+                m["variant"],
+                m["data"],
+                f"{m['params'] / 1e6:.2f} M",
+                f"{m['fwd_gflops']:.2f}",
+                cell_train(m, bs[0]) if bs else "-",
+                cell_train(m, bs[1]) if len(bs) > 1 else "-",
+                cell_sample(m),
+            ]
+        )
+    out.append(
+        table(
+            rows,
+            [
+                "model",
+                "variant",
+                "data",
+                "params",
+                "fwd GFLOP/img",
+                f"train b{result['train_batches'][0]}",
+                f"train b{result['train_batches'][-1]}",
+                f"sample b{result['sample_batch']} (img·step/s)",
+            ],
+        )
+    )
+    vs = result.get("vs_diffusers")
+    if vs:
+        out += [
+            "",
+            f"vs diffusers ({vs['config']}, params ours {vs['params_ours']:,} / diffusers {vs['params_diffusers']:,}):",
+            f"  train ratio (ours/diffusers, images/s, batch {vs['train_batch']}): {vs['train_ratio']:.2f}",
+            f"  sample ratio (ours/diffusers, images·steps/s, batch {result['sample_batch']}): {vs['sample_ratio']:.2f}",
+        ]
+    if result.get("variants"):
+        out += ["", f"variants of {result['variant_model']} (our U-Net): relative to fp32 eager contiguous"]
+        vrows = []
+        base = result["variants"][0]
+        for v in result["variants"]:
+            tr = "-"
+            b = str(result["variant_train_batch"])
+            if v["train"].get(b) and base["train"].get(b):
+                tr = f"{v['train'][b]['images_per_s']:.2f} img/s (x{v['train'][b]['images_per_s'] / base['train'][b]['images_per_s']:.2f})"
+            sa = "-"
+            if v["sample"] and base["sample"]:
+                sa = f"{v['sample']['images_steps_per_s']:.1f} img·step/s (x{v['sample']['images_steps_per_s'] / base['sample']['images_steps_per_s']:.2f})"
+            first = v["sample"]["first_call_s"] if v["sample"] else None
+            vrows.append([v["variant"], tr, sa, f"{first:.0f} s" if first is not None else "-"])
+        out.append(
+            table(vrows, ["variant", f"train b{result['variant_train_batch']}", f"sample b{result['sample_batch']}", "first sample call"])
+        )
+        rec = result.get("recommended")
+        if rec:
+            out.append(f"fastest on this device: training {rec['train']}, sampling {rec['sample']}")
+    busy = result["busy"]
+    out += [
+        "",
+        f"load average at start {busy['load_start']:.2f}, at end {busy['load_end']:.2f}; matmul probe start {busy['probe_start']:.1f} / end {busy['probe_end']:.1f} GFLOP/s",
+        ("BUSY MACHINE: " + "; ".join(busy["reasons"])) if busy["busy"] else "machine looked idle during the run",
+        f"wall time {result['wall_s']:.0f} s",
+    ]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--quick", action="store_true", help="fewer repeats, no `large`, compile measured for sampling only (< 10 min on 2 cores)"
+    )
+    p.add_argument("--out", type=Path, default=None, help="JSON output (default outputs/benchmark/<timestamp>.json)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--presets", default=None, help="comma-separated model presets (default tiny,small,base[,large])")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
+    p.add_argument("--no-diffusers", action="store_true", help="skip the diffusers comparison")
+    p.add_argument("--no-variants", action="store_true", help="skip channels_last / compile / precision variants")
+    p.add_argument("--train-batches", default="32,64", help="training batch sizes")
+    p.add_argument("--sample-batch", type=int, default=64)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    wall0 = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(
+        "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    )
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32; TF32 is a variant
+        torch.backends.cudnn.allow_tf32 = False
+    quick = args.quick
+    presets = args.presets.split(",") if args.presets else (["tiny", "small", "base"] if quick else ["tiny", "small", "base", "large"])
+    for name in presets:
+        if name not in PRESET_DATA:
+            sys.exit(f"error: unknown preset {name!r}; choose from {', '.join(PRESET_DATA)}")
+    train_batches = tuple(int(b) for b in args.train_batches.split(","))
+    cpu = device.type == "cpu"
+    # Per-preset measuring effort: (warm-up, repeats, iterations per repeat, sampler steps per run).
+    if quick:
+        plans = {"tiny": Plan(2, 3, 3, 4), "small": Plan(1, 3, 1, 2), "base": Plan(1, 2, 1, 1), "large": Plan(1, 2, 1, 1)}
+    else:
+        plans = {"tiny": Plan(3, 5, 5, 8), "small": Plan(2, 5, 2, 4), "base": Plan(2, 3, 1, 2), "large": Plan(1, 3, 1, 2)}
+    if not cpu:
+        plans = {k: Plan(5, 5, 10, 10) for k in plans}
+
+    print(f"peak: timing float32 matmul on {device} ...", flush=True)
+    peak_info = machine_peak(device, quick)
+    peak = peak_info["fp32_gflops"]
+    print(f"  fp32 {peak:.1f} GFLOP/s, bf16 {peak_info['bf16_gflops']:.1f} GFLOP/s (load average {load_start:.2f})", flush=True)
+    schedule = NoiseSchedule.from_config(load_yaml("schedule", "linear"))
+    diffusion = GaussianDiffusion(schedule, "eps")
+    result: dict[str, Any] = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "machine": {
+            "cpu": cpu_model(),
+            "cpu_flags": cpu_flags(),
+            "logical_cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "peak": peak_info,
+        "train_batches": list(train_batches),
+        "sample_batch": args.sample_batch,
+        "notes": "training FLOPs are taken as 3x the forward FLOPs; sampling FLOPs as 1x forward per network evaluation",
+        "models": [],
+    }
+
+    def run(
+        label: str,
+        make: Callable[[], torch.nn.Module],
+        preset: str,
+        variant: Variant,
+        batches: tuple[int, ...],
+        plan: Plan,
+        do_sample: bool = True,
+    ) -> dict:
+        data, size, ch = PRESET_DATA[preset]
+        shape = (ch, size, size)
+        model = make()
+        flops = forward_flops(model.to(device), shape, device)
+        m = measure_model(
+            label, lambda: make().to(device), shape, device, diffusion, peak, plan, variant, batches, args.sample_batch, flops, do_sample
+        )
+        m.update({"preset": preset, "data": f"{data} {ch}x{size}x{size}", "params": n_params(model), "fwd_gflops": flops / 1e9})
+        result["models"].append(m)
+        return m
+
+    baseline = Variant("fp32")
+    ours_small = None
+    for preset in presets:
+        cfg = load_yaml("model", preset)
+        data, size, ch = PRESET_DATA[preset]
+        print(f"{preset}: {data} {ch}x{size}x{size}", flush=True)
+        # --quick on a CPU: the big presets at the first batch size only (a step takes many seconds).
+        batches = train_batches[:1] if quick and cpu and preset in ("base", "large") else train_batches
+        m = run(f"ddpm/{preset}", lambda cfg=cfg, size=size, ch=ch: build_model(cfg, size, ch), preset, baseline, batches, plans[preset])
+        if preset == "small":
+            ours_small = m
+
+    if not args.no_diffusers and "small" in presets:
+        try:
+            import diffusers
+        except ImportError:
+            print("diffusers is not installed (pip install -e '.[bench]'): comparison skipped", flush=True)
+        else:
+            cfg = load_yaml("model", "small")
+            data, size, ch = PRESET_DATA["small"]
+            print(f"diffusers {diffusers.__version__} UNet2DModel matched to small", flush=True)
+            d = run("diffusers/small", lambda: diffusers_twin(cfg, size, ch), "small", baseline, train_batches, plans["small"])
+            b = str(train_batches[-1])
+            result["vs_diffusers"] = {
+                "config": "UNet2DModel(block_out_channels=(64,128,128), layers_per_block=2, attention at 16x16 with 4 heads, scale_shift)",
+                "diffusers_version": diffusers.__version__,
+                "params_ours": ours_small["params"],
+                "params_diffusers": d["params"],
+                "train_batch": int(b),
+                "train_ratio": ours_small["train"][b]["images_per_s"] / d["train"][b]["images_per_s"],
+                "train_ratio_per_batch": {
+                    k: ours_small["train"][k]["images_per_s"] / d["train"][k]["images_per_s"] for k in ours_small["train"]
+                },
+                "sample_ratio": ours_small["sample"]["images_steps_per_s"] / d["sample"]["images_steps_per_s"],
+                "diffusers_train_frac_peak": d["train"][b]["frac_peak"],
+                "diffusers_sample_frac_peak": d["sample"]["frac_peak"],
+            }
+
+    if not args.no_variants and "small" in presets:
+        vpreset = "small"
+        cfg = load_yaml("model", vpreset)
+        data, size, ch = PRESET_DATA[vpreset]
+        vb = (train_batches[0],)
+        result["variant_model"], result["variant_train_batch"] = f"ddpm/{vpreset}", vb[0]
+        # The fp32 eager baseline is the `small` row measured above; --quick on a CPU compiles
+        # once (channels_last + compile, sampling only): compiling costs about a minute a graph.
+        variants = [(Variant("channels_last", channels_last=True), True, True)]
+        if not (quick and cpu):
+            variants.append((Variant("compile", compile=True), True, True))
+        variants.append((Variant("channels_last+compile", channels_last=True, compile=True), not (quick and cpu), True))
+        if cpu:
+            variants.append((Variant("bf16 autocast", precision="bf16"), True, True))
+        else:
+            variants += [
+                (Variant("bf16+channels_last", channels_last=True, precision="bf16"), True, True),
+                (Variant("bf16+cl+compile", channels_last=True, compile=True, precision="bf16"), True, True),
+                (Variant("fp16+channels_last", channels_last=True, precision="fp16"), True, True),
+            ]
+        brief = Plan(1, 2, 1, 1) if cpu else plans[vpreset]
+
+        def make_v() -> torch.nn.Module:
+            return build_model(cfg, size, ch).to(device)
+
+        vflops = forward_flops(make_v(), (ch, size, size), device)
+        out = [{**ours_small, "train": {k: v for k, v in ours_small["train"].items() if k == str(vb[0])}}]
+        print(f"variants of ddpm/{vpreset}", flush=True)
+        for v, do_train, do_sample in variants:
+            plan = brief if v.precision != "fp32" or v.compile else plans[vpreset]
+            try:
+                m = measure_model(
+                    f"ddpm/{vpreset}",
+                    make_v,
+                    (ch, size, size),
+                    device,
+                    diffusion,
+                    peak,
+                    plan,
+                    v,
+                    vb if do_train else (),
+                    args.sample_batch,
+                    vflops,
+                    do_sample,
+                )
+            except Exception as exc:  # a variant the device cannot run is reported, not fatal
+                print(f"  {v.name}: failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", flush=True)
+                m = {
+                    "model": f"ddpm/{vpreset}",
+                    "variant": v.name,
+                    "train": {},
+                    "sample": None,
+                    "error": f"{type(exc).__name__}: {exc}"[:500],
+                }
+            out.append(m)
+        if device.type == "cuda":  # TF32 as a variant of its own
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+            v = Variant("tf32+channels_last", channels_last=True)
+            out.append(
+                measure_model(
+                    f"ddpm/{vpreset}", make_v, (ch, size, size), device, diffusion, peak, plans[vpreset], v, vb, args.sample_batch, vflops
+                )
+            )
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        result["variants"] = out
+        b = str(vb[0])
+        trained = [v for v in out if v["train"].get(b)]
+        sampled = [v for v in out if v["sample"]]
+        result["recommended"] = {
+            "train": max(trained, key=lambda v: v["train"][b]["images_per_s"])["variant"] if trained else None,
+            "sample": max(sampled, key=lambda v: v["sample"]["images_steps_per_s"])["variant"] if sampled else None,
+        }
+
+    probe_end = matmul_gflops(device, torch.float32, 2048 if cpu else 8192, 0.6)
+    load_end = os.getloadavg()[0]
+    ncpu = os.cpu_count() or 1
+    reasons = []
+    if load_start > 0.5:
+        reasons.append(f"load average {load_start:.2f} before the run started (other processes on {ncpu} logical CPUs)")
+    if abs(probe_end - peak) / peak > 0.15:
+        reasons.append(f"matmul speed changed by {probe_end / peak - 1:+.0%} between start and end")
+    spreads = [t["spread"] for m in result["models"] for t in m["train"].values()] + [
+        m["sample"]["spread"] for m in result["models"] if m["sample"]
+    ]
+    if spreads and statistics.median(spreads) > 0.2:
+        reasons.append(f"median spread of the repeats {statistics.median(spreads):.0%}")
+    result["busy"] = {
+        "busy": bool(reasons),
+        "reasons": reasons,
+        "load_start": load_start,
+        "load_end": load_end,
+        "probe_start": peak,
+        "probe_end": probe_end,
+    }
+    result["wall_s"] = time.perf_counter() - wall0
+
+    text = report(result)
+    print("\n" + text)
+    out_path = args.out or Path("outputs/benchmark") / f"{dt.datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    result["table"] = text
+    out_path.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out_path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
