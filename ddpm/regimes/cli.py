@@ -94,6 +94,7 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     threads = _threads(cfg)
     if threads is not None:
         torch.set_num_threads(threads)
+    log.info("torch threads: %d", torch.get_num_threads())
     device = _device(cfg.kernel.device)
     analyses = list(cfg.regimes.analyses)
     started = time.time()
@@ -122,10 +123,23 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     t_end = float(schedule.ou_times[-1])
     rec: dict[str, Any] = {
-        "data": data_cfg.name, "n": n, "d": d, "alpha": alpha, "scaling": points.scaling, "source": points.source,
-        "shape": list(points.shape), "schedule": {"name": str(cfg.schedule.name) if pre is None else str(pre.cfg.schedule.name), "T": schedule.T, "t_end": t_end},
-        "kernel_dtype": cfg.kernel.dtype, "analyses": analyses, "ckpt": cfg.ckpt,
-        "t_C": None, "t_C_theory": None, "t_S": None, "Lambda": None, "k_C": None, "k_S": None,
+        "data": data_cfg.name,
+        "n": n,
+        "d": d,
+        "alpha": alpha,
+        "scaling": points.scaling,
+        "source": points.source,
+        "shape": list(points.shape),
+        "schedule": {"name": str(cfg.schedule.name) if pre is None else str(pre.cfg.schedule.name), "T": schedule.T, "t_end": t_end},
+        "kernel_dtype": cfg.kernel.dtype,
+        "analyses": analyses,
+        "ckpt": cfg.ckpt,
+        "t_C": None,
+        "t_C_theory": None,
+        "t_S": None,
+        "Lambda": None,
+        "k_C": None,
+        "k_S": None,
     }
     curves: dict[str, np.ndarray] = {}
     theory_eigs = None
@@ -140,8 +154,14 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         elif data_cfg.name == "gaussian_spectrum":
             rec["t_C_theory"] = theory.collapse_time_spectral(n, theory_eigs)
             rec["t_C_theory_formula"] = "Σ_i log(1 + λ_i/(e^{2t} - 1)) = 2 log n"
-        log.info("Λ = %.4f -> t_S = %.4f (k = %s); Gaussian surrogates t_C: isotropic %.4f, spectral %.4f",
-                 rec["Lambda"], rec["t_S"], _step(schedule, rec["t_S"]), rec["t_C_gauss_iso"], rec["t_C_gauss_spectral"])
+        log.info(
+            "Λ = %.4f -> t_S = %.4f (k = %s); Gaussian surrogates t_C: isotropic %.4f, spectral %.4f",
+            rec["Lambda"],
+            rec["t_S"],
+            _step(schedule, rec["t_S"]),
+            rec["t_C_gauss_iso"],
+            rec["t_C_gauss_spectral"],
+        )
 
     if "collapse" in analyses:
         c = cfg.collapse
@@ -178,7 +198,9 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             tt = np.geomspace(s.t_min, s.t_max or t_end, 200)
             phi = theory.clone_probability_two_class(tt, d, float(data_cfg.mu), float(data_cfg.sigma))
             plot_curves.update({"theory_t": tt, "theory_phi_tilde": 2 * phi - 1})
-            rec["phi_two_class_at_t_S"] = float(theory.clone_probability_two_class(rec["t_S"], d, float(data_cfg.mu), float(data_cfg.sigma)))
+            rec["phi_two_class_at_t_S"] = float(
+                theory.clone_probability_two_class(rec["t_S"], d, float(data_cfg.mu), float(data_cfg.sigma))
+            )
         if points.labels is None:
             rec["speciation_note"] = "unlabelled data: t_S from the spectrum only (no classes to clone against)"
         log.info("speciation: t_S = %.4f; φ̃ = ½ at t = %s", rec["t_S"], summary.get("t_S_clone"))
@@ -202,8 +224,15 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         tr = track(net, score, schedule, t.samples, t.steps, cfg.seed + 1)
         ends = end_statistics(score, torch.from_numpy(tr["x0"]), float(t.memorised_ratio))
         rec.update(summarise_tracking(tr, "network"))
-        rec.update({"memorised_fraction": ends["memorised_fraction"], "memorised_se": ends["memorised_se"],
-                    "nn_ratio_median": ends["nn_ratio_median"], "memorised_ratio": float(t.memorised_ratio), "ckpt_step": pre.step})
+        rec.update(
+            {
+                "memorised_fraction": ends["memorised_fraction"],
+                "memorised_se": ends["memorised_se"],
+                "nn_ratio_median": ends["nn_ratio_median"],
+                "memorised_ratio": float(t.memorised_ratio),
+                "ckpt_step": pre.step,
+            }
+        )
         tracks["network"] = tr["t_last_change"]
         steps = gap_steps(pre, t.gap_points)
         g_train = eps_gap(net, score, pre, points.x, steps, t.gap_queries, cfg.seed)
@@ -219,15 +248,34 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             curves.update({f"gap_heldout_{k}": v for k, v in held.items()})
         if cfg.plots:
             plots.gap_plot(run_dir / "gap.png", g_train, held, rec["t_C"], rec["t_S"])
-        log.info("network: memorised fraction %.3f, gap %.3g (t=%.3g) .. %.3g (t=%.3g)", ends["memorised_fraction"],
-                 g_train["gap"][0], g_train["t"][0], g_train["gap"][-1], g_train["t"][-1])
+        log.info(
+            "network: memorised fraction %.3f, gap %.3g (t=%.3g) .. %.3g (t=%.3g)",
+            ends["memorised_fraction"],
+            g_train["gap"][0],
+            g_train["t"][0],
+            g_train["gap"][-1],
+            g_train["t"][-1],
+        )
 
     if tracks and cfg.plots:
         plots.tracking_hist(run_dir / "tracking.png", tracks, rec["t_C"])
     rec["k_C"], rec["k_S"] = _step(schedule, rec["t_C"]), _step(schedule, rec["t_S"])
-    rec["times"] = {name: _time_entry(schedule, rec.get(name)) for name in (
-        "t_C", "t_C_theory", "t_C_f_threshold", "t_C_gauss_iso", "t_C_gauss_spectral", "t_S", "t_S_clone", "t_S_clone_simulated",
-        "exact_t_last_change_median", "network_t_last_change_median") if name in rec}
+    rec["times"] = {
+        name: _time_entry(schedule, rec.get(name))
+        for name in (
+            "t_C",
+            "t_C_theory",
+            "t_C_f_threshold",
+            "t_C_gauss_iso",
+            "t_C_gauss_spectral",
+            "t_S",
+            "t_S_clone",
+            "t_S_clone_simulated",
+            "exact_t_last_change_median",
+            "network_t_last_change_median",
+        )
+        if name in rec
+    }
     rec["no_generalisation_regime"] = bool(rec["t_C"] is not None and rec["t_S"] is not None and rec["t_C"] >= rec["t_S"])
     if cfg.plots and (rec["t_C"] is not None or rec["t_S"] is not None):
         plots.regime_bar(run_dir / "regimes.png", rec["t_C"], rec["t_S"], schedule, f"{data_cfg.name}: n={n}, d={d}, α={alpha:.3f}")

@@ -58,7 +58,15 @@ def estimator_curves(score: ExactScore, times: np.ndarray, index: torch.Tensor, 
     f, f_se = _mean_se(-logw / score.d)
     p, p_se = _mean_se((logw > math.log(0.5)).astype(np.float64))
     s2, s2_se = _mean_se(w2)
-    return {"t": np.asarray(times, dtype=np.float64), "f": f, "f_se": f_se, "p_half": p, "p_half_se": p_se, "sum_w2": s2, "sum_w2_se": s2_se}
+    return {
+        "t": np.asarray(times, dtype=np.float64),
+        "f": f,
+        "f_se": f_se,
+        "p_half": p,
+        "p_half_se": p_se,
+        "sum_w2": s2,
+        "sum_w2_se": s2_se,
+    }
 
 
 def last_crossing(times: np.ndarray, values: np.ndarray, level: float = 0.5) -> tuple[float | None, int | None]:
@@ -115,5 +123,7 @@ def measure_collapse(
         "collapse_grid": [float(t_min), float(t_max), int(points), int(refine)],
     }
     if t_c is None:
-        summary["t_C_note"] = f"p_½ does not cross ½ inside [{t_min}, {t_max}] (p_½ from {curves['p_half'][0]:.3f} to {curves['p_half'][-1]:.3f}); widen collapse.t_min/t_max"
+        summary["t_C_note"] = (
+            f"p_½ does not cross ½ inside [{t_min}, {t_max}] (p_½ from {curves['p_half'][0]:.3f} to {curves['p_half'][-1]:.3f}); widen collapse.t_min/t_max"
+        )
     return summary, curves

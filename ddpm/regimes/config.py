@@ -1,5 +1,7 @@
 """Typed schema of ``conf/regimes.yaml`` (the ``ddpm-regimes`` command) and its range checks."""
 
+# ruff: noqa: UP045  (OmegaConf structured configs need typing.Optional, not X | None)
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -130,12 +132,20 @@ def validate_regimes(cfg: Any) -> None:
     _check(cfg.kernel.chunk_size >= 1, f"kernel.chunk_size must be >= 1, got {cfg.kernel.chunk_size}")
     c = cfg.collapse
     _check(0 < c.t_min < c.t_max, f"collapse needs 0 < t_min < t_max, got {c.t_min}, {c.t_max}")
-    _check(c.points >= 3 and c.queries >= 1 and c.batch >= 1 and c.refine >= 0, "collapse.points >= 3, queries >= 1, batch >= 1, refine >= 0")
+    _check(
+        c.points >= 3 and c.queries >= 1 and c.batch >= 1 and c.refine >= 0, "collapse.points >= 3, queries >= 1, batch >= 1, refine >= 0"
+    )
     s = cfg.speciation
     _check(s.t_min > 0 and (s.t_max is None or s.t_max > s.t_min), f"speciation needs 0 < t_min < t_max, got {s.t_min}, {s.t_max}")
-    _check(s.points >= 3 and s.queries >= 1 and s.clone_traj >= 0 and s.clone_points >= 1 and s.clone_steps >= 2, "speciation: points >= 3, queries >= 1, clone_traj >= 0, clone_points >= 1, clone_steps >= 2")
+    _check(
+        s.points >= 3 and s.queries >= 1 and s.clone_traj >= 0 and s.clone_points >= 1 and s.clone_steps >= 2,
+        "speciation: points >= 3, queries >= 1, clone_traj >= 0, clone_points >= 1, clone_steps >= 2",
+    )
     _check(cfg.tracking.samples >= 1 and cfg.tracking.steps >= 2, "tracking.samples >= 1 and tracking.steps >= 2")
     t = cfg.trained
-    _check(t.samples >= 1 and t.steps >= 2 and t.gap_points >= 1 and t.gap_queries >= 1, "trained: samples >= 1, steps >= 2, gap_points >= 1, gap_queries >= 1")
+    _check(
+        t.samples >= 1 and t.steps >= 2 and t.gap_points >= 1 and t.gap_queries >= 1,
+        "trained: samples >= 1, steps >= 2, gap_points >= 1, gap_queries >= 1",
+    )
     _check(0 < t.memorised_ratio < 1, f"trained.memorised_ratio must lie in (0, 1), got {t.memorised_ratio}")
     _check(cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1 or null, got {cfg.threads}")

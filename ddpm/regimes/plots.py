@@ -60,7 +60,9 @@ def regime_bar(path: Path, t_c: float | None, t_s: float | None, schedule: Noise
     return path
 
 
-def collapse_curves(path: Path, curves: dict[str, np.ndarray], alpha: float, theory: dict[str, np.ndarray], t_c: float | None, t_c_theory: float | None) -> Path:
+def collapse_curves(
+    path: Path, curves: dict[str, np.ndarray], alpha: float, theory: dict[str, np.ndarray], t_c: float | None, t_c_theory: float | None
+) -> Path:
     """f/α, p_½ and E[Σ w²] against t, with the Gaussian theory of f/α where available."""
     t = curves["t"]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -86,7 +88,14 @@ def speciation_curves(path: Path, curves: dict[str, np.ndarray], t_s: float | No
     """φ̃ (posterior identity and cloning) against t, with t_S = ½ log Λ."""
     fig, ax = plt.subplots(figsize=(7, 4))
     if "posterior_t" in curves:
-        ax.errorbar(curves["posterior_t"], curves["posterior_phi_tilde"], yerr=curves["posterior_phi_tilde_se"], fmt=".-", ms=3, label="φ̃ from E[Σ_c π_c²] (exact score)")
+        ax.errorbar(
+            curves["posterior_t"],
+            curves["posterior_phi_tilde"],
+            yerr=curves["posterior_phi_tilde_se"],
+            fmt=".-",
+            ms=3,
+            label="φ̃ from E[Σ_c π_c²] (exact score)",
+        )
     if "clone_t" in curves:
         y = curves.get("clone_phi_tilde", curves["clone_phi"])
         se = curves.get("clone_phi_tilde_se", curves["clone_phi_se"])

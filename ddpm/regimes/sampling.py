@@ -28,8 +28,14 @@ def visited_steps(schedule: NoiseSchedule, steps: int) -> list[int]:
 
 
 def backward(
-    eps_fn: EpsFnT, schedule: NoiseSchedule, x: torch.Tensor, seq: list[int], generator: torch.Generator,
-    start: int | None = None, stop: int = 0, callback: StepCallback | None = None,
+    eps_fn: EpsFnT,
+    schedule: NoiseSchedule,
+    x: torch.Tensor,
+    seq: list[int],
+    generator: torch.Generator,
+    start: int | None = None,
+    stop: int = 0,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Run the reverse chain on ``x`` from visited index ``start`` (default the last) down.
 

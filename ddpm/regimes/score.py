@@ -78,7 +78,11 @@ class ExactScore:
     """
 
     def __init__(
-        self, points: torch.Tensor, labels: torch.Tensor | None = None, dtype: str | torch.dtype = "float32", chunk_size: int = 4096,
+        self,
+        points: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        dtype: str | torch.dtype = "float32",
+        chunk_size: int = 4096,
         device: str | torch.device = "cpu",
     ) -> None:
         if isinstance(dtype, str):
@@ -199,9 +203,7 @@ class ExactScore:
         return lse - (xc * xc).sum(1) / (2 * dt) - math.log(self.n) - 0.5 * self.d * torch.log(2 * math.pi * dt)
 
     @torch.no_grad()
-    def forward_stats(
-        self, index: torch.Tensor, z: torch.Tensor, times: torch.Tensor, classes: bool = False
-    ) -> dict[str, torch.Tensor]:
+    def forward_stats(self, index: torch.Tensor, z: torch.Tensor, times: torch.Tensor, classes: bool = False) -> dict[str, torch.Tensor]:
         """Statistics at x_t = e^{-t} a_{index} + sqrt(Δ_t) z for many t with the same (index, z).
 
         Needs only two matrix products per chunk, G = a_{μ0}·a_μ and Z = z·a_μ, for all times:

@@ -33,7 +33,7 @@ def mixture_posterior(means: torch.Tensor, sigma: float) -> Callable[[torch.Tens
 
     def post(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         et = torch.exp(-t)[:, None]
-        gam = (sigma**2 * et * et + delta(t)[:, None])
+        gam = sigma**2 * et * et + delta(t)[:, None]
         centres = et[:, :, None] * means.T[None]  # (B, d, C)
         logits = -((x[:, :, None] - centres) ** 2).sum(1) / (2 * gam)
         pi = torch.softmax(logits, 1)
@@ -57,12 +57,25 @@ def posterior_clone_curve(score: ExactScore, times: np.ndarray, queries: int, ba
     p = np.bincount(score.labels.cpu().numpy(), minlength=score.num_classes) / score.n
     phi, se = v.mean(1), v.std(1, ddof=1) / math.sqrt(v.shape[1])
     base = float((p * p).sum())
-    return {"t": np.asarray(times, dtype=np.float64), "phi": phi, "phi_se": se, "phi_tilde": normalised_clone_probability(phi, p), "phi_tilde_se": se / (1 - base)}
+    return {
+        "t": np.asarray(times, dtype=np.float64),
+        "phi": phi,
+        "phi_se": se,
+        "phi_tilde": normalised_clone_probability(phi, p),
+        "phi_tilde_se": se / (1 - base),
+    }
 
 
 def clone_experiment(
-    eps_fn: EpsFnT, classify: Callable[[torch.Tensor], torch.Tensor], schedule: NoiseSchedule, d: int, branch_times: np.ndarray,
-    trajectories: int, steps: int, seed: int, batch: int = 256,
+    eps_fn: EpsFnT,
+    classify: Callable[[torch.Tensor], torch.Tensor],
+    schedule: NoiseSchedule,
+    d: int,
+    branch_times: np.ndarray,
+    trajectories: int,
+    steps: int,
+    seed: int,
+    batch: int = 256,
 ) -> dict[str, np.ndarray]:
     """The cloning experiment: P(two clones split at t end in the same class) at each branch time.
 
@@ -97,8 +110,14 @@ def clone_experiment(
 
 
 def measure_speciation(
-    score: ExactScore | None, schedule: NoiseSchedule, cfg: Any, seed: int, clone_eps: EpsFnT | None = None,
-    classify: Callable[[torch.Tensor], torch.Tensor] | None = None, class_probs: np.ndarray | None = None, d: int | None = None,
+    score: ExactScore | None,
+    schedule: NoiseSchedule,
+    cfg: Any,
+    seed: int,
+    clone_eps: EpsFnT | None = None,
+    classify: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    class_probs: np.ndarray | None = None,
+    d: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """φ̃ from the posterior identity (needs a labelled exact score) and from cloning (needs ``clone_eps``).
 
@@ -113,7 +132,9 @@ def measure_speciation(
         summary["t_S_clone"], _ = last_crossing(post["t"], post["phi_tilde"])
         summary["class_probs"] = (np.bincount(score.labels.numpy(), minlength=score.num_classes) / score.n).tolist()
     if clone_eps is not None and classify is not None and cfg.clone_traj > 0:
-        clone = clone_experiment(clone_eps, classify, schedule, int(d), log_grid(cfg.t_min, t_max, cfg.clone_points), cfg.clone_traj, cfg.clone_steps, seed + 1)
+        clone = clone_experiment(
+            clone_eps, classify, schedule, int(d), log_grid(cfg.t_min, t_max, cfg.clone_points), cfg.clone_traj, cfg.clone_steps, seed + 1
+        )
         curves.update({f"clone_{k}": v for k, v in clone.items()})
         if class_probs is not None:
             base = float(np.square(class_probs).sum())

@@ -42,10 +42,10 @@ def track(
     ts = schedule.ou_times.tolist()
     nearest = np.zeros((len(seq), samples), dtype=np.int64)
     finals = []
+    pos = {k: i for i, k in enumerate(seq)}
     for s in range(0, samples, batch):
         b = min(batch, samples - s)
         g = generator(seed, f"track-{s}")
-        pos = {k: i for i, k in enumerate(seq)}
 
         def record(k: int, t: float, x: torch.Tensor, s: int = s, b: int = b) -> None:
             nearest[pos[k], s : s + b] = score.stats(x, t, mean=False).argmax.cpu().numpy()

@@ -42,7 +42,9 @@ def gap_steps(pre: Pretrained, points: int) -> list[int]:
     return sorted({int(np.argmin(np.abs(ts - t))) for t in grid})
 
 
-def eps_gap(eps_net: EpsFnT, score: ExactScore, pre: Pretrained, data: torch.Tensor, steps: list[int], queries: int, seed: int, batch: int = 64) -> dict[str, np.ndarray]:
+def eps_gap(
+    eps_net: EpsFnT, score: ExactScore, pre: Pretrained, data: torch.Tensor, steps: list[int], queries: int, seed: int, batch: int = 64
+) -> dict[str, np.ndarray]:
     """E|ε_θ - ε*|² / E|ε*|² at each step for points of ``data`` noised to that step.
 
     Args:
@@ -80,7 +82,11 @@ def eps_gap(eps_net: EpsFnT, score: ExactScore, pre: Pretrained, data: torch.Ten
 
 def summarise_gap(train: dict[str, np.ndarray], held: dict[str, np.ndarray] | None) -> dict[str, Any]:
     """The gap at the smallest and largest evaluated time, for the records."""
-    out: dict[str, Any] = {"gap_train_small_t": float(train["gap"][0]), "gap_train_large_t": float(train["gap"][-1]), "gap_t_range": [float(train["t"][0]), float(train["t"][-1])]}
+    out: dict[str, Any] = {
+        "gap_train_small_t": float(train["gap"][0]),
+        "gap_train_large_t": float(train["gap"][-1]),
+        "gap_t_range": [float(train["t"][0]), float(train["t"][-1])],
+    }
     if held is not None:
         out.update({"gap_heldout_small_t": float(held["gap"][0]), "gap_heldout_large_t": float(held["gap"][-1])})
     return out

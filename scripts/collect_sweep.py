@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""Gather a Hydra multirun directory into one CSV: one row per job.
+
+Each job directory (``<sweep>/<n>/``) holds ``.hydra/overrides.yaml``, ``.hydra/config.yaml`` and a
+result JSON (``regimes.json``, ``metrics.json``, ...). A row has the job's folder, every overridden
+key (as given on the command line), any extra config keys asked for with ``--config-keys``, and
+every scalar of the result JSON (nested objects flattened with dots; lists are skipped).
+
+    python scripts/collect_sweep.py outputs/multirun/regimes/2026-01-01_12-00-00 --result regimes.json --out sweep.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Scalars of a nested dict as {"a.b.c": value}; lists and the embedded ``config`` are skipped."""
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not prefix and k == "config":
+                continue
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif not isinstance(obj, list):
+        out[prefix[:-1]] = obj
+    return out
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    """Job folders (those with .hydra/), numeric names in numeric order."""
+    jobs = [p.parent.parent for p in sweep.rglob(".hydra/overrides.yaml")]
+    return sorted(jobs, key=lambda p: (len(p.relative_to(sweep).parts), int(p.name) if p.name.isdigit() else 0, str(p)))
+
+
+def collect(sweep: Path, result: str, config_keys: list[str]) -> tuple[list[dict[str, Any]], list[Path]]:
+    """Rows of the jobs that produced ``result``, and the job folders that did not."""
+    rows, missing = [], []
+    for job in job_dirs(sweep):
+        res = job / result
+        if not res.is_file():
+            missing.append(job)
+            continue
+        row: dict[str, Any] = {"job": str(job.relative_to(sweep))}
+        for item in OmegaConf.load(job / ".hydra" / "overrides.yaml"):
+            key, _, value = str(item).partition("=")
+            row[key.lstrip("+~")] = value
+        cfg_file = job / ".hydra" / "config.yaml"
+        if config_keys and cfg_file.is_file():
+            cfg = OmegaConf.load(cfg_file)
+            for key in config_keys:
+                row[key] = OmegaConf.select(cfg, key)
+        row.update(flatten(json.loads(res.read_text())))
+        rows.append(row)
+    return rows, missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sweep", type=Path, help="the multirun directory (hydra.sweep.dir)")
+    ap.add_argument("--result", default="regimes.json", help="result JSON inside each job folder (regimes.json, metrics.json, ...)")
+    ap.add_argument("--out", type=Path, default=None, help="CSV to write (default <sweep>/sweep.csv)")
+    ap.add_argument("--config-keys", default="", help="comma-separated config keys to add as columns, e.g. data.d,schedule.name")
+    args = ap.parse_args(argv)
+    if not args.sweep.is_dir():
+        print(f"error: {args.sweep} is not a directory", file=sys.stderr)
+        return 2
+    keys = [k for k in args.config_keys.split(",") if k]
+    rows, missing = collect(args.sweep, args.result, keys)
+    if missing:
+        print(f"warning: {len(missing)} job(s) without {args.result}: {', '.join(str(m) for m in missing)}", file=sys.stderr)
+    if not rows:
+        print(f"error: no job under {args.sweep} has {args.result}", file=sys.stderr)
+        return 2
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    out = args.out or args.sweep / "sweep.csv"
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"{len(rows)} job(s) -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
