@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ddpm.regimes import theory
-from ddpm.regimes.collapse import draw_queries, estimator_curves, last_crossing, measure_collapse
+from ddpm.regimes.collapse import draw_queries, last_crossing, measure_collapse
 from ddpm.regimes.data import mixture_means, sample_synthetic
 from ddpm.regimes.sampling import backward, visited_steps
 from ddpm.regimes.score import ExactScore
@@ -153,7 +153,9 @@ def test_collapse_time_closed_forms():
     # s_sep - s equals the excess entropy for Gaussian data.
     t = np.array([0.3, 1.0, 2.5])
     lam = np.linspace(0.2, 3.0, d)
-    np.testing.assert_allclose(theory.separation_entropy(t, math.log(n) / d) - theory.gaussian_entropy(t, lam), theory.excess_entropy(t, n, lam), atol=1e-12)
+    np.testing.assert_allclose(
+        theory.separation_entropy(t, math.log(n) / d) - theory.gaussian_entropy(t, lam), theory.excess_entropy(t, n, lam), atol=1e-12
+    )
     # A non-flat spectrum never collapses later than the isotropic law with its mean eigenvalue.
     assert theory.collapse_time_spectral(n, lam) <= theory.collapse_time_isotropic(n, d, float(lam.mean()))
 

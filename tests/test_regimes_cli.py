@@ -21,8 +21,19 @@ from ddpm.regimes.cli import run_regimes
 from ddpm.regimes.data import load_points
 from ddpm.schedules import NoiseSchedule
 
-FAST = ["threads=1", "collapse.queries=256", "collapse.points=16", "collapse.refine=6", "speciation.points=10", "speciation.queries=256",
-        "speciation.clone_traj=16", "speciation.clone_points=3", "speciation.clone_steps=20", "tracking.samples=8", "tracking.steps=30"]
+FAST = [
+    "threads=1",
+    "collapse.queries=256",
+    "collapse.points=16",
+    "collapse.refine=6",
+    "speciation.points=10",
+    "speciation.queries=256",
+    "speciation.clone_traj=16",
+    "speciation.clone_points=3",
+    "speciation.clone_steps=20",
+    "tracking.samples=8",
+    "tracking.steps=30",
+]
 
 
 def _run(tmp_path: Path, overrides: list[str]) -> dict:
@@ -87,7 +98,9 @@ def test_command_line_errors_are_one_line(tmp_path):
 
 
 def test_mnist_points_are_training_scaled_and_downsampled(data_dir, tmp_path):
-    cfg = compose_config("regimes", ["data=mnist", "data.n=300", "data.downsample=4", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path}"])
+    cfg = compose_config(
+        "regimes", ["data=mnist", "data.n=300", "data.downsample=4", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path}"]
+    )
     pts = load_points(cfg.data, cfg.paths.data_dir, cfg.paths.cache_dir)
     assert pts.x.shape == (300, 49) and pts.shape == (1, 7, 7)
     assert float(pts.x.min()) >= -1.0 and float(pts.x.max()) <= 1.0
@@ -104,13 +117,27 @@ def test_mnist_points_are_training_scaled_and_downsampled(data_dir, tmp_path):
 
 
 def test_trained_checkpoint_analysis(tiny_ckpt, data_dir, tmp_path):
-    rec = _run(tmp_path, [
-        "data=mnist", "regimes=trained", f"ckpt={tiny_ckpt}", "data.n=400", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path / 'cache'}",
-        "trained.samples=6", "trained.steps=10", "trained.gap_points=4", "trained.gap_queries=16", "collapse.t_max=4.0",
-    ])
+    rec = _run(
+        tmp_path,
+        [
+            "data=mnist",
+            "regimes=trained",
+            f"ckpt={tiny_ckpt}",
+            "data.n=400",
+            f"paths.data_dir={data_dir}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            "trained.samples=6",
+            "trained.steps=10",
+            "trained.gap_points=4",
+            "trained.gap_queries=16",
+            "collapse.t_max=4.0",
+        ],
+    )
     # The checkpoint's schedule (T = 100) and resolution (32x32, zero-padded MNIST) are used.
     assert rec["schedule"]["T"] == 100 and rec["d"] == 1024 and rec["n"] == 400
-    assert rec["schedule"]["t_end"] == pytest.approx(float(NoiseSchedule.from_config(compose_config("train", ["schedule.T=100"]).schedule).ou_times[-1]))
+    assert rec["schedule"]["t_end"] == pytest.approx(
+        float(NoiseSchedule.from_config(compose_config("train", ["schedule.T=100"]).schedule).ou_times[-1])
+    )
     assert 0.0 <= rec["memorised_fraction"] <= 1.0
     assert rec["ckpt_step"] == 60
     curves = np.load(tmp_path / "curves.npz")
@@ -143,8 +170,22 @@ def test_collect_sweep_reads_a_multirun_dir(tmp_path):
     (tmp_path / "2" / ".hydra").mkdir(parents=True)  # a job that failed: no result file
     (tmp_path / "2" / ".hydra" / "overrides.yaml").write_text("- data.n=5\n")
     out = tmp_path / "sweep.csv"
-    r = subprocess.run([sys.executable, str(REPO / "scripts" / "collect_sweep.py"), str(tmp_path), "--result", "regimes.json", "--out", str(out), "--config-keys", "data.d"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "collect_sweep.py"),
+            str(tmp_path),
+            "--result",
+            "regimes.json",
+            "--out",
+            str(out),
+            "--config-keys",
+            "data.d",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 2
@@ -159,8 +200,20 @@ def test_multirun_sweep_with_joblib(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     exe = Path(sys.executable).with_name("ddpm-regimes")
     env = dict(os.environ)
-    cmd = [str(exe), "-m", "data=gaussian", "data.n=50,200", "data.d=4", "regimes=collapse", "collapse.queries=128", "tracking.samples=4",
-           "tracking.steps=20", "plots=false", f"hydra.sweep.dir={tmp_path}", "hydra.launcher.n_jobs=2"]
+    cmd = [
+        str(exe),
+        "-m",
+        "data=gaussian",
+        "data.n=50,200",
+        "data.d=4",
+        "regimes=collapse",
+        "collapse.queries=128",
+        "tracking.samples=4",
+        "tracking.steps=20",
+        "plots=false",
+        f"hydra.sweep.dir={tmp_path}",
+        "hydra.launcher.n_jobs=2",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     recs = [json.loads((tmp_path / str(i) / "regimes.json").read_text()) for i in range(2)]
