@@ -89,6 +89,8 @@ def real_images(cfg: DictConfig, pre: Pretrained, n: int, split: str, seed: int)
 def forward_states(diffusion, x0: torch.Tensor, record: list[int], seed: int) -> dict[int, torch.Tensor]:
     """Run the forward Markov chain x_k = √(1-β_k) x_{k-1} + √β_k z_k from clean images and keep
     the states at the schedule steps in ``record`` (image i draws its noise from seed + i)."""
+    if not record:
+        return {}
     rng = StackedRandomGenerator(x0.device, range(seed, seed + x0.shape[0]))
     betas = diffusion.schedule.betas.tolist()
     wanted, out, x = set(record), {}, x0.float()
@@ -175,6 +177,8 @@ def sample(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     img_dir = run_dir / "images"
     if cfg.save_images:
         img_dir.mkdir(exist_ok=True)
+        for old in img_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"):  # overwrite=true: no stale samples of a bigger earlier run
+            old.unlink()
     eps_fn = make_eps_fn(pre.model, diffusion, rt.autocast)
     n, bs, seed = int(cfg.num_samples), int(cfg.batch_size), int(cfg.seed)
     bar = tqdm(total=n_eval * -(-n // bs), desc=f"{cfg.sampler.name} x{n_eval}", unit="eval", disable=not cfg.progress, dynamic_ncols=True)
