@@ -190,6 +190,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint (the safe loader stopped at: {reason})") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.split(". ")[0].rstrip(".")  # torch appends paragraphs of generic advice
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {first}") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a ddpm checkpoint (no '{FORMAT}' marker)")

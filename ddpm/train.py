@@ -477,14 +477,24 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any] | None:
         try:
             if trainer.rt.is_main:
                 clean_partial_writes(trainer.ckpt_dir)  # safe: the run lock excludes a live writer
-                (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
             if cfg.dry_run:
+                if trainer.rt.is_main:
+                    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
                 print(OmegaConf.to_yaml(cfg, resolve=True))
                 print(trainer.describe())
                 return None
             log.info("ddpm %s\n%s", ddpm.__version__, trainer.describe())
             trainer.resume(cfg.resume)
+            if trainer.rt.is_main:  # after resume: a config the checkpoints refuse must not replace the run's record
+                (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
             return trainer.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once; checkpoints on disk are complete
+            print(
+                f"interrupted: stopped at step {trainer.step}; the checkpoints in {trainer.ckpt_dir} are intact",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(128 + signal.SIGINT) from None
         finally:
             teardown_runtime()
 

@@ -228,7 +228,9 @@ def test_nonfinite_steps_are_skipped_then_training_stops(data_dir: Path, tmp_pat
             assert torch.isfinite(v).all() and torch.equal(v, s2[part][k]), (part, k)
 
 
-def test_sigterm_finishes_the_step_saves_and_resumes_exactly(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_signals_finish_the_step_save_and_resume_exactly(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
     from ddpm.train import Trainer
 
     over = tiny_train_overrides(data_dir, tmp_path / "cache", **{"train.batch_size": 4, "train.max_steps": 6, "train.ckpt_every": 4})
@@ -248,6 +250,21 @@ def test_sigterm_finishes_the_step_saves_and_resumes_exactly(data_dir: Path, tmp
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
     ck = tmp_path / "run" / "checkpoints"
     assert load_checkpoint(ck / "last.pt")["step"] == 3
+
+    def step_then_two_sigints(self):  # the second Ctrl-C stops at once
+        out = step(self)
+        if self.step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_two_sigints)
+    with pytest.raises(SystemExit) as exc:
+        train(compose_config("train", [*over, "resume=latest"]), tmp_path / "run")
+    assert exc.value.code == 128 + signal.SIGINT
+    assert "interrupted: stopped at step 5" in capfd.readouterr().err
+    assert sorted(p.name for p in ck.iterdir()) == ["last.pt", "step_0000003.pt", "step_0000004.pt"]
+    assert load_checkpoint(ck / "last.pt")["step"] == 4
     monkeypatch.undo()
     train(compose_config("train", [*over, "resume=latest"]), tmp_path / "run")
     a, b = load_checkpoint(tmp_path / "ref/checkpoints/last.pt"), load_checkpoint(ck / "last.pt")
@@ -275,3 +292,17 @@ def test_fault_drill_quick(data_dir: Path, tmp_path: Path) -> None:
     assert res["checkpoints_lost"] == 0
     assert res["final_run"]["max_abs_weight_diff"] <= 1e-6
     assert proc.stdout.strip().splitlines()[-2] == f"{res['injected']} faults injected, {res['injected']} survived, 0 checkpoints lost"
+
+
+def test_refused_resume_leaves_the_run_untouched(tiny_ckpt: Path, data_dir: Path, tmp_path: Path) -> None:
+    """A resume that the checkpoints refuse changes nothing in the run directory (config record included)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_ckpt.parent.parent, run, ignore=shutil.ignore_patterns("tb", "samples"))
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    over = tiny_train_overrides(data_dir, tmp_path / "cache", **{"train.max_steps": 80, "model.channels": 8})
+    with pytest.raises(CheckpointError, match="trained with another config: model.channels: checkpoint 16 vs now 8"):
+        train(compose_config("train", [*over, "resume=latest"]), run)
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == {k: v for k, v in before.items() if k.name != ".lock"}
