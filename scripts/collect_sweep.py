@@ -7,6 +7,9 @@ key (as given on the command line), any extra config keys asked for with ``--con
 every scalar of the result JSON (nested objects flattened with dots; lists are skipped).
 
     python scripts/collect_sweep.py outputs/multirun/regimes/2026-01-01_12-00-00 --result regimes.json --out sweep.csv
+    python scripts/collect_sweep.py outputs/multirun/train/<date> --result metrics.json --plot loss --x schedule.T --hue schedule
+
+With ``--plot Y --x X [--hue H]`` it also draws Y against X, one line per value of H, next to the CSV.
 """
 
 from __future__ import annotations
@@ -68,7 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--result", default="regimes.json", help="result JSON inside each job folder (regimes.json, metrics.json, ...)")
     ap.add_argument("--out", type=Path, default=None, help="CSV to write (default <sweep>/sweep.csv)")
     ap.add_argument("--config-keys", default="", help="comma-separated config keys to add as columns, e.g. data.d,schedule.name")
+    ap.add_argument("--plot", default=None, help="column to plot (e.g. loss); needs --x")
+    ap.add_argument("--x", default=None, help="column on the x axis (e.g. schedule.T)")
+    ap.add_argument("--hue", default=None, help="column whose values get one line each (e.g. schedule)")
     args = ap.parse_args(argv)
+    if args.plot and not args.x:
+        print("error: --plot needs --x", file=sys.stderr)
+        return 2
     if not args.sweep.is_dir():
         print(f"error: {args.sweep} is not a directory", file=sys.stderr)
         return 2
@@ -88,7 +97,54 @@ def main(argv: list[str] | None = None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     print(f"{len(rows)} job(s) -> {out}")
+    # The comparison table: the keys that vary across jobs, then the numeric results.
+    varying = [c for c in columns if c != "job" and len({str(r.get(c)) for r in rows}) > 1 and "/" not in str(rows[0].get(c))]
+    numeric = [c for c in columns if c not in varying and c != "job" and all(isinstance(r.get(c), (int, float)) for r in rows)]
+    shown = varying + numeric[:8]
+    print(" | ".join(shown))
+    for row in rows:
+        print(" | ".join(_fmt(row.get(c)) for c in shown))
+    if args.plot:
+        for key in (args.plot, args.x, args.hue):
+            if key and key not in columns:
+                print(f"error: no column {key!r}; columns: {', '.join(columns)}", file=sys.stderr)
+                return 2
+        print(f"plot -> {plot(rows, args.plot, args.x, args.hue, out.with_suffix('.png'))}")
     return 0
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.5g}" if isinstance(value, float) else str(value)
+
+
+def _num(value: Any) -> Any:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def plot(rows: list[dict[str, Any]], y: str, x: str, hue: str | None, path: Path) -> Path:
+    """Y against X (sorted), one line per value of ``hue``; returns the PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[tuple[Any, Any]]] = {}
+    for row in rows:
+        groups.setdefault(str(row.get(hue)) if hue else y, []).append((_num(row[x]), _num(row[y])))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, points in sorted(groups.items()):
+        points.sort(key=lambda p: p[0])
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"{hue}={name}" if hue else name)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":
