@@ -15,7 +15,14 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
 from ddpm.errors import ConfigError
-from ddpm.evaluate.fidelity import INCEPTION_FILE, UInt8Images, fidelity_metrics, kid_subset_size, network_reachable, resolve_inception_weights
+from ddpm.evaluate.fidelity import (
+    INCEPTION_FILE,
+    UInt8Images,
+    fidelity_metrics,
+    kid_subset_size,
+    network_reachable,
+    resolve_inception_weights,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,7 +109,9 @@ def test_fid_and_kid_of_a_set_with_itself_are_zero(gaussian_sets):
     x, _ = gaussian_sets
     got = fidelity_metrics(x, x, "test-pixels", ["fid", "kid"], kid_subsets=5)
     assert abs(got["fid"]) < 1e-6
-    assert abs(got["kid_mean"]) < 1e-2 * mmd_poly_unbiased(x[:300].double().flatten(1).numpy(), gaussian_sets[1][:300].double().flatten(1).numpy())
+    assert abs(got["kid_mean"]) < 1e-2 * mmd_poly_unbiased(
+        x[:300].double().flatten(1).numpy(), gaussian_sets[1][:300].double().flatten(1).numpy()
+    )
 
 
 def test_real_features_are_cached_and_reused(gaussian_sets, tmp_path):
@@ -167,7 +176,15 @@ def test_connectivity_check_gives_up_within_its_timeout():
 def test_ddpm_evaluate_inception_without_weights_is_one_error_line(tmp_path):
     """The command fails before loading anything, with exit code 2 and one line naming the file."""
     missing = tmp_path / INCEPTION_FILE
-    cmd = [sys.executable, "-m", "ddpm.evaluate.cli", "ckpt=/nonexistent/last.pt", "feature_extractor=inception", f"feature_extractor.weights_path={missing}", f"hydra.run.dir={tmp_path / 'run'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ddpm.evaluate.cli",
+        "ckpt=/nonexistent/last.pt",
+        "feature_extractor=inception",
+        f"feature_extractor.weights_path={missing}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

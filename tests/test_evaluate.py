@@ -1,0 +1,187 @@
+"""ddpm-evaluate: the domain classifier, FID/KID in its feature space, coverage, and the whole command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose_config
+from omegaconf import OmegaConf
+
+from ddpm.data import load_dataset
+from ddpm.errors import CheckpointError
+from ddpm.evaluate.classifier import accuracy, default_classifier_path, get_classifier, load_classifier, save_classifier, train_classifier
+from ddpm.evaluate.coverage import coverage, coverage_from_probabilities
+from ddpm.evaluate.fidelity import fidelity_metrics, register_domain_extractor
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST = OmegaConf.create(
+    {"name": "mnist", "root": "MNIST", "image_size": 32, "channels": 1, "resize": False, "download": False, "num_classes": 10}
+)
+
+
+@pytest.fixture(scope="module")
+def mnist(data_dir, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return load_dataset(MNIST, data_dir, cache, "train"), load_dataset(MNIST, data_dir, cache, "test")
+
+
+@pytest.fixture(scope="module")
+def quick_classifier(mnist, tmp_path_factory):
+    """The classifier recipe on a 3,000-image subset for one epoch (seconds), saved like the real one."""
+    train, test = mnist
+    model = train_classifier(train.images[:3000], train.labels[:3000], 10, epochs=1, batch_size=32)
+    acc = accuracy(model, test.images[:2000], test.labels[:2000])
+    return save_classifier(model, acc, "mnist", tmp_path_factory.mktemp("clf") / "mnist-v1.pt")
+
+
+def test_classifier_trained_on_a_subset_already_classifies_the_real_test_split(quick_classifier, mnist):
+    _, test = mnist
+    assert quick_classifier.test_accuracy > 0.9
+    reloaded = load_classifier(quick_classifier.path)
+    assert accuracy(reloaded.model, test.images[:2000], test.labels[:2000]) == pytest.approx(quick_classifier.test_accuracy)
+    assert reloaded.digest == quick_classifier.digest and len(reloaded.digest) == 12
+
+
+def test_cached_classifier_reaches_99_percent_on_the_test_split(mnist):
+    """The cached classifier (scripts/train_classifier.py or the first ddpm-evaluate run) keeps its promise."""
+    path = default_classifier_path(os.environ.get("DDPM_CACHE_DIR", "~/.cache/ddpm"), "mnist")
+    if not path.is_file():
+        pytest.skip(f"no cached classifier at {path}: run scripts/train_classifier.py")
+    clf = load_classifier(path)
+    _, test = mnist
+    measured = accuracy(clf.model, test.images, test.labels)
+    assert measured > 0.99
+    assert measured == pytest.approx(clf.test_accuracy, abs=1e-4)
+
+
+def test_missing_classifier_without_training_is_a_checkpoint_error(data_dir, tmp_path):
+    with pytest.raises(CheckpointError, match="train_classifier.py"):
+        get_classifier(MNIST, data_dir, tmp_path, train_if_missing=False)
+
+
+def test_domain_fid_is_zero_for_a_set_with_itself_and_grows_with_a_shift(quick_classifier, mnist):
+    name = register_domain_extractor()
+    _, test = mnist
+    a, b = test.images[:500], test.images[500:1000]
+    shifted = torch.roll(a, shifts=(4, 4), dims=(2, 3))
+    kw = dict(weights_path=str(quick_classifier.path), kid_subsets=20)
+    same = fidelity_metrics(a, a, name, ["fid"], **kw)
+    other_real = fidelity_metrics(a, b, name, ["fid", "kid"], **kw)
+    moved = fidelity_metrics(shifted, b, name, ["fid", "kid"], **kw)
+    assert abs(same["fid"]) < 1e-3
+    assert other_real["fid"] > 0
+    assert moved["fid"] > 5 * other_real["fid"]
+    assert moved["kid_mean"] > 10 * abs(other_real["kid_mean"])
+
+
+def test_coverage_closed_forms():
+    uniform = torch.eye(10).repeat(3, 1)  # 3 confident predictions of each of 10 classes
+    c = coverage_from_probabilities(uniform)
+    assert c["histogram"] == [3] * 10 and c["num_samples"] == 30
+    assert c["entropy"] == pytest.approx(np.log(10)) and c["entropy_normalised"] == pytest.approx(1.0)
+    assert c["mean_confidence"] == pytest.approx(1.0) and c["classes_seen"] == 10
+    collapsed = torch.full((8, 10), 0.05)
+    collapsed[:, 3] = 0.55
+    c = coverage_from_probabilities(collapsed)
+    assert c["histogram"][3] == 8 and c["entropy"] == 0.0 and c["classes_seen"] == 1
+    assert c["mean_confidence"] == pytest.approx(0.55)
+
+
+def test_coverage_of_real_digits_is_nearly_uniform(quick_classifier, mnist):
+    _, test = mnist
+    c = coverage(quick_classifier.model, test.images[:1000])
+    assert sum(c["histogram"]) == 1000 and c["classes_seen"] == 10
+    assert c["entropy_normalised"] > 0.98
+    ones = test.images[:1000][test.labels[:1000] == 1]
+    c1 = coverage(quick_classifier.model, ones)
+    assert c1["entropy_normalised"] < 0.3 and np.argmax(c1["histogram"]) == 1
+
+
+def _evaluate_overrides(tiny_ckpt: Path, data_dir: Path, cache: Path, clf_path: Path, **extra) -> list[str]:
+    base = {
+        "ckpt": tiny_ckpt,
+        "feature_extractor": "mnist",
+        "feature_extractor.weights_path": clf_path,
+        "sampler": "ddim",
+        "sampler.steps": 5,
+        "num_samples": 40,
+        "num_real": 400,
+        "batch_size": 40,
+        "kid_subsets": 10,
+        "denoise.steps": "[5,60]",
+        "denoise.num_images": 8,
+        "memorisation.grid": 4,
+        "device": "cpu",
+        "progress": "false",
+        "paths.data_dir": data_dir,
+        "paths.cache_dir": cache,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def test_ddpm_evaluate_end_to_end_with_the_mnist_extractor(tiny_ckpt, data_dir, quick_classifier, tmp_path):
+    from ddpm.evaluate.cli import evaluate
+
+    cache = tmp_path / "cache"
+    cfg = compose_config("evaluate", _evaluate_overrides(tiny_ckpt, data_dir, cache, quick_classifier.path))
+    res = evaluate(cfg, tmp_path / "run1")
+    saved = json.loads((tmp_path / "run1" / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(res))
+    assert saved["num_samples"] == 40 and saved["feature_extractor"] == "mnist"
+
+    fid = saved["fidelity"]["mnist"]
+    assert (fid["num_generated"], fid["num_real"], fid["kid_subset_size"]) == (40, 400, 40)
+    assert fid["extractor_id"] == f"mnist-classifier@{quick_classifier.digest}"
+    assert fid["classifier_test_accuracy"] == pytest.approx(quick_classifier.test_accuracy)
+    assert fid["fid"] > 0 and np.isfinite(fid["kid_mean"]) and 1.0 <= fid["isc_mean"] <= 10.0
+    assert any("40 generated samples" in w for w in saved["warnings"])
+
+    cov = saved["coverage"]
+    assert sum(cov["generated"]["histogram"]) == 40 and sum(cov["real_test_reference"]["histogram"]) == 40
+    assert 0.0 <= cov["generated"]["entropy_normalised"] <= 1.0
+
+    den = saved["denoise"]
+    assert den["num_images"] == 8 and set(den["steps"]) == {"5", "60"}
+    assert den["steps"]["5"]["evaluations"] == 5 and den["steps"]["60"]["evaluations"] == 5
+    assert den["steps"]["5"]["mse"] < den["steps"]["60"]["mse"]
+    assert den["steps"]["5"]["ssim"] > den["steps"]["60"]["ssim"]
+
+    mem = saved["memorisation"]
+    assert (mem["num_samples"], mem["num_train"]) == (40, 60000) and 0.0 <= mem["fraction_memorised"] <= 1.0
+    for name in ("samples.png", "memorisation.png", "samples.npz", "config.yaml"):
+        assert (tmp_path / "run1" / name).is_file()
+    assert np.load(tmp_path / "run1" / "samples.npz")["images"].shape == (40, 1, 32, 32)
+    assert list((tmp_path / "run1" / "tb").glob("events.out.tfevents.*"))
+
+    # second evaluation: the real features come from the cache, and sampling is seeded per image
+    cached = sorted((cache / "fidelity").iterdir())
+    assert cached and all("mnist-32px-train-400-mnist-classifier" in p.name for p in cached)
+    mtimes = [p.stat().st_mtime_ns for p in cached]
+    cfg2 = compose_config("evaluate", _evaluate_overrides(tiny_ckpt, data_dir, cache, quick_classifier.path, metrics="[fid]"))
+    res2 = evaluate(cfg2, tmp_path / "run2")
+    assert res2["fidelity"]["mnist"]["fid"] == pytest.approx(fid["fid"], rel=1e-6)
+    assert [p.stat().st_mtime_ns for p in sorted((cache / "fidelity").iterdir())] == mtimes
+    assert set(res2) >= {"fidelity"} and "coverage" not in res2 and "memorisation" not in res2
+
+
+def test_ddpm_evaluate_bad_metric_is_one_error_line(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "ddpm.evaluate.cli",
+        "ckpt=/nonexistent/last.pt",
+        "metrics=[fid,sharpness]",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "sharpness" in lines[0] and lines[0].startswith("error: ")
