@@ -53,16 +53,16 @@ class PosteriorStats:
         lse: log Σ_μ exp L_μ (B,), of the centred logits.
         mean: Σ_μ w_μ a_μ (B, d) in the original (uncentred) coordinates, or None.
         max_w: largest weight (B,).
-        argmax: index of the largest weight = nearest scaled point e^{-t} a_μ (B,).
-        sum_w2: Σ_μ w_μ² (B,): probability that two posterior draws pick the same point.
+        argmax: index of the largest weight = nearest scaled point e^{-t} a_μ (B,); None unless asked for.
+        sum_w2: Σ_μ w_μ² (B,): probability that two posterior draws pick the same point; None unless asked for.
         class_w: Σ_{μ in c} w_μ (B, C) when the points carry labels and it was asked for, else None.
     """
 
     lse: torch.Tensor
     mean: torch.Tensor | None
     max_w: torch.Tensor
-    argmax: torch.Tensor
-    sum_w2: torch.Tensor
+    argmax: torch.Tensor | None
+    sum_w2: torch.Tensor | None
     class_w: torch.Tensor | None = None
 
 
@@ -97,8 +97,10 @@ class ExactScore:
         a = points.to(torch.float64)
         self.center = a.mean(0)
         a = a - self.center
-        # [a | |a|²]: one matrix product gives x·a_μ and the bias term together.
-        self.a_aug = torch.cat([a, (a * a).sum(1, keepdim=True)], 1).to(device=self.device, dtype=dtype).contiguous()
+        # [a | |a|² | 1]: the first matrix product gives x·a_μ and the bias term together, the
+        # second one Σ_μ e_μ a_μ and the normaliser Σ_μ e_μ together (no separate row sums).
+        ones = torch.ones(a.shape[0], 1, dtype=torch.float64)
+        self.a_aug = torch.cat([a, (a * a).sum(1, keepdim=True), ones], 1).to(device=self.device, dtype=dtype).contiguous()
         self.n, self.d = a.shape
         self.labels = None if labels is None else labels.to(self.device, torch.long)
         self.num_classes = 0 if labels is None else int(labels.max()) + 1
@@ -127,7 +129,7 @@ class ExactScore:
         return x - torch.exp(-t).to(self.device)[:, None] * self.center.to(self.device)
 
     @torch.no_grad()
-    def stats(self, x: torch.Tensor, t: float | torch.Tensor, mean: bool = True, classes: bool = False) -> PosteriorStats:
+    def stats(self, x: torch.Tensor, t: float | torch.Tensor, mean: bool = True, classes: bool = False, extras: bool = True) -> PosteriorStats:
         """Posterior statistics of queries ``x`` (B, d) at time(s) ``t`` (scalar or (B,)).
 
         Args:
@@ -135,52 +137,60 @@ class ExactScore:
             t: OU time, scalar or one per query (> 0).
             mean: also compute Σ w_μ a_μ (one more matrix product).
             classes: also compute class posterior weights (needs labels).
+            extras: also compute ``argmax`` and ``sum_w2`` (two more passes over each chunk; the
+                score alone does not need them, and then they are returned as None).
         """
         B = x.shape[0]
         t = _as_times(t, B)
         xc = self._centre_queries(x, t)
         dt = delta(t).to(self.device)
         et = torch.exp(-t).to(self.device)
-        # q·[a | |a|²] = (e^{-t} x·a - ½ e^{-2t} |a|²) / Δ = L.
-        q = torch.cat([xc * (et / dt)[:, None], (-0.5 * et * et / dt)[:, None]], 1).to(self.dtype)
+        # q·[a | |a|² | 1] = (e^{-t} x·a - ½ e^{-2t} |a|²) / Δ = L.
+        q = torch.cat([xc * (et / dt)[:, None], (-0.5 * et * et / dt)[:, None], torch.zeros_like(dt)[:, None]], 1).to(self.dtype)
         m = torch.full((B,), -math.inf, dtype=self.dtype, device=self.device)
         s = torch.zeros(B, dtype=self.dtype, device=self.device)
         s2 = torch.zeros_like(s)
         arg = torch.zeros(B, dtype=torch.long, device=self.device)
-        num = torch.zeros(B, self.d, dtype=self.dtype, device=self.device) if mean else None
+        num = torch.zeros(B, self.d + 2, dtype=self.dtype, device=self.device) if mean else None
         onehot = self._onehot_chunks() if classes else None
         cls = torch.zeros(B, self.num_classes, dtype=self.dtype, device=self.device) if classes else None
         floor = _EXP_FLOOR[self.dtype]
         for start in range(0, self.n, self.chunk_size):
             chunk = self.a_aug[start : start + self.chunk_size]
             L = q @ chunk.T
-            cmax, carg = L.max(1)
-            better = cmax > m
-            arg = torch.where(better, carg + start, arg)
+            if extras:
+                cmax, carg = L.max(1)
+                arg = torch.where(cmax > m, carg + start, arg)
+            else:
+                cmax = L.amax(1)
             m_new = torch.maximum(m, cmax)
             scale = torch.exp(m - m_new)
             E = L.sub_(m_new[:, None]).clamp_min_(floor).exp_()
-            s = s * scale + E.sum(1)
-            s2 = s2 * scale * scale + torch.linalg.vector_norm(E, dim=1).square()
+            if extras:
+                s2 = s2 * scale * scale + torch.linalg.vector_norm(E, dim=1).square()
             if num is not None:
-                num = torch.addmm(num * scale[:, None], E, chunk[:, : self.d])
+                num = torch.addmm(num * scale[:, None], E, chunk)  # last column: Σ e_μ
+            else:
+                s = s * scale + E.sum(1)
             if cls is not None:
                 cls = torch.addmm(cls * scale[:, None], E, onehot[start : start + self.chunk_size])
             m = m_new
+        if num is not None:
+            s = num[:, self.d + 1]
         lse = m.double() + torch.log(s.double())
-        out_mean = None if num is None else (num.double() / s.double()[:, None]) + self.center.to(self.device)
+        out_mean = None if num is None else (num[:, : self.d].double() / s.double()[:, None]) + self.center.to(self.device)
         return PosteriorStats(
             lse=lse,
             mean=out_mean,
             max_w=(1.0 / s.double()),
-            argmax=arg,
-            sum_w2=s2.double() / s.double().square(),
+            argmax=arg if extras else None,
+            sum_w2=s2.double() / s.double().square() if extras else None,
             class_w=None if cls is None else cls.double() / s.double()[:, None],
         )
 
     def denoised(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         """E[x_0 | x_t] = Σ_μ w_μ a_μ (float64, original coordinates)."""
-        return self.stats(x, t).mean
+        return self.stats(x, t, extras=False).mean
 
     def score(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         """∇log P_t(x) = (e^{-t} Σ w_μ a_μ - x) / Δ_t (float64)."""
@@ -198,7 +208,7 @@ class ExactScore:
         tt = _as_times(t, B)
         xc = self._centre_queries(x, tt)
         dt = delta(tt).to(self.device)
-        lse = self.stats(x, tt, mean=False).lse
+        lse = self.stats(x, tt, mean=False, extras=False).lse
         # log P = lse - |x_c|²/(2Δ) - log n - d/2 log(2πΔ): the |x|² term dropped from L comes back.
         return lse - (xc * xc).sum(1) / (2 * dt) - math.log(self.n) - 0.5 * self.d * torch.log(2 * math.pi * dt)
 
