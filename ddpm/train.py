@@ -119,15 +119,21 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, warmup: int, max_steps:
 
 
 class _StopSignal:
-    """Turns SIGINT/SIGTERM into a flag checked between steps (finish step, checkpoint, exit)."""
+    """Turns SIGINT/SIGTERM into a flag checked between steps (finish step, checkpoint, exit).
+
+    Under submitit (SLURM), SIGUSR2 announces the time limit and submitit's own handler requeues
+    the job: it is deferred until the checkpoint is written (see :meth:`chain`).
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _StopSignal:
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
             with contextlib.suppress(ValueError):  # not the main thread: no handlers
+                if s == signal.SIGUSR2 and not callable(signal.getsignal(s)):
+                    continue  # nobody to hand SIGUSR2 on to: leave its default
                 self._old[s] = signal.signal(s, self._handle)
         return self
 
@@ -135,6 +141,12 @@ class _StopSignal:
         if self.signum is not None:  # second signal: stop now
             raise KeyboardInterrupt
         self.signum = signum
+
+    def chain(self) -> None:
+        """Call the handler the received signal had before us (submitit's requeue), if any."""
+        old = self._old.get(self.signum) if self.signum is not None else None
+        if callable(old) and self.signum == signal.SIGUSR2:
+            old(self.signum, None)
 
     def __exit__(self, *exc: Any) -> None:
         for s, h in self._old.items():
@@ -416,6 +428,10 @@ class Trainer:
         with stop:
             while self.step < tc.max_steps and stop.signum is None:
                 loss, grad_norm = self.train_step()
+                if rt.distributed:  # a signal seen by any rank stops all of them at the same step
+                    flag = torch.tensor([float(stop.signum or 0)], device=rt.device)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    stop.signum = int(flag.item()) or None
                 window_loss += loss
                 window_steps += 1
                 if tc.log_every and (self.step % tc.log_every == 0 or self.step == tc.max_steps):
@@ -449,6 +465,7 @@ class Trainer:
             print(msg, file=sys.stderr, flush=True)
             if writer is not None:
                 writer.close()
+            stop.chain()
             raise SystemExit(128 + stop.signum)
         # Final checkpoint and grid, unless the loop just wrote them.
         if not (tc.ckpt_every and self.step % tc.ckpt_every == 0):

@@ -59,7 +59,14 @@ def collect(sweep_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib_1thread", "hydra.launcher.n_jobs=2"]], ids=["basic", "joblib"])
+LAUNCHERS = {
+    "basic": [],
+    "joblib": ["hydra/launcher=joblib_1thread", "hydra.launcher.n_jobs=2"],
+    "submitit": ["hydra/launcher=local"],  # the SLURM launcher's code path, on local processes
+}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS.values(), ids=LAUNCHERS.keys())
 def test_multirun_jobs_are_collected_into_one_table(data_dir, tmp_path, launcher):
     rows = collect(sweep(tmp_path, data_dir, *launcher))
     assert [(r["job"], r["schedule"], r["schedule.T"]) for r in rows] == [("0", "linear", "50"), ("1", "cosine", "50")]

@@ -95,3 +95,27 @@ def test_resume_with_another_model_says_what_differs(data_dir, tmp_path):
     with pytest.raises(CheckpointError, match=r"model.channels: checkpoint 16 vs now 8"):
         train(cfg, run_dir)
     assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_sigusr2_under_submitit_checkpoints_then_hands_over(data_dir, tmp_path):
+    """submitit's SIGUSR2 handler (requeue) runs only after the checkpoint is on disk."""
+    import os
+    import signal
+    import threading
+
+    calls = []
+    ckpt = tmp_path / "r" / "checkpoints" / "last.pt"
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(ckpt.is_file()))
+    cfg = compose_config("train", tiny_train_overrides(data_dir, tmp_path / "cache", **{"train.max_steps": 100000, "train.ckpt_every": 0}))
+    trainer = Trainer(cfg, tmp_path / "r")
+    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGUSR2))
+    try:
+        timer.start()
+        with pytest.raises(SystemExit) as exit_info:
+            trainer.fit()
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR2, previous)
+    assert exit_info.value.code == 128 + signal.SIGUSR2
+    assert calls == [True]
+    assert load_checkpoint(ckpt)["step"] == trainer.step > 0
