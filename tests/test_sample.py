@@ -157,12 +157,15 @@ def test_sample_i_is_independent_of_batch_size(tiny_ckpt: Path, data_dir: Path, 
             batch_size=bs,
             save_images=True,
             sampler="ddpm",
-            **{"sampler.steps": 6, "gif.frames": 0},
+            **{"sampler.steps": 6, "gif.frames": 4, "gif.noise": False},
         )
         sample(cfg, tmp_path / f"bs{bs}")
         runs[bs] = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / f"bs{bs}" / "images").glob("*.png"))])
     assert runs[1].shape == (8, 32, 32)
     np.testing.assert_array_equal(runs[1], runs[8])
+    # the GIF collects its 4 images from 4 batches of one or from one batch of 8: same frames
+    for a, b in zip(gif_frames(tmp_path / "bs1" / "sampling.gif"), gif_frames(tmp_path / "bs8" / "sampling.gif"), strict=True):
+        np.testing.assert_array_equal(a, b)
     assert len({r.tobytes() for r in runs[8]}) == 8  # different seeds, different images
 
 
