@@ -129,7 +129,9 @@ class ExactScore:
         return x - torch.exp(-t).to(self.device)[:, None] * self.center.to(self.device)
 
     @torch.no_grad()
-    def stats(self, x: torch.Tensor, t: float | torch.Tensor, mean: bool = True, classes: bool = False, extras: bool = True) -> PosteriorStats:
+    def stats(
+        self, x: torch.Tensor, t: float | torch.Tensor, mean: bool = True, classes: bool = False, extras: bool = True
+    ) -> PosteriorStats:
         """Posterior statistics of queries ``x`` (B, d) at time(s) ``t`` (scalar or (B,)).
 
         Args:
@@ -226,8 +228,7 @@ class ExactScore:
             classes: also return class posterior weights (T, B, C).
 
         Returns:
-            ``log_w0`` (T, B) log-weight of μ0, ``sum_w2`` (T, B), ``max_w`` (T, B), ``argmax`` (T, B)
-            and optionally ``class_w`` (T, B, C); all float64.
+            ``log_w0`` (T, B) log-weight of μ0, ``sum_w2`` (T, B), ``max_w`` (T, B) and optionally ``class_w`` (T, B, C); all float64.
         """
         times = _as_times(times, torch.as_tensor(times).numel()).to(self.device)
         T, B = times.numel(), index.numel()
@@ -240,7 +241,6 @@ class ExactScore:
         m = torch.full((T, B), -math.inf, dtype=self.dtype, device=self.device)
         s = torch.zeros(T, B, dtype=self.dtype, device=self.device)
         s2 = torch.zeros_like(s)
-        arg = torch.zeros(T, B, dtype=torch.long, device=self.device)
         onehot = self._onehot_chunks() if classes else None
         cls = torch.zeros(T, B, self.num_classes, dtype=self.dtype, device=self.device) if classes else None
         buf, floor = None, _EXP_FLOOR[self.dtype]
@@ -254,9 +254,7 @@ class ExactScore:
             for i in range(T):
                 L = torch.mul(H, c1[i], out=buf)
                 L.add_(Z, alpha=float(c2[i]))
-                cmax, carg = L.max(1)
-                arg[i] = torch.where(cmax > m[i], carg + start, arg[i])
-                m_new = torch.maximum(m[i], cmax)
+                m_new = torch.maximum(m[i], L.amax(1))
                 scale = torch.exp(m[i] - m_new)
                 E = L.sub_(m_new[:, None]).clamp_min_(floor).exp_()
                 s[i] = s[i] * scale + E.sum(1)
@@ -268,7 +266,7 @@ class ExactScore:
         a0d, zd = a0.double(), z.to(self.device, torch.float64)
         L0 = c1.double()[:, None] * 0.5 * (a0d * a0d).sum(1)[None] + c2.double()[:, None] * (zd * a0d).sum(1)[None]
         lse = m.double() + torch.log(s.double())
-        out = {"log_w0": L0 - lse, "sum_w2": s2.double() / s.double().square(), "max_w": 1.0 / s.double(), "argmax": arg}
+        out = {"log_w0": L0 - lse, "sum_w2": s2.double() / s.double().square(), "max_w": 1.0 / s.double()}
         if cls is not None:
             out["class_w"] = cls.double() / s.double()[..., None]
         return out
