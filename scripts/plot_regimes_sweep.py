@@ -50,6 +50,21 @@ def main(argv: list[str] | None = None) -> int:
     sigma2 = np.array([num(r, "data.sigma2") if not math.isnan(num(r, "data.sigma2")) else num(r, "mean_eigenvalue") for r in rows])
     iso = np.array([r.get("data.name", r.get("data", "")) in ("gaussian",) for r in rows])
 
+    written = []
+    have_tc = bool(np.any(np.isfinite(tc)))
+    iso &= np.isfinite(tc)
+    if have_tc:
+        written.append(plot_tc_alpha(args, alpha, d, tc, sigma2, iso))
+    if bool(np.any(iso)):
+        written.append(plot_data_collapse(args, alpha, d, tc, sigma2, iso))
+    written.append(plot_ts_d(args, rows, d))
+    for w in written:
+        print(f"-> {w}")
+    return 0
+
+
+def plot_tc_alpha(args, alpha, d, tc, sigma2, iso) -> Path:
+    """Measured t_C against α with the isotropic law for each σ² of the sweep."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for dd in sorted(set(d[~np.isnan(d)])):
         m = d == dd
@@ -70,9 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     ax.legend(fontsize=7)
     ax.set_title("collapse time against α", fontsize=9)
     fig.tight_layout()
-    fig.savefig(args.out_dir / f"{args.prefix}_tc_alpha.png", dpi=110)
+    path = args.out_dir / f"{args.prefix}_tc_alpha.png"
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
 
+
+def plot_data_collapse(args, alpha, d, tc, sigma2, iso) -> Path:
+    """e^{2 t_C} - 1 against σ²/(e^{2α} - 1): the diagonal is the isotropic theory."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     xs = sigma2 / np.expm1(2 * alpha)
     ys = np.expm1(2 * tc)
@@ -86,9 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     ax.legend(fontsize=7)
     ax.set_title("isotropic Gaussian data collapse", fontsize=9)
     fig.tight_layout()
-    fig.savefig(args.out_dir / f"{args.prefix}_collapse.png", dpi=110)
+    path = args.out_dir / f"{args.prefix}_collapse.png"
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
 
+
+def plot_ts_d(args, rows, d) -> Path:
+    """Measured t_S = ½ log Λ against d, with the population value where known."""
     fig, ax = plt.subplots(figsize=(6, 4))
     ts = np.array([num(r, "t_S") for r in rows])
     ts_th = np.array([num(r, "t_S_theory") for r in rows])
@@ -105,10 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     ax.legend(fontsize=7)
     ax.set_title("speciation time against dimension", fontsize=9)
     fig.tight_layout()
-    fig.savefig(args.out_dir / f"{args.prefix}_ts_d.png", dpi=110)
+    path = args.out_dir / f"{args.prefix}_ts_d.png"
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    print(f"-> {args.out_dir}/{args.prefix}_{{tc_alpha,collapse,ts_d}}.png")
-    return 0
+    return path
 
 
 if __name__ == "__main__":
