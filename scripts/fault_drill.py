@@ -256,15 +256,24 @@ def _size(path: Path) -> int:
         return -1
 
 
-# Inodes of the files the drill corrupts on purpose: not losses, until a run writes them anew.
-INJECTED: set[int] = set()
+# Files the drill corrupts on purpose, as (inode, mtime, size): not losses until a run writes them
+# anew (an inode alone could be reused by a later file).
+INJECTED: set[tuple[int, int, int]] = set()
+
+
+def _ident(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def verify(ckpt_dir: Path, before: dict[str, tuple[int, int]]) -> tuple[int, list[str]]:
     """(checkpoints lost, problems): every file of ``before`` and every final-named file must load."""
     problems, lost = [], 0
-    now = {n: v for n, v in step_files(ckpt_dir).items() if v[1] not in INJECTED}
-    before = {n: v for n, v in before.items() if v[1] not in INJECTED}
+    now = {n: v for n, v in step_files(ckpt_dir).items() if _ident(ckpt_dir / n) not in INJECTED}
+    before = {n: v for n, v in before.items() if n in now or _ident(ckpt_dir / n) not in INJECTED}
     for name in before:
         if name not in now:
             lost += 1
@@ -277,7 +286,7 @@ def verify(ckpt_dir: Path, before: dict[str, tuple[int, int]]) -> tuple[int, lis
         except CheckpointError as exc:
             lost += 1
             problems.append(f"{name}: {exc}")
-    if (ckpt_dir / "last.pt").exists() and (ckpt_dir / "last.pt").stat().st_ino not in INJECTED:
+    if (ckpt_dir / "last.pt").exists() and _ident(ckpt_dir / "last.pt") not in INJECTED:
         try:
             load_checkpoint(ckpt_dir / "last.pt")
         except CheckpointError as exc:
@@ -424,19 +433,19 @@ class Drill:
                 size = path.stat().st_size
                 with path.open("r+b") as f:  # in place: last.pt, a hard link to it, is torn too
                     f.truncate(size // 2)
-                INJECTED.add(path.stat().st_ino)
+                INJECTED.add(_ident(path))
                 second = sorted(before, key=lambda n: before[n][0])[-2]
                 pending.append((fault, f"resumed from {ck / second} at step {before[second][0]}", None))
             elif fault == "garbage last.pt":
                 (ck / "last.pt").unlink(missing_ok=True)
                 (ck / "last.pt").write_bytes(os.urandom(4096))
-                INJECTED.add((ck / "last.pt").stat().st_ino)
+                INJECTED.add(_ident(ck / "last.pt"))
                 pending.append((fault, f"resumed from {ck / newest} at step {before[newest][0]}", None))
             else:
                 (ck / "last.pt").unlink(missing_ok=True)
                 marker = self.work / "EXECUTED_chain"
                 torch.save(Evil(marker), ck / "last.pt")
-                INJECTED.add((ck / "last.pt").stat().st_ino)
+                INJECTED.add(_ident(ck / "last.pt"))
                 pending.append((fault, f"resumed from {ck / newest} at step {before[newest][0]}", marker))
             return
 
