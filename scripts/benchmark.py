@@ -443,7 +443,7 @@ def report(result: dict) -> str:
                 "params",
                 "fwd GFLOP/img",
                 f"train b{result['train_batches'][0]}",
-                f"train b{result['train_batches'][-1]}",
+                f"train b{result['train_batches'][1]}" if len(result["train_batches"]) > 1 else "train (2nd batch)",
                 f"sample b{result['sample_batch']} (img·step/s)",
             ],
         )
@@ -471,7 +471,10 @@ def report(result: dict) -> str:
             first = v["sample"]["first_call_s"] if v["sample"] else None
             vrows.append([v["variant"], tr, sa, f"{first:.0f} s" if first is not None else "-"])
         out.append(
-            table(vrows, ["variant", f"train b{result['variant_train_batch']}", f"sample b{result['sample_batch']}", "first sample call"])
+            table(
+                vrows,
+                ["variant", f"train b{result['variant_train_batch']}", f"sample b{result['sample_batch']}", "first sample call (wall)"],
+            )
         )
         rec = result.get("recommended")
         if rec:
