@@ -36,7 +36,7 @@ def coverage_from_probabilities(probs: torch.Tensor) -> dict:
     counts = torch.bincount(pred, minlength=k).double()
     p = counts / n
     nz = p[p > 0]
-    entropy = float(-(nz * nz.log()).sum())
+    entropy = float(-(nz * nz.log()).sum()) + 0.0  # + 0.0 turns -0.0 (a single class) into 0.0
     return {
         "num_samples": int(n),
         "histogram": [int(c) for c in counts],
