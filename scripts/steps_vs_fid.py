@@ -66,9 +66,9 @@ def markdown(rows: list[dict], steps: list[int], reference: dict | None) -> str:
         by = {r["evaluations"]: r["fid"] for r in rows if r["sampler"] == sampler}
         lines.append(f"| {sampler} | " + " | ".join(f"{by[s]:.2f}" if s in by else "-" for s in steps) + " |")
     if reference is not None:
-        lines.append(
-            "| ddpm (ancestral, reference) | " + " | ".join(f"{reference['fid']:.2f}" if s == steps[-1] else "-" for s in steps) + " |"
-        )
+        col = reference["evaluations"] if reference["evaluations"] in steps else steps[-1]
+        label = f"ddpm ancestral ({reference['evaluations']} evals, reference)"
+        lines.append(f"| {label} | " + " | ".join(f"{reference['fid']:.2f}" if s == col else "-" for s in steps) + " |")
     return "\n".join(lines)
 
 
