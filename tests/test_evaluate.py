@@ -87,7 +87,8 @@ def test_coverage_closed_forms():
     collapsed = torch.full((8, 10), 0.05)
     collapsed[:, 3] = 0.55
     c = coverage_from_probabilities(collapsed)
-    assert c["histogram"][3] == 8 and c["entropy"] == 0.0 and c["classes_seen"] == 1
+    assert c["histogram"][3] == 8 and c["classes_seen"] == 1
+    assert c["entropy"] == 0.0 and np.copysign(1.0, c["entropy"]) == 1.0  # +0.0, not -0.0
     assert c["mean_confidence"] == pytest.approx(0.55)
 
 
