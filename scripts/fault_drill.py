@@ -755,9 +755,10 @@ def main(argv: list[str] | None = None) -> int:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
     if source_digest() != source:  # runs before and after an edit compute differently
-        drill.final["problems"] = [*drill.final.get("problems", []), "the ddpm source files changed while the drill ran: run it again"]
+        drill.final["problems"] = [*drill.final.get("problems", []), "the ddpm source files changed while the drill ran"]
         print(
-            "warning: the ddpm source files changed while the drill ran; the weight comparison is not meaningful, run it again", flush=True
+            "warning: the ddpm source files changed while the drill ran; runs before and after an edit may compute differently: if the weights differ, run it again",
+            flush=True,
         )
     rows = list(drill.rows.values())
     injected = sum(r.runs for r in rows)
