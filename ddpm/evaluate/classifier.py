@@ -203,6 +203,14 @@ def default_classifier_path(cache_dir: str | Path, dataset: str) -> Path:
     return Path(cache_dir).expanduser() / "classifiers" / f"{dataset}-v{CLASSIFIER_VERSION}.pt"
 
 
+def packaged_classifier_path(dataset: str) -> Path | None:
+    """The classifier shipped with the package for ``dataset`` (trained by scripts/train_classifier.py), if any."""
+    import importlib.resources as resources
+
+    candidate = Path(str(resources.files("ddpm.evaluate") / "weights" / f"{dataset}-v{CLASSIFIER_VERSION}.pt"))
+    return candidate if candidate.is_file() else None
+
+
 def get_classifier(
     dataset_cfg,
     data_dir: str | Path,
@@ -212,7 +220,8 @@ def get_classifier(
     device: torch.device | str = "cpu",
     epochs: int = 2,
 ) -> TrainedClassifier:
-    """Load the cached domain classifier of a dataset, training (and caching) it on first use.
+    """Load the domain classifier of a dataset: the cached one, else the one shipped with the
+    package, else train (and cache) it on first use.
 
     Args:
         dataset_cfg: the ``dataset`` config node (must name a labelled dataset).
@@ -226,6 +235,8 @@ def get_classifier(
     from ddpm.data import load_dataset
 
     target = Path(path).expanduser() if path else default_classifier_path(cache_dir, dataset_cfg.name)
+    if not path and not target.is_file():
+        target = packaged_classifier_path(dataset_cfg.name) or target  # the shipped copy, else train one
     if target.is_file():
         clf = load_classifier(target, device)
         if clf.dataset != dataset_cfg.name:
