@@ -124,3 +124,21 @@ def test_configs_ship_with_the_installed_package():
     root = resources.files("ddpm.conf")
     assert Path(str(root / "train.yaml")).is_file()
     assert {p.name for p in (root / "dataset").iterdir()} >= {f"{o}.yaml" for o in options("dataset")}
+
+
+def test_folder_dataset_refuses_16_bit_and_undecodable_images(tmp_path):
+    import tarfile
+
+    from ddpm.data import load_dataset
+
+    cfg = compose_config("train", ["dataset=folder", f"dataset.path={tmp_path / 'imgs'}", "dataset.image_size=8", "dataset.channels=1"])
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)).save(tmp_path / "imgs" / "deep.png")
+    with pytest.raises(DataError, match=r"pixel mode I;16"):
+        load_dataset(cfg.dataset, tmp_path, tmp_path / "cache", "train")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with tarfile.open(tmp_path / "imgs.tar", "w") as tar:
+        tar.add(tmp_path / "bad.png", arcname="bad.png")
+    cfg.dataset.path = str(tmp_path / "imgs.tar")
+    with pytest.raises(DataError, match=r"cannot read image .*imgs.tar:bad.png"):
+        load_dataset(cfg.dataset, tmp_path, tmp_path / "cache", "train")

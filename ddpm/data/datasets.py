@@ -108,8 +108,18 @@ def load_cryptopunks(cfg, data_dir: Path, cache_dir: Path, split: str) -> tuple[
 
 
 # ---------------------------------------------------------------- image folders and tars
+# 8-bit modes convert to L/RGB without loss of meaning; 16-bit, 32-bit and float images would be clipped.
+EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
+
+
 def _decode(data: bytes | Path, channels: int, size: int, resize: bool, where: str) -> np.ndarray:
-    img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+    try:
+        img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+        img.load()
+    except (OSError, Image.UnidentifiedImageError, ValueError) as exc:
+        raise DataError(f"cannot read image {where}: {exc}") from exc
+    if img.mode not in EIGHT_BIT_MODES:
+        raise DataError(f"{where} has pixel mode {img.mode}; only 8-bit images (grey, palette, RGB, RGBA) are supported")
     if not resize and img.size != (size, size):
         raise DataError(f"{where} is {img.size[0]}x{img.size[1]}, expected {size}x{size} (set dataset.resize=true to resize)")
     img = img.convert("L" if channels == 1 else "RGB")
@@ -132,10 +142,7 @@ def _read_images(source: Path, channels: int, size: int, resize: bool) -> np.nda
                 arrays.append(_decode(tar.extractfile(m).read(), channels, size, resize, f"{source}:{m.name}"))
     else:
         for p in sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-            try:
-                arrays.append(_decode(p, channels, size, resize, str(p)))
-            except (OSError, Image.UnidentifiedImageError) as exc:
-                raise DataError(f"cannot read image {p}: {exc}") from exc
+            arrays.append(_decode(p, channels, size, resize, str(p)))
     if not arrays:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {source}")
     return np.stack(arrays)
