@@ -436,6 +436,9 @@ class Trainer:
                 window_steps += 1
                 if tc.log_every and (self.step % tc.log_every == 0 or self.step == tc.max_steps):
                     elapsed = time.perf_counter() - window_t
+                    if rt.distributed:  # log the loss of the whole global batch, not rank 0's share
+                        dist.all_reduce(window_loss)
+                        window_loss /= rt.world_size
                     last_loss = float(window_loss) / window_steps
                     first_loss = last_loss if first_loss is None else first_loss
                     ips = window_steps * self.global_batch / max(elapsed, 1e-9)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -31,10 +32,14 @@ def test_two_process_ddp_matches_single_process(data_dir, tmp_path):
     a = load_checkpoint(single / "checkpoints" / "last.pt")
     b = load_checkpoint(ddp / "checkpoints" / "last.pt")
     assert b["step"] == 4
+    # The same data, noise and updates give the same losses...
+    losses = [json.loads((d / "metrics.json").read_text())["loss"] for d in (single, ddp)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    # ...and weights within a tenth of one Adam step (lr = 1e-3): gradients are summed in another
+    # order, and Adam normalises the near-zero gradients behind the zero-initialised output layer.
     for key in ("model", "ema"):
         for name, value in a[key].items():
-            # Gradients are averaged in another order; Adam may turn that into a tiny fraction of one lr step.
-            torch.testing.assert_close(b[key][name], value, rtol=0, atol=1e-6 + 0.05 * 1e-3, msg=f"{key}.{name}")
+            torch.testing.assert_close(b[key][name], value, rtol=0, atol=1e-4, msg=f"{key}.{name}")
     log = (ddp / "train.log").read_text()
     assert "global batch 16 = 8 per rank x 2 ranks x 1 accumulation" in log
     # Only rank 0 writes: one TensorBoard file, one checkpoint message per save, one grid.

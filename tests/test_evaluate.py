@@ -57,8 +57,11 @@ def test_shipped_classifier_reaches_99_percent_on_the_test_split(mnist):
 
 
 def test_missing_classifier_without_training_is_a_checkpoint_error(data_dir, tmp_path):
+    other = OmegaConf.merge(MNIST, {"name": "cifar10", "root": "cifar10"})  # no classifier ships for it
     with pytest.raises(CheckpointError, match="train_classifier.py"):
-        get_classifier(MNIST, data_dir, tmp_path, train_if_missing=False)
+        get_classifier(other, data_dir, tmp_path, train_if_missing=False)
+    # MNIST's ships with the package: found without a cache and without training.
+    assert get_classifier(MNIST, data_dir, tmp_path, train_if_missing=False).path == packaged_classifier_path("mnist")
 
 
 def test_domain_fid_is_zero_for_a_set_with_itself_and_grows_with_a_shift(quick_classifier, mnist):
