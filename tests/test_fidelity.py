@@ -189,3 +189,23 @@ def test_ddpm_evaluate_inception_without_weights_is_one_error_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(missing) in lines[0]
+
+
+@pytest.mark.slow
+def test_inception_path_runs_from_a_local_weights_file(tmp_path, monkeypatch):
+    """The standard extractor runs end to end from ``weights_path`` (a randomly initialised file of
+    the right architecture stands in for the real 2015 weights, which cannot be fetched offline)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    with monkeypatch.context() as m:
+        m.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        m.setattr(torch, "load", lambda *a, **k: {})
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path="unused")
+    weights = tmp_path / INCEPTION_FILE
+    torch.save(net.state_dict(), weights)
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (6, 1, 32, 32), dtype=np.uint8))
+    out = fidelity_metrics(images, images.clone(), "inception-v3-compat", ["fid", "isc"], weights_path=str(weights), batch_size=6)
+    assert out["fid"] == pytest.approx(0.0, abs=1e-2)  # a set against itself
+    assert out["isc_mean"] >= 1.0 - 1e-6  # IS is at least 1 by construction
+    assert out["num_generated"] == 6

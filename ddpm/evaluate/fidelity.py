@@ -160,6 +160,12 @@ def resolve_inception_weights(weights_path: str | None, cache_dir: str | Path, r
     )
 
 
+def isc_splits(n_fake: int, standard: int = 10) -> int:
+    """IS splits: the standard 10, fewer for tiny sample counts (at least 2 images per split; a split
+    of one image would make the score NaN)."""
+    return max(1, min(standard, n_fake // 2))
+
+
 def kid_subset_size(n_fake: int, n_real: int, requested: int = 1000) -> int:
     """KID subset size: the requested one, shrunk to the smaller sample count."""
     return max(2, min(requested, n_fake, n_real))
@@ -216,6 +222,7 @@ def fidelity_metrics(
         feature_extractor_weights_path=weights_path,
         kid_subsets=kid_subsets,
         kid_subset_size=subset,
+        isc_splits=isc_splits(len(fake)),
         cache=cache,
         cache_root=str(cache_root) if cache else None,
         input2_cache_name=real_cache_name if cache else None,
@@ -235,5 +242,7 @@ def fidelity_metrics(
             kid_subsets=kid_subsets,
         )
     if want["isc"]:
-        result.update(isc_mean=float(out["inception_score_mean"]), isc_std=float(out["inception_score_std"]))
+        result.update(
+            isc_mean=float(out["inception_score_mean"]), isc_std=float(out["inception_score_std"]), isc_splits=isc_splits(len(fake))
+        )
     return result
