@@ -29,6 +29,7 @@ from ddpm.regimes.seeds import generator
 from ddpm.regimes.speciation import measure_speciation
 from ddpm.regimes.spectrum import analyse_spectrum
 from ddpm.regimes.tracking import end_statistics, exact_eps_fn, summarise_tracking, track
+from ddpm.runtime import configure_threads
 from ddpm.schedules import NoiseSchedule
 
 log = logging.getLogger("ddpm.regimes")
@@ -40,22 +41,6 @@ def _device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"kernel.device={name} but CUDA is not available")
     return torch.device(name)
-
-
-def _threads(cfg: DictConfig) -> int | None:
-    """Torch threads: the configured value, or 1 per job when Hydra's joblib launcher runs the sweep."""
-    if cfg.threads is not None:
-        return int(cfg.threads)
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hc = HydraConfig.get()
-        if hc.mode == RunMode.MULTIRUN and "joblib" in str(hc.launcher.get("_target_", "")).lower():
-            return 1
-    except ValueError:  # not running under Hydra
-        pass
-    return None
 
 
 def _step(schedule: NoiseSchedule, t: float | None) -> int | None:
@@ -91,10 +76,7 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     validate_regimes(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    threads = _threads(cfg)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    log.info("torch threads: %d", torch.get_num_threads())
+    log.info("torch threads: %d", configure_threads(cfg.threads))
     device = _device(cfg.kernel.device)
     analyses = list(cfg.regimes.analyses)
     started = time.time()
