@@ -60,7 +60,7 @@ class GPUConfig:
     precision: str = "fp32"  # fp32, fp16 (GradScaler), bf16
     tf32: bool = True  # TF32 matmuls/convs on Ampere+ (set explicitly either way)
     grad_accum_steps: int = 1
-    channels_last: bool = False
+    channels_last: bool | None = None  # null: by device (on for CPU networks >= 32 channels wide)
     compile: bool = False
     num_threads: int | None = None  # torch CPU threads; null: 1 per job under the joblib launcher, else torch's default
 

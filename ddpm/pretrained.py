@@ -12,6 +12,7 @@ from ddpm.checkpoint import load_checkpoint
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError
 from ddpm.models import UNet, build_model
+from ddpm.runtime import resolve_memory_format
 from ddpm.schedules import NoiseSchedule
 
 
@@ -38,8 +39,18 @@ class Pretrained:
         return (self.model.in_channels, self.model.image_size, self.model.image_size)
 
 
-def load_pretrained(path: str | Path, device: torch.device | str = "cpu", use_ema: bool = True) -> Pretrained:
-    """Load ``path`` safely and rebuild model + diffusion from the config stored in it."""
+def load_pretrained(
+    path: str | Path, device: torch.device | str = "cpu", use_ema: bool = True, channels_last: bool | None = None
+) -> Pretrained:
+    """Load ``path`` safely and rebuild model + diffusion from the config stored in it.
+
+    Args:
+        path: a checkpoint written by ``ddpm-train``.
+        device: where the network will run.
+        use_ema: load the EMA weights (the ones to sample from) rather than the raw ones.
+        channels_last: weight memory format; ``None`` picks the faster one for the device
+            (see :func:`ddpm.runtime.resolve_memory_format`).
+    """
     path = Path(path).expanduser()
     state = load_checkpoint(path)
     cfg = OmegaConf.create(state["config"])
@@ -49,5 +60,7 @@ def load_pretrained(path: str | Path, device: torch.device | str = "cpu", use_em
         model.load_state_dict(state["ema" if use_ema else "model"])
     except (KeyError, RuntimeError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint {path} does not match the model its config describes: {str(exc).splitlines()[0]}") from exc
-    model.to(device).eval().requires_grad_(False)
+    device = torch.device(device)
+    fmt = resolve_memory_format(channels_last, device, int(cfg.model.channels))
+    model.to(device, memory_format=fmt).eval().requires_grad_(False)
     return Pretrained(model, diffusion, cfg, int(state["step"]), path)

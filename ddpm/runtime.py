@@ -81,6 +81,26 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+# Narrowest network for which channels_last pays on CPU. Measured per thread (batch 64, oneDNN):
+# 16 channels (tiny) -3% train / -7% sample; 32 (mini) +8% / +14%; 64 (small) +18% / +13%.
+CPU_CHANNELS_LAST_MIN_WIDTH = 32
+
+
+def resolve_memory_format(channels_last: bool | None, device: torch.device, width: int) -> torch.memory_format:
+    """The memory format of the network's weights and activations.
+
+    Args:
+        channels_last: ``True``/``False`` to force; ``None`` picks by device: on CPU for networks at
+            least ``CPU_CHANNELS_LAST_MIN_WIDTH`` channels wide (measured faster there), off on CUDA
+            in fp32 (the fp16/bf16 presets turn it on explicitly).
+        device: where the network runs.
+        width: the network's base channel count (``model.channels``).
+    """
+    if channels_last is None:
+        channels_last = device.type == "cpu" and width >= CPU_CHANNELS_LAST_MIN_WIDTH
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def hydra_job() -> tuple[int | None, str]:
     """(job number, launcher target) of the running Hydra job; (None, "") outside a multirun."""
     try:

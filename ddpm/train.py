@@ -37,7 +37,7 @@ from ddpm.ema import make_ema
 from ddpm.errors import CheckpointError, ConfigError
 from ddpm.generate import generate
 from ddpm.models import build_model
-from ddpm.runtime import Runtime, setup_runtime, teardown_runtime
+from ddpm.runtime import Runtime, resolve_memory_format, setup_runtime, teardown_runtime
 from ddpm.samplers import DDIMSampler, make_eps_fn
 from ddpm.schedules import NoiseSchedule
 
@@ -216,7 +216,7 @@ class Trainer:
         self.diffusion = GaussianDiffusion(NoiseSchedule.from_config(cfg.schedule), tc.objective)
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         self.model = build_model(cfg.model, self.shape[1], self.shape[0]).to(self.rt.device)
-        self.memory_format = torch.channels_last if cfg.gpu.channels_last else torch.contiguous_format
+        self.memory_format = resolve_memory_format(cfg.gpu.channels_last, self.rt.device, int(cfg.model.channels))
         self.model = self.model.to(memory_format=self.memory_format)
         self.ema = make_ema(self.model, tc.ema_decay)
         fused = self.rt.device.type == "cuda"
@@ -405,7 +405,8 @@ class Trainer:
             f"dataset {self.cfg.dataset.name}: {len(self.images)} images {self.shape} from {self.data_source}\n"
             f"model {self.cfg.model.name}: {n_params:,} parameters\n"
             f"schedule {self.cfg.schedule.name}: T={self.diffusion.T}, t_T={float(self.diffusion.schedule.ou_times[-1]):.4f}\n"
-            f"device {rt.device}, precision {rt.precision}, world size {rt.world_size}, "
+            f"device {rt.device}, precision {rt.precision}, "
+            f"{'channels_last' if self.memory_format == torch.channels_last else 'contiguous'} memory format, world size {rt.world_size}, "
             f"global batch {self.global_batch} = {self.cfg.train.batch_size} per rank x {rt.world_size} ranks x {self.accum} accumulation"
         )
 

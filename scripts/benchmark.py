@@ -6,8 +6,11 @@ FLOP counter), training images/s (forward + backward + gradient clipping + AdamW
 ``ddpm-train`` does it) and sampling images·steps/s (DDIM, inference mode), each as achieved
 GFLOP/s and as a fraction of the machine's float32 matrix-multiply peak. diffusers'
 ``UNet2DModel`` configured like our ``small`` preset is measured the same way, giving the two
-headline ratios ``vs_diffusers.train_ratio`` and ``vs_diffusers.sample_ratio``. The effects of
-channels_last, torch.compile and the precision presets are measured on ``small``.
+headline ratios ``vs_diffusers.train_ratio`` and ``vs_diffusers.sample_ratio``. Each preset runs
+in the memory format ``ddpm-train`` picks by default on the device (channels_last for CPU networks
+of 32+ channels); when that is channels_last, diffusers is measured in it too
+(``vs_diffusers.same_format``). The effects of channels_last, torch.compile and the precision
+presets are measured on ``small``.
 
 Usage::
 
@@ -46,6 +49,7 @@ from ddpm.config import ModelConfig, ScheduleConfig
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.ema import make_ema
 from ddpm.models import build_model
+from ddpm.runtime import resolve_memory_format
 from ddpm.samplers import DDIMSampler, make_eps_fn
 from ddpm.schedules import NoiseSchedule
 
@@ -53,6 +57,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 # Each preset at the resolution of the dataset it is meant for (conf/experiment).
 PRESET_DATA = {
     "tiny": ("mnist", 32, 1),
+    "mini": ("mnist", 32, 1),
     "small": ("mnist", 32, 1),
     "base": ("cifar10", 32, 3),
     "large": ("cats", 64, 3),
@@ -231,6 +236,12 @@ def forward_flops(model: torch.nn.Module, shape: tuple[int, ...], device: torch.
 
 
 # --------------------------------------------------------------------------- workloads
+def default_variant(model_cfg: Any, device: torch.device) -> Variant:
+    """What ``ddpm-train`` runs by default on ``device`` (fp32 preset): the memory format it picks."""
+    cl = resolve_memory_format(None, device, int(model_cfg.channels)) == torch.channels_last
+    return Variant("fp32 channels_last" if cl else "fp32", channels_last=cl)
+
+
 @dataclass
 class Variant:
     """How the network runs: memory format, torch.compile and autocast precision."""
@@ -453,9 +464,14 @@ def report(result: dict) -> str:
         out += [
             "",
             f"vs diffusers ({vs['config']}, params ours {vs['params_ours']:,} / diffusers {vs['params_diffusers']:,}):",
-            f"  train ratio (ours/diffusers, images/s, batch {vs['train_batch']}): {vs['train_ratio']:.2f}",
-            f"  sample ratio (ours/diffusers, images·steps/s, batch {result['sample_batch']}): {vs['sample_ratio']:.2f}",
+            f"  train ratio (ours {vs.get('ours_variant', 'fp32')} / diffusers fp32, images/s, batch {vs['train_batch']}): {vs['train_ratio']:.2f}",
+            f"  sample ratio (ours {vs.get('ours_variant', 'fp32')} / diffusers fp32, images·steps/s, batch {result['sample_batch']}): {vs['sample_ratio']:.2f}",
         ]
+        same = vs.get("same_format")
+        if same:
+            out += [
+                f"  with diffusers also in {same['variant']}: train ratio {same['train_ratio']:.2f}, sample ratio {same['sample_ratio']:.2f}",
+            ]
     if result.get("variants"):
         out += ["", f"variants of {result['variant_model']} (our U-Net): relative to fp32 eager contiguous"]
         vrows = []
@@ -497,7 +513,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=None, help="JSON output (default outputs/benchmark/<timestamp>.json)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--presets", default=None, help="comma-separated model presets (default tiny,small,base[,large])")
+    p.add_argument("--presets", default=None, help="comma-separated model presets (default tiny,mini,small,base[,large])")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     p.add_argument("--no-diffusers", action="store_true", help="skip the diffusers comparison")
     p.add_argument("--no-variants", action="store_true", help="skip channels_last / compile / precision variants")
@@ -529,7 +545,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32; TF32 is a variant
         torch.backends.cudnn.allow_tf32 = False
     quick = args.quick
-    presets = args.presets.split(",") if args.presets else (["tiny", "small", "base"] if quick else ["tiny", "small", "base", "large"])
+    presets = (
+        args.presets.split(",")
+        if args.presets
+        else (["tiny", "mini", "small", "base"] if quick else ["tiny", "mini", "small", "base", "large"])
+    )
     for name in presets:
         if name not in PRESET_DATA:
             sys.exit(f"error: unknown preset {name!r}; choose from {', '.join(PRESET_DATA)}")
@@ -537,9 +557,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cpu = device.type == "cpu"
     # Per-preset measuring effort: (warm-up, repeats, iterations per repeat, sampler steps per run).
     if quick:
-        plans = {"tiny": Plan(2, 3, 3, 4), "small": Plan(1, 3, 1, 2), "base": Plan(1, 2, 1, 1), "large": Plan(1, 2, 1, 1)}
+        plans = {
+            "tiny": Plan(2, 3, 3, 4),
+            "mini": Plan(2, 3, 2, 3),
+            "small": Plan(1, 3, 1, 2),
+            "base": Plan(1, 2, 1, 1),
+            "large": Plan(1, 2, 1, 1),
+        }
     else:
-        plans = {"tiny": Plan(3, 5, 5, 8), "small": Plan(2, 5, 2, 4), "base": Plan(2, 3, 1, 2), "large": Plan(1, 3, 1, 2)}
+        plans = {
+            "tiny": Plan(3, 5, 5, 8),
+            "mini": Plan(3, 5, 3, 6),
+            "small": Plan(2, 5, 2, 4),
+            "base": Plan(2, 3, 1, 2),
+            "large": Plan(1, 3, 1, 2),
+        }
     if not cpu:
         plans = {k: Plan(5, 5, 10, 10) for k in plans}
 
@@ -597,7 +629,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{preset}: {data} {ch}x{size}x{size}", flush=True)
         # --quick on a CPU: the big presets at the first batch size only (a step takes many seconds).
         batches = train_batches[:1] if quick and cpu and preset in ("base", "large") else train_batches
-        m = run(f"ddpm/{preset}", lambda cfg=cfg, size=size, ch=ch: build_model(cfg, size, ch), preset, baseline, batches, plans[preset])
+        default = default_variant(cfg, device)
+        m = run(f"ddpm/{preset}", lambda cfg=cfg, size=size, ch=ch: build_model(cfg, size, ch), preset, default, batches, plans[preset])
         if preset == args.compare:
             ours_small = m
 
@@ -620,6 +653,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 train_batches,
                 plans[args.compare],
             )
+            same = None
+            if ours_small["variant"] != baseline.name:  # ours runs channels_last by default here: so can diffusers
+                same = run(
+                    f"diffusers/{args.compare}",
+                    lambda: diffusers_twin(cfg, size, ch),
+                    args.compare,
+                    Variant(ours_small["variant"], channels_last=True),
+                    train_batches,
+                    plans[args.compare],
+                )
             b = str(train_batches[-1])
             result["vs_diffusers"] = {
                 "preset": args.compare,
@@ -635,7 +678,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "sample_ratio": ours_small["sample"]["images_steps_per_s"] / d["sample"]["images_steps_per_s"],
                 "diffusers_train_frac_peak": d["train"][b]["frac_peak"],
                 "diffusers_sample_frac_peak": d["sample"]["frac_peak"],
+                "ours_variant": ours_small["variant"],
             }
+            if same is not None:
+                result["vs_diffusers"]["same_format"] = {
+                    "variant": same["variant"],
+                    "train_ratio": ours_small["train"][b]["images_per_s"] / same["train"][b]["images_per_s"],
+                    "sample_ratio": ours_small["sample"]["images_steps_per_s"] / same["sample"]["images_steps_per_s"],
+                }
 
     if not args.no_variants and args.compare in presets:
         vpreset = args.compare
@@ -643,9 +693,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data, size, ch = PRESET_DATA[vpreset]
         vb = (train_batches[0],)
         result["variant_model"], result["variant_train_batch"] = f"ddpm/{vpreset}", vb[0]
-        # The fp32 eager baseline is the `small` row measured above; --quick on a CPU compiles
-        # once (channels_last + compile, sampling only): compiling costs about a minute a graph.
-        variants = [(Variant("channels_last", channels_last=True), True, True)]
+        # The memory format ddpm-train picks by default here is the row measured above; the other
+        # one is measured now. --quick on a CPU compiles once (channels_last + compile, sampling
+        # only): compiling costs about a minute a graph.
+        default_cl = ours_small["variant"] != baseline.name
+        variants = [] if default_cl else [(Variant("channels_last", channels_last=True), True, True)]
         if not (quick and cpu):
             variants.append((Variant("compile", compile=True), True, True))
         variants.append((Variant("channels_last+compile", channels_last=True, compile=True), not (quick and cpu), True))
@@ -665,6 +717,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         vflops = forward_flops(make_v(), (ch, size, size), device)
         out = [{**ours_small, "train": {k: v for k, v in ours_small["train"].items() if k == str(vb[0])}}]
         print(f"variants of ddpm/{vpreset}", flush=True)
+        if default_cl:  # the table's baseline is fp32 eager contiguous: measure it first
+            out.insert(
+                0,
+                measure_model(
+                    f"ddpm/{vpreset}",
+                    make_v,
+                    (ch, size, size),
+                    device,
+                    diffusion,
+                    peak,
+                    plans[vpreset],
+                    baseline,
+                    vb,
+                    args.sample_batch,
+                    vflops,
+                ),
+            )
+            out[1]["variant"] = "channels_last"
         for v, do_train, do_sample in variants:
             plan = brief if v.precision != "fp32" or v.compile else plans[vpreset]
             try:

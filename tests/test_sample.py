@@ -145,6 +145,13 @@ def test_sample_writes_grid_gifs_and_images(tiny_ckpt: Path, data_dir: Path, tmp
         sample(sample_cfg(tiny_ckpt, data_dir, tmp_path / "cache"), out)
 
 
+def assert_same_up_to_rounding(a: np.ndarray, b: np.ndarray) -> None:
+    """uint8 images equal except for at most 0.1% of pixels, each off by one level."""
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    assert diff.max() <= 1, f"pixels differ by up to {diff.max()} levels"
+    assert (diff > 0).mean() <= 1e-3, f"{(diff > 0).mean():.2%} of the pixels differ"
+
+
 def test_sample_i_is_independent_of_batch_size(tiny_ckpt: Path, data_dir: Path, tmp_path: Path) -> None:
     """The ancestral sampler draws fresh noise at every step: still, sample i must not depend on the batch."""
     runs = {}
@@ -162,10 +169,13 @@ def test_sample_i_is_independent_of_batch_size(tiny_ckpt: Path, data_dir: Path, 
         sample(cfg, tmp_path / f"bs{bs}")
         runs[bs] = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / f"bs{bs}" / "images").glob("*.png"))])
     assert runs[1].shape == (8, 32, 32)
-    np.testing.assert_array_equal(runs[1], runs[8])
+    # Same noise per sample; the convolutions may sum in another order for another batch size (and
+    # MKL may use fewer threads on a busy machine), so a rare pixel can round to the next level.
+    # A batch-dependent noise stream would change most pixels by far more.
+    assert_same_up_to_rounding(runs[1], runs[8])
     # the GIF collects its 4 images from 4 batches of one or from one batch of 8: same frames
     for a, b in zip(gif_frames(tmp_path / "bs1" / "sampling.gif"), gif_frames(tmp_path / "bs8" / "sampling.gif"), strict=True):
-        np.testing.assert_array_equal(a, b)
+        assert_same_up_to_rounding(a, b)
     assert len({r.tobytes() for r in runs[8]}) == 8  # different seeds, different images
 
 

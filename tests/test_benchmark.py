@@ -1,0 +1,65 @@
+"""``scripts/benchmark.py``: the memory-format default it measures and the side-by-side report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm.runtime import CPU_CHANNELS_LAST_MIN_WIDTH, resolve_memory_format
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts" / "benchmark.py")
+benchmark = importlib.util.module_from_spec(_spec)
+sys.modules["benchmark"] = benchmark  # its dataclasses look their module up while being defined
+_spec.loader.exec_module(benchmark)
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.mark.parametrize(
+    ("flag", "device", "width", "expected"),
+    [
+        (None, CPU, 16, torch.contiguous_format),  # tiny: channels_last measured slower
+        (None, CPU, CPU_CHANNELS_LAST_MIN_WIDTH, torch.channels_last),  # mini
+        (None, CPU, 128, torch.channels_last),
+        (None, CUDA, 128, torch.contiguous_format),  # fp32 on CUDA: the fp16/bf16 presets opt in
+        (True, CPU, 16, torch.channels_last),
+        (False, CPU, 128, torch.contiguous_format),
+        (True, CUDA, 16, torch.channels_last),
+    ],
+)
+def test_memory_format_default_by_device_and_width(flag, device, width, expected) -> None:
+    assert resolve_memory_format(flag, device, width) == expected
+
+
+@pytest.mark.slow
+def test_quick_benchmark_reports_defaults_and_both_ratios(tmp_path, capsys) -> None:
+    pytest.importorskip("diffusers")
+    out = tmp_path / "bench.json"
+    args = ["--quick", "--presets", "tiny,mini", "--compare", "mini", "--no-variants", "--threads", "1"]
+    args += ["--train-batches", "4", "--sample-batch", "4", "--out", str(out)]
+    result = benchmark.main(args)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    rows = {m["model"]: m for m in result["models"]}
+    assert rows["ddpm/tiny"]["variant"] == "fp32"
+    assert rows["ddpm/mini"]["variant"] == "fp32 channels_last"
+    assert rows["ddpm/tiny"]["params"] == 177_505 and rows["ddpm/mini"]["params"] == 1_140_929
+    vs = result["vs_diffusers"]
+    assert abs(vs["params_diffusers"] / vs["params_ours"] - 1) < 0.10
+    ours = rows["ddpm/mini"]
+    twins = [m for m in result["models"] if m["model"] == "diffusers/mini"]
+    assert [m["variant"] for m in twins] == ["fp32", "fp32 channels_last"]
+    assert vs["train_ratio"] == pytest.approx(ours["train"]["4"]["images_per_s"] / twins[0]["train"]["4"]["images_per_s"])
+    assert vs["same_format"]["sample_ratio"] == pytest.approx(
+        ours["sample"]["images_steps_per_s"] / twins[1]["sample"]["images_steps_per_s"]
+    )
+    # Achieved GFLOP/s = FLOPs per image x images/s: training counts forward + backward as 3x forward.
+    t = ours["train"]["4"]
+    assert t["gflops"] == pytest.approx(3 * ours["fwd_gflops"] * t["images_per_s"])
+    printed = capsys.readouterr().out
+    assert "with diffusers also in fp32 channels_last: train ratio" in printed
