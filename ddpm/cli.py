@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from ddpm.config import register_configs
 from ddpm.errors import EXIT_USAGE, USER_ERRORS
+from ddpm.runlock import held_by_another, locked_message
 
 CONFIG_MODULE = "ddpm.conf"
 log = logging.getLogger("ddpm")
@@ -83,6 +84,14 @@ def precheck(config_name: str, argv: list[str]) -> None:
             compose(config_name, overrides=overrides)
     except Exception as exc:  # Hydra and OmegaConf raise many types; all mean a bad command line
         fail(one_line(exc))
+    # Hydra rewrites <run dir>/.hydra/*.yaml and appends to its log before the command runs: refuse
+    # a run directory that a live training run holds now, not after those writes. (torchrun's
+    # other ranks skip this: rank 0 of the same launch may already hold the lock.)
+    for a in argv if int(os.environ.get("RANK", "0")) == 0 else ():
+        if a.startswith("hydra.run.dir="):
+            run_dir = Path(a.split("=", 1)[1]).expanduser()
+            if held_by_another(run_dir):
+                fail(locked_message(run_dir))
 
 
 def hydra_main(config_name: str, extra_errors: tuple[type[BaseException], ...] = ()) -> Callable:

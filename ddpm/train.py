@@ -9,7 +9,6 @@ process with batch N*B computes, and a resumed run continues the same random str
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import math
@@ -37,6 +36,7 @@ from ddpm.ema import make_ema
 from ddpm.errors import CheckpointError, ConfigError
 from ddpm.generate import generate
 from ddpm.models import build_model
+from ddpm.runlock import RunDirLocked, RunLock
 from ddpm.runtime import Runtime, resolve_memory_format, setup_runtime, teardown_runtime
 from ddpm.samplers import DDIMSampler, make_eps_fn
 from ddpm.schedules import NoiseSchedule
@@ -70,10 +70,6 @@ def parse_step_ranges(spec: str) -> list[tuple[int, float]]:
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive non-finite steps."""
-
-
-class RunDirLocked(RuntimeError):
-    """Another live process trains in this run directory."""
 
 
 def _select(cfg: Any, key: str) -> Any:
@@ -151,34 +147,6 @@ class _StopSignal:
     def __exit__(self, *exc: Any) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)
-
-
-class _RunLock:
-    """An exclusive ``flock`` on ``<run_dir>/.lock``; the kernel drops it when the process dies."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / ".lock"
-        self.fd: int | None = None
-
-    def __enter__(self) -> _RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            self.fd = None
-            raise RunDirLocked(
-                f"another ddpm-train process is running in {self.path.parent}; wait for it to end or choose another hydra.run.dir"
-            ) from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"{os.getpid()}\n".encode())
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -493,7 +461,7 @@ class Trainer:
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any] | None:
     """Run (or dry-run) one training job into ``run_dir``; returns the final summary."""
     run_dir = Path(run_dir)
-    with _RunLock(run_dir) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():
+    with RunLock(run_dir) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():
         trainer = Trainer(cfg, run_dir)
         try:
             if trainer.rt.is_main:

@@ -19,7 +19,8 @@ from conftest import REPO, compose_config, tiny_train_overrides
 from ddpm import checkpoint as ckpt_mod
 from ddpm.checkpoint import PARTIAL_RE, clean_partial_writes, find_latest, load_checkpoint, save_checkpoint
 from ddpm.errors import CheckpointError
-from ddpm.train import RunDirLocked, TrainingDiverged, _RunLock, parse_step_ranges, train
+from ddpm.runlock import RunDirLocked, RunLock, held_by_another
+from ddpm.train import TrainingDiverged, parse_step_ranges, train
 
 
 @pytest.fixture
@@ -192,19 +193,49 @@ def test_run_lock_refuses_a_second_run_until_the_first_ends(tmp_path: Path) -> N
     ready = tmp_path / "ready"
 
     def holder() -> None:
-        with _RunLock(tmp_path):
+        with RunLock(tmp_path):
             ready.touch()
             time.sleep(60)
 
     pid = _fork(holder)
     assert _wait_for(ready.exists)
-    with pytest.raises(RunDirLocked, match="another ddpm-train process is running"), _RunLock(tmp_path):
+    with pytest.raises(RunDirLocked, match="another ddpm-train process is running"), RunLock(tmp_path):
         pass
     os.kill(pid, signal.SIGKILL)  # the kernel drops a dead process's flock
     os.waitpid(pid, 0)
-    with _RunLock(tmp_path) as lock:
+    with RunLock(tmp_path) as lock:
         assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
         assert lock.fd is not None
+
+
+def test_second_run_is_refused_before_hydra_writes_into_the_live_run_dir(tmp_path: Path) -> None:
+    """Hydra writes ``.hydra/*.yaml`` and the log before the command runs: the refusal must come first."""
+    run_dir, ready = tmp_path / "run", tmp_path / "ready"
+    (run_dir / ".hydra").mkdir(parents=True)
+    live = {run_dir / ".hydra" / "config.yaml": b"the live run's config\n", run_dir / "train.log": b"the live run's log\n"}
+    for path, data in live.items():
+        path.write_bytes(data)
+
+    def holder() -> None:
+        with RunLock(run_dir):
+            ready.touch()
+            time.sleep(60)
+
+    pid = _fork(holder)
+    try:
+        assert _wait_for(ready.exists)
+        assert held_by_another(run_dir)
+        script = Path(sys.executable).with_name("ddpm-train")
+        res = subprocess.run([str(script), "model=tiny", f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=120)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"error: another ddpm-train process is running in {run_dir}; wait for it to end or choose another hydra.run.dir"
+    assert {p: p.read_bytes() for p in live} == live
+    assert sorted(p.name for p in run_dir.rglob("*")) == [".hydra", ".lock", "config.yaml", "train.log"]
+    assert not held_by_another(run_dir)  # the kernel dropped the dead holder's lock
+    assert not held_by_another(tmp_path / "never-trained-here")
 
 
 # ---------------------------------------------------------------------------- training
