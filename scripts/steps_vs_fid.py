@@ -62,7 +62,7 @@ def run_one(ckpt: Path, sampler: str, steps: int | None, num_samples: int, out: 
 def markdown(rows: list[dict], steps: list[int], reference: dict | None) -> str:
     head = "| sampler | " + " | ".join(f"{s} evals" for s in steps) + " |"
     lines = [head, "|" + "---|" * (len(steps) + 1)]
-    for sampler in sorted({r["sampler"] for r in rows if r["sampler"] != "ddpm"}):
+    for sampler in sorted({r["sampler"] for r in rows}):
         by = {r["evaluations"]: r["fid"] for r in rows if r["sampler"] == sampler}
         lines.append(f"| {sampler} | " + " | ".join(f"{by[s]:.2f}" if s in by else "-" for s in steps) + " |")
     if reference is not None:
