@@ -14,7 +14,6 @@ import pickle
 import re
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +187,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 f"checkpoint {path} was refused by the safe loader (weights_only=True), it carries code: {reason}; do not load it unsafely"
             ) from exc
         raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint (the safe loader stopped at: {reason})") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # torn or garbage bytes make the unpickler raise anything (EOFError, IndexError, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         first = first.split(". ")[0].rstrip(".")  # torch appends paragraphs of generic advice
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {first}") from exc

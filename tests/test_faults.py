@@ -5,11 +5,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import re
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -155,12 +157,28 @@ def test_resume_latest_skips_truncated_and_garbage(tmp_path: Path, caplog: pytes
     path, state = find_latest(tmp_path)
     assert (path.name, state["step"]) == ("step_0000002.pt", 2)
     assert "skipping checkpoint" in caplog.text and "corrupt or truncated" in caplog.text
-    (tmp_path / "last.pt").unlink()
-    (tmp_path / "last.pt").write_bytes(os.urandom(1000))
     newest.unlink()
-    assert find_latest(tmp_path)[1]["step"] == 2
-    with pytest.raises(CheckpointError, match="corrupt or not a checkpoint"):
-        load_checkpoint(tmp_path / "last.pt")
+    for seed in range(20):  # garbage makes the unpickler fail in many ways (UnpicklingError, IndexError, ...)
+        (tmp_path / "last.pt").unlink()
+        (tmp_path / "last.pt").write_bytes(random.Random(seed).randbytes(1000))
+        assert find_latest(tmp_path)[1]["step"] == 2
+        with pytest.raises(CheckpointError, match=r"checkpoint .*last\.pt is corrupt"):
+            load_checkpoint(tmp_path / "last.pt")
+
+
+@pytest.mark.parametrize("pickle_bytes", [b"e.", b"(e.", b"}u."], ids=["appends-on-empty", "appends-on-mark", "setitems-on-empty"])
+def test_malformed_pickle_inside_a_valid_zip_is_a_checkpoint_error(tmp_path: Path, pickle_bytes: bytes) -> None:
+    """The safe unpickler meets these with IndexError, not UnpicklingError: still one clear error."""
+    save_checkpoint(_state(1), tmp_path, 1, keep=10)
+    good = tmp_path / "step_0000001.pt"
+    bad = tmp_path / "step_0000002.pt"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for name in zin.namelist():
+            zout.writestr(name, pickle_bytes if name.endswith("/data.pkl") else zin.read(name))
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(bad)
+    (tmp_path / "last.pt").unlink()
+    assert find_latest(tmp_path)[1]["step"] == 1
 
 
 class _Evil:
@@ -231,7 +249,10 @@ def test_second_run_is_refused_before_hydra_writes_into_the_live_run_dir(tmp_pat
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     assert res.returncode == 2
-    assert res.stderr.strip() == f"error: another ddpm-train process is running in {run_dir}; wait for it to end or choose another hydra.run.dir"
+    assert (
+        res.stderr.strip()
+        == f"error: another ddpm-train process is running in {run_dir}; wait for it to end or choose another hydra.run.dir"
+    )
     assert {p: p.read_bytes() for p in live} == live
     assert sorted(p.name for p in run_dir.rglob("*")) == [".hydra", ".lock", "config.yaml", "train.log"]
     assert not held_by_another(run_dir)  # the kernel dropped the dead holder's lock
