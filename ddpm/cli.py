@@ -84,10 +84,15 @@ def precheck(config_name: str, argv: list[str]) -> None:
             compose(config_name, overrides=overrides)
     except Exception as exc:  # Hydra and OmegaConf raise many types; all mean a bad command line
         fail(one_line(exc))
-    # Hydra rewrites <run dir>/.hydra/*.yaml and appends to its log before the command runs: refuse
-    # a run directory that a live training run holds now, not after those writes. (torchrun's
-    # other ranks skip this: rank 0 of the same launch may already hold the lock.)
-    for a in argv if int(os.environ.get("RANK", "0")) == 0 else ():
+    # torchrun's other ranks skip this: rank 0 of the same launch may already hold the lock.
+    if int(os.environ.get("RANK", "0")) == 0:
+        refuse_live_run_dir(argv)
+
+
+def refuse_live_run_dir(argv: list[str]) -> None:
+    """Hydra rewrites <run dir>/.hydra/*.yaml and appends to its log before the command runs: refuse
+    a ``hydra.run.dir=`` that a live training run holds now, not after those writes."""
+    for a in argv:
         if a.startswith("hydra.run.dir="):
             run_dir = Path(a.split("=", 1)[1]).expanduser()
             if held_by_another(run_dir):

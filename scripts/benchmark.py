@@ -464,8 +464,8 @@ def report(result: dict) -> str:
         out += [
             "",
             f"vs diffusers ({vs['config']}, params ours {vs['params_ours']:,} / diffusers {vs['params_diffusers']:,}):",
-            f"  train ratio (ours {vs.get('ours_variant', 'fp32')} / diffusers fp32, images/s, batch {vs['train_batch']}): {vs['train_ratio']:.2f}",
-            f"  sample ratio (ours {vs.get('ours_variant', 'fp32')} / diffusers fp32, images·steps/s, batch {result['sample_batch']}): {vs['sample_ratio']:.2f}",
+            f"  train ratio (ours {vs['ours_variant']} / diffusers fp32, images/s, batch {vs['train_batch']}): {vs['train_ratio']:.2f}",
+            f"  sample ratio (ours {vs['ours_variant']} / diffusers fp32, images·steps/s, batch {result['sample_batch']}): {vs['sample_ratio']:.2f}",
         ]
         same = vs.get("same_format")
         if same:
@@ -654,12 +654,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 plans[args.compare],
             )
             same = None
-            if ours_small["variant"] != baseline.name:  # ours runs channels_last by default here: so can diffusers
+            default = default_variant(cfg, device)
+            if default.channels_last:  # ours runs channels_last by default here: so can diffusers
                 same = run(
                     f"diffusers/{args.compare}",
                     lambda: diffusers_twin(cfg, size, ch),
                     args.compare,
-                    Variant(ours_small["variant"], channels_last=True),
+                    default,
                     train_batches,
                     plans[args.compare],
                 )
@@ -696,7 +697,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # The memory format ddpm-train picks by default here is the row measured above; the other
         # one is measured now. --quick on a CPU compiles once (channels_last + compile, sampling
         # only): compiling costs about a minute a graph.
-        default_cl = ours_small["variant"] != baseline.name
+        default_cl = default_variant(cfg, device).channels_last
         variants = [] if default_cl else [(Variant("channels_last", channels_last=True), True, True)]
         if not (quick and cpu):
             variants.append((Variant("compile", compile=True), True, True))
@@ -715,43 +716,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             return build_model(cfg, size, ch).to(device)
 
         vflops = forward_flops(make_v(), (ch, size, size), device)
-        out = [{**ours_small, "train": {k: v for k, v in ours_small["train"].items() if k == str(vb[0])}}]
-        print(f"variants of ddpm/{vpreset}", flush=True)
-        if default_cl:  # the table's baseline is fp32 eager contiguous: measure it first
-            out.insert(
-                0,
-                measure_model(
-                    f"ddpm/{vpreset}",
-                    make_v,
-                    (ch, size, size),
-                    device,
-                    diffusion,
-                    peak,
-                    plans[vpreset],
-                    baseline,
-                    vb,
-                    args.sample_batch,
-                    vflops,
-                ),
+
+        def measure_v(v: Variant, plan: Plan, do_train: bool = True, do_sample: bool = True) -> dict[str, Any]:
+            return measure_model(
+                f"ddpm/{vpreset}",
+                make_v,
+                (ch, size, size),
+                device,
+                diffusion,
+                peak,
+                plan,
+                v,
+                vb if do_train else (),
+                args.sample_batch,
+                vflops,
+                do_sample,
             )
-            out[1]["variant"] = "channels_last"
+
+        print(f"variants of ddpm/{vpreset}", flush=True)
+        default_row = {
+            **ours_small,
+            "variant": "channels_last" if default_cl else baseline.name,
+            "train": {k: v for k, v in ours_small["train"].items() if k == str(vb[0])},
+        }
+        # The table is relative to fp32 eager contiguous: measure it when the default is channels_last.
+        out = [measure_v(baseline, plans[vpreset]), default_row] if default_cl else [default_row]
         for v, do_train, do_sample in variants:
-            plan = brief if v.precision != "fp32" or v.compile else plans[vpreset]
             try:
-                m = measure_model(
-                    f"ddpm/{vpreset}",
-                    make_v,
-                    (ch, size, size),
-                    device,
-                    diffusion,
-                    peak,
-                    plan,
-                    v,
-                    vb if do_train else (),
-                    args.sample_batch,
-                    vflops,
-                    do_sample,
-                )
+                m = measure_v(v, brief if v.precision != "fp32" or v.compile else plans[vpreset], do_train, do_sample)
             except Exception as exc:  # a variant the device cannot run is reported, not fatal
                 print(f"  {v.name}: failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", flush=True)
                 m = {
@@ -764,12 +756,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out.append(m)
         if device.type == "cuda":  # TF32 as a variant of its own
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-            v = Variant("tf32+channels_last", channels_last=True)
-            out.append(
-                measure_model(
-                    f"ddpm/{vpreset}", make_v, (ch, size, size), device, diffusion, peak, plans[vpreset], v, vb, args.sample_batch, vflops
-                )
-            )
+            out.append(measure_v(Variant("tf32+channels_last", channels_last=True), plans[vpreset]))
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         result["variants"] = out
         b = str(vb[0])
