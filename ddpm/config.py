@@ -41,6 +41,9 @@ class ModelConfig:
     num_heads: int = 4
     dropout: float = 0.1
     scale_shift_norm: bool = True
+    # GroupNorm groups hold at least this many channels (32 groups at most). Checkpoints written
+    # before the key existed used one channel per group at <= 32 channels: they load with 1.
+    norm_min_group_channels: int = 4
 
 
 @dataclass
@@ -72,6 +75,9 @@ class SamplerConfig:
     eta: float = 0.0  # DDIM noise scale (0 deterministic, 1 ancestral-like)
     spacing: str = "leading"  # leading, trailing or linspace
     clip_denoised: bool = True  # clamp x̂_0 to [-1, 1] at each step
+    grid: str = "time"  # dpm_solver: time (spacing over k) or logsnr (uniform in λ, nearest k)
+    lambda_min: float | None = None  # dpm_solver: start no lower than this λ = ½ log SNR (null: T-1)
+    variance: str = "small"  # ddpm: small (posterior β̃) or large (β) for each respaced step
 
 
 @dataclass
@@ -86,6 +92,15 @@ class TrainSection:
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     ema_decay: float = 0.9999
     objective: str = "eps"  # eps, x0, v
+    loss_weighting: str = "none"  # none, min_snr (min(SNR, γ) on the x0 error) or edm (SNR + 1/σ_d²)
+    min_snr_gamma: float = 5.0
+    timestep_sampling: str = "uniform"  # uniform over k, or lognormal: ln σ_k ~ N(p_mean, p_std) (EDM)
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    time_budget_min: float | None = None  # stop after this many minutes (checkpoint + grid); cosine LR decays over it
+    budget_clock: str = "wall"  # wall, or process (CPU time of this process: fair on a shared machine)
+    eval_every: int = 0  # domain FID of eval_samples samples every N steps (0: off); keeps checkpoints/best.pt
+    eval_samples: int = 256
     seed: int = 0
     log_every: int = 50
     sample_every: int = 1000  # 0 disables sample grids
@@ -111,6 +126,7 @@ class TrainConfig:
     gpu: GPUConfig = field(default_factory=GPUConfig)
     train: TrainSection = field(default_factory=TrainSection)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     resume: str | None = None  # latest, a checkpoint path, or null
     dry_run: bool = False
     experiment: str | None = None  # name of the applied experiment preset (informational)
