@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ddpm.config import register_configs
-from ddpm.errors import EXIT_USAGE, USER_ERRORS
+from ddpm.errors import EXIT_USAGE, USER_ERRORS, ConfigError
 from ddpm.runlock import held_by_another, locked_message
 
 CONFIG_MODULE = "ddpm.conf"
@@ -72,18 +72,32 @@ def fail(msg: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
-def precheck(config_name: str, argv: list[str]) -> None:
-    """Compose the config from ``argv``'s overrides; exit with one line if that fails."""
-    if any(a.split("=")[0] in _HYDRA_FLAGS for a in argv):
-        return
-    overrides = [a for a in argv if not a.lstrip("+~").startswith("hydra.") and not a.lstrip("+~").startswith("hydra/")]
+def compose_checked(config_name: str, overrides: list[str]) -> DictConfig:
+    """Compose ``config_name`` from command-line ``overrides`` as the command would (``hydra.*``
+    ones are Hydra's own and left out); any failure is a :class:`ConfigError` of one line.
+
+    Args:
+        config_name: the command's primary config (``train``, ``sample``, ...).
+        overrides: ``key=value`` / ``group=option`` strings as typed on the command line.
+    """
+    kept = [a for a in overrides if not a.lstrip("+~").startswith("hydra.") and not a.lstrip("+~").startswith("hydra/")]
     from hydra import compose, initialize_config_module
 
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            compose(config_name, overrides=overrides)
+            return compose(config_name, overrides=kept)
     except Exception as exc:  # Hydra and OmegaConf raise many types; all mean a bad command line
-        fail(one_line(exc))
+        raise ConfigError(one_line(exc)) from exc
+
+
+def precheck(config_name: str, argv: list[str]) -> None:
+    """Compose the config from ``argv``'s overrides; exit with one line if that fails."""
+    if any(a.split("=")[0] in _HYDRA_FLAGS for a in argv):
+        return
+    try:
+        compose_checked(config_name, argv)
+    except ConfigError as exc:
+        fail(str(exc))
     # torchrun's other ranks skip this: rank 0 of the same launch may already hold the lock.
     if int(os.environ.get("RANK", "0")) == 0:
         refuse_live_run_dir(argv)
