@@ -8,12 +8,16 @@ Files are only read, never written, under the data root; decoded archives are ca
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
 import logging
+import re
+import socket
 import tarfile
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,14 +58,64 @@ def _missing(name: str, looked: Path, fix: str) -> DataError:
     return DataError(f"{name} dataset not found: looked for {looked}. {fix}")
 
 
+# ---------------------------------------------------------------- downloads
+# A socket timeout for torchvision's downloads: without one, a network that drops packets (rather
+# than refusing them) makes urlopen wait for ever.
+DOWNLOAD_TIMEOUT_S = 20.0
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _download_reason(exc: BaseException) -> str:
+    """The network's reason in a few words (torchvision's message lists every mirror over many lines)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith("Tried ")]
+    reason = lines[-1] if lines else type(exc).__name__
+    return re.sub(r"^<urlopen error (.*)>$", r"\1", reason)
+
+
+def _one_line_reason(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 # ---------------------------------------------------------------- MNIST (IDX files)
-def _read_idx(path: Path) -> np.ndarray:
+MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+IDX_UBYTE = 0x08  # the IDX type code of unsigned bytes, the only one MNIST uses
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Read an IDX file of unsigned bytes (gzipped or not) with ``ndim`` dimensions; a one-line DataError otherwise.
+
+    Args:
+        path: the ``*-idx?-ubyte[.gz]`` file.
+        ndim: 3 for images, 1 for labels.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; a torn .gz ends in EOFError
+        raise DataError(f"cannot read {path}: {_one_line_reason(exc)} (truncated or not a gzip file; download it again)") from exc
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != IDX_UBYTE:
+        raise DataError(f"{path} is not an MNIST IDX file of unsigned bytes (it starts with {data[:4].hex() or 'nothing'})")
+    if data[3] != ndim:
+        raise DataError(f"{path} holds {data[3]}-dimensional data, expected {ndim} ({'images' if ndim == 3 else 'labels'})")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path} is truncated: its header is incomplete ({len(data)} bytes)")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    want = int(np.prod(shape))
+    if len(data) - header != want:
+        what = "truncated" if len(data) - header < want else "longer than its header says"
+        raise DataError(f"{path} is {what}: its header announces {'x'.join(map(str, shape))} = {want} bytes, it holds {len(data) - header}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
 def _find_idx(raw: Path, stem: str) -> Path | None:
@@ -71,34 +125,64 @@ def _find_idx(raw: Path, stem: str) -> Path | None:
     return None
 
 
+def _download_mnist(data_dir: Path, split: str) -> None:
+    """Let torchvision fetch the four MNIST files into ``data_dir/MNIST/raw``; one line if it cannot."""
+    from torchvision.datasets import MNIST
+
+    raw = data_dir / "MNIST" / "raw"
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            MNIST(str(data_dir), train=split == "train", download=True)
+    except (RuntimeError, OSError, EOFError, zlib.error) as exc:
+        raise DataError(
+            f"could not download MNIST (tried {' and '.join(MNIST.mirrors)}: {_download_reason(exc)}); "
+            f"put {', '.join(MNIST_FILES)} into {raw}/ or point paths.data_dir (DDPM_DATA_DIR) at a folder holding MNIST/raw"
+        ) from exc
+
+
 def load_mnist(cfg, data_dir: Path, cache_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, str]:
     raw = data_dir / cfg.root / "raw"
     prefix = "train" if split == "train" else "t10k"
     img_path = _find_idx(raw, f"{prefix}-images-idx3-ubyte")
     lbl_path = _find_idx(raw, f"{prefix}-labels-idx1-ubyte")
     if img_path is None or lbl_path is None:
-        if cfg.download:
-            from torchvision.datasets import MNIST
-
-            ds = MNIST(str(data_dir), train=split == "train", download=True)
-            return ds.data[:, None].clone(), ds.targets.clone(), str(data_dir / "MNIST")
-        raise _missing(
-            "MNIST",
-            raw / f"{prefix}-images-idx3-ubyte.gz",
-            "Set paths.data_dir (or DDPM_DATA_DIR) to the folder holding MNIST/raw, or pass dataset.download=true.",
-        )
-    images = torch.from_numpy(_read_idx(img_path).copy())[:, None]
-    labels = torch.from_numpy(_read_idx(lbl_path).astype(np.int64))
-    return images, labels, str(raw)
+        if not cfg.download:
+            raise _missing(
+                "MNIST",
+                raw / f"{prefix}-images-idx3-ubyte.gz",
+                "Set paths.data_dir (or DDPM_DATA_DIR) to the folder holding MNIST/raw, or pass dataset.download=true.",
+            )
+        _download_mnist(data_dir, split)
+        raw = data_dir / "MNIST" / "raw"  # where torchvision puts them, whatever dataset.root says
+        img_path = _find_idx(raw, f"{prefix}-images-idx3-ubyte")
+        lbl_path = _find_idx(raw, f"{prefix}-labels-idx1-ubyte")
+        if img_path is None or lbl_path is None:
+            raise _missing("MNIST", raw / f"{prefix}-images-idx3-ubyte.gz", "The download left no IDX files there.")
+    images = _read_idx(img_path, 3)
+    labels = _read_idx(lbl_path, 1)
+    if images.shape[1] != images.shape[2]:
+        raise DataError(f"{img_path} holds {images.shape[1]}x{images.shape[2]} images; only square images are supported")
+    if len(images) != len(labels):
+        raise DataError(f"{img_path} holds {len(images)} images but {lbl_path} holds {len(labels)} labels")
+    if cfg.num_classes and len(labels) and int(labels.max()) >= int(cfg.num_classes):
+        raise DataError(f"{lbl_path} holds label {int(labels.max())}, outside 0..{int(cfg.num_classes) - 1}")
+    return torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64)), str(raw)
 
 
 # ---------------------------------------------------------------- CryptoPunks (one sprite sheet)
+PUNK_TILE = 24
+
+
 def load_cryptopunks(cfg, data_dir: Path, cache_dir: Path, split: str) -> tuple[torch.Tensor, None, str]:
     path = data_dir / cfg.root / "punks.png"
     if not path.is_file():
         raise _missing("CryptoPunks", path, "Set paths.data_dir (or DDPM_DATA_DIR) to the folder holding cryptopunks/punks.png.")
-    sheet = Image.open(path).convert("RGBA")
-    tile = 24
+    sheet = _open_image(path, str(path)).convert("RGBA")
+    tile = PUNK_TILE
+    if sheet.width % tile or sheet.height % tile or sheet.width < tile or sheet.height < tile:
+        raise DataError(
+            f"{path} is {sheet.width}x{sheet.height}; a CryptoPunks sheet is a grid of {tile}x{tile} tiles (2400x2400 for 10,000)"
+        )
     rows, cols = sheet.height // tile, sheet.width // tile
     bg = Image.new("RGBA", sheet.size, tuple(int(c) for c in cfg.background) + (255,))
     rgb = np.asarray(Image.alpha_composite(bg, sheet).convert("RGB"))
@@ -112,14 +196,21 @@ def load_cryptopunks(cfg, data_dir: Path, cache_dir: Path, split: str) -> tuple[
 EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
 
 
-def _decode(data: bytes | Path, channels: int, size: int, resize: bool, where: str) -> np.ndarray:
+def _open_image(data: bytes | Path, where: str) -> Image.Image:
+    """Open and fully decode one image of 8 bits per channel; a one-line DataError naming ``where`` otherwise."""
     try:
         img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
         img.load()
-    except (OSError, Image.UnidentifiedImageError, ValueError) as exc:
-        raise DataError(f"cannot read image {where}: {exc}") from exc
+    except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError, struct.error, DecompressionBombError, ...
+        reason = "empty file" if (len(data) if isinstance(data, bytes) else data.stat().st_size) == 0 else _one_line_reason(exc)
+        raise DataError(f"cannot read image {where}: {reason}") from exc
     if img.mode not in EIGHT_BIT_MODES:
         raise DataError(f"{where} has pixel mode {img.mode}; only 8-bit images (grey, palette, RGB, RGBA) are supported")
+    return img
+
+
+def _decode(data: bytes | Path, channels: int, size: int, resize: bool, where: str) -> np.ndarray:
+    img = _open_image(data, where)
     if not resize and img.size != (size, size):
         raise DataError(f"{where} is {img.size[0]}x{img.size[1]}, expected {size}x{size} (set dataset.resize=true to resize)")
     img = img.convert("L" if channels == 1 else "RGB")
@@ -129,20 +220,45 @@ def _decode(data: bytes | Path, channels: int, size: int, resize: bool, where: s
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
-def _read_images(source: Path, channels: int, size: int, resize: bool) -> np.ndarray:
-    """Decode every image in a folder (recursively) or a tar archive, in sorted name order."""
+# What a torn or foreign archive makes tarfile (and the gzip/bz2/lzma layers below it) raise.
+TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
+
+
+def _read_tar(source: Path, channels: int, size: int, resize: bool) -> list[np.ndarray]:
+    if source.stat().st_size == 0:
+        raise DataError(f"{source} is empty (0 bytes); expected a .tar of images")
+    try:
+        tar = tarfile.open(source)  # noqa: SIM115 - closed by the with block below, once open succeeded
+    except TAR_ERRORS as exc:
+        raise DataError(f"{source} is not a readable tar archive (corrupt, or another format); expected a .tar of images") from exc
     arrays = []
-    if source.is_file() and tarfile.is_tarfile(source):
-        with tarfile.open(source) as tar:
+    with tar:
+        try:
             members = sorted(
                 (m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES)),
                 key=lambda m: m.name,
             )
-            for m in members:
-                arrays.append(_decode(tar.extractfile(m).read(), channels, size, resize, f"{source}:{m.name}"))
+        except TAR_ERRORS as exc:
+            raise DataError(f"{source} is truncated or corrupt: {_one_line_reason(exc)}") from exc
+        for m in members:
+            where = f"{source}:{m.name}"
+            try:
+                data = tar.extractfile(m).read()
+            except TAR_ERRORS as exc:
+                raise DataError(f"cannot read {where} from the archive (truncated or corrupt): {_one_line_reason(exc)}") from exc
+            arrays.append(_decode(data, channels, size, resize, where))
+    return arrays
+
+
+def _read_images(source: Path, channels: int, size: int, resize: bool) -> np.ndarray:
+    """Decode every image in a folder (recursively) or a tar archive, in sorted name order."""
+    if source.is_file():
+        if source.suffix.lower() in IMAGE_SUFFIXES:
+            raise DataError(f"{source} is a single image; give a folder or a .tar of images")
+        arrays = _read_tar(source, channels, size, resize)
     else:
-        for p in sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-            arrays.append(_decode(p, channels, size, resize, str(p)))
+        paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        arrays = [_decode(p, channels, size, resize, str(p)) for p in paths]
     if not arrays:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {source}")
     return np.stack(arrays)
@@ -154,7 +270,10 @@ def _cached_images(source: Path, cache_dir: Path, channels: int, size: int, resi
     key = hashlib.sha1(f"{source.resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{channels}|{size}|{resize}".encode()).hexdigest()[:16]
     cache = cache_dir / f"{source.name}-{key}.npy"
     if cache.is_file():
-        return torch.from_numpy(np.load(cache))
+        try:
+            return torch.from_numpy(np.load(cache))
+        except (OSError, ValueError, EOFError) as exc:  # a damaged cache is decoded again, never trusted
+            log.warning("ignoring the unreadable image cache %s: %s", cache, _one_line_reason(exc))
     arr = _read_images(source, channels, size, resize)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -191,18 +310,43 @@ def load_folder(cfg, data_dir: Path, cache_dir: Path, split: str) -> tuple[torch
     return _cached_images(source, cache_dir, cfg.channels, cfg.image_size, cfg.resize), None, str(source)
 
 
+def _check_cifar(root: Path, split: str) -> None:
+    """Name the missing or damaged CIFAR-10 file (torchvision only says "not found or corrupted")."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
+    folder = root / CIFAR10.base_folder
+    if not folder.is_dir():
+        raise _missing(
+            "CIFAR-10",
+            folder,
+            f"Put {CIFAR10.filename} (from {CIFAR10.url}) extracted into {root}/, pass dataset.download=true where a network exists, "
+            "or set paths.data_dir.",
+        )
+    files = [*(CIFAR10.train_list if split == "train" else CIFAR10.test_list), [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]
+    for name, md5 in files:
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"CIFAR-10 file {path} is missing; extract {CIFAR10.filename} (from {CIFAR10.url}) into {root}/ again")
+        if not check_integrity(str(path), md5):
+            raise DataError(f"CIFAR-10 file {path} is damaged (its MD5 differs from the published one); extract {CIFAR10.filename} again")
+
+
 def load_cifar10(cfg, data_dir: Path, cache_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, str]:
     from torchvision.datasets import CIFAR10
 
     root = data_dir / cfg.root
-    try:
-        ds = CIFAR10(str(root), train=split == "train", download=bool(cfg.download))
-    except RuntimeError as exc:
-        raise _missing(
-            "CIFAR-10", root / "cifar-10-batches-py", "Download it (dataset.download=true where a network exists) or set paths.data_dir."
-        ) from exc
-    except OSError as exc:
-        raise DataError(f"CIFAR-10 could not be downloaded into {root}: {exc}") from exc
+    if cfg.download and not (root / CIFAR10.base_folder).is_dir():
+        try:
+            with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+                CIFAR10(str(root), train=split == "train", download=True)
+        except (RuntimeError, OSError, EOFError, zlib.error, tarfile.TarError) as exc:
+            raise DataError(
+                f"could not download CIFAR-10 (tried {CIFAR10.url}: {_download_reason(exc)}); "
+                f"put {CIFAR10.filename} extracted (the folder {CIFAR10.base_folder}/) into {root}/ or point paths.data_dir at a folder holding it"
+            ) from exc
+    _check_cifar(root, split)  # every file present with its published MD5: the pickles below are the genuine ones
+    ds = CIFAR10(str(root), train=split == "train", download=False)
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
     return images, torch.tensor(ds.targets, dtype=torch.int64), str(root)
 

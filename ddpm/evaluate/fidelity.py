@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from ddpm.errors import ConfigError
+from ddpm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 DOMAIN_NAME = "ddpm-domain-classifier"  # torch-fidelity registry name of the classifier extractor
 FIDELITY_METRICS = ("fid", "kid", "isc")
+DOWNLOAD_TIMEOUT_S = 20.0  # socket timeout of the weights download
 
 
 class UInt8Images(Dataset):
@@ -230,7 +231,22 @@ def fidelity_metrics(
         verbose=False,
         **want,
     )
-    out = torch_fidelity.calculate_metrics(**kwargs)
+    downloading = extractor == INCEPTION_NAME and not weights_path
+    if not downloading:
+        out = torch_fidelity.calculate_metrics(**kwargs)
+    else:  # torch-fidelity fetches the Inception weights into torch hub's folder on first use
+        old_timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a network that drops packets must not hang the download
+        try:
+            out = torch_fidelity.calculate_metrics(**kwargs)
+        except OSError as exc:  # URLError, HTTPError, timeouts, a full disk under torch hub's folder
+            where = inception_candidates(cache_root or ".")[1]
+            raise DataError(
+                f"could not download the Inception weights (tried {INCEPTION_URL}: {' '.join(str(exc).split()) or type(exc).__name__}); "
+                f"put that file at {where} or set feature_extractor.weights_path=FILE, or use feature_extractor=mnist"
+            ) from exc
+        finally:
+            socket.setdefaulttimeout(old_timeout)
     result: dict = {"num_generated": int(len(fake)), "num_real": int(len(real))}
     if want["fid"]:
         result["fid"] = float(out["frechet_inception_distance"])
