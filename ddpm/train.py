@@ -27,7 +27,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 import ddpm
-from ddpm.checkpoint import clean_partial_writes, find_latest, load_checkpoint, save_checkpoint
+from ddpm.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from ddpm.checkpoint import atomic_save, clean_partial_writes, find_latest, load_checkpoint, save_checkpoint
 from ddpm.cli import hydra_main
 from ddpm.config import validate_train
 from ddpm.data import load_dataset, to_model_range
@@ -38,8 +39,7 @@ from ddpm.generate import generate
 from ddpm.models import build_model
 from ddpm.runlock import RunDirLocked, RunLock
 from ddpm.runtime import Runtime, resolve_memory_format, setup_runtime, teardown_runtime
-from ddpm.samplers import DDIMSampler, make_eps_fn
-from ddpm.schedules import NoiseSchedule
+from ddpm.samplers import build_sampler, make_eps_fn
 
 log = logging.getLogger("ddpm.train")
 
@@ -99,19 +99,47 @@ def config_differences(saved: dict, cfg: DictConfig) -> list[str]:
     return diffs
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, warmup: int, max_steps: int, kind: str):
-    """Linear warm-up, then constant or cosine decay to 0 (torch's schedulers, stepped per optimizer step)."""
-    from torch.optim import lr_scheduler as S
+def lr_factor(step: int, warmup: int, kind: str, progress: float) -> float:
+    """LR multiplier: linear warm-up over ``warmup`` steps, then constant or cosine decay to 0.
 
-    main = (
-        S.CosineAnnealingLR(optimizer, T_max=max(1, max_steps - warmup))
-        if kind == "cosine"
-        else S.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    )
-    if warmup <= 0:
-        return main
-    warm = S.LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup)
-    return S.SequentialLR(optimizer, [warm, main], milestones=[warmup])
+    Args:
+        step: optimizer steps taken.
+        warmup: warm-up steps.
+        kind: ``constant`` or ``cosine``.
+        progress: share of the run done after warm-up, in [0, 1]: of ``max_steps`` or, with a
+            time budget, of the budget (whichever is further), so the decay ends with the run.
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    if kind == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    return 1.0
+
+
+class BudgetClock:
+    """Seconds of training spent, on the wall clock or as process CPU time per torch thread
+    (fair when other jobs share the machine); only the time inside training steps counts.
+
+    Args:
+        kind: ``wall`` or ``process``.
+        spent: seconds already spent (a resumed run continues its budget).
+    """
+
+    def __init__(self, kind: str, spent: float = 0.0) -> None:
+        if kind not in ("wall", "process"):
+            raise ConfigError(f"train.budget_clock must be wall or process, got {kind!r}")
+        self.kind, self.spent = kind, float(spent)
+        self._start: float | None = None
+
+    def now(self) -> float:
+        return time.perf_counter() if self.kind == "wall" else time.process_time() / max(1, torch.get_num_threads())
+
+    def __enter__(self) -> BudgetClock:
+        self._start = self.now()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.spent += self.now() - self._start
 
 
 class _StopSignal:
@@ -167,36 +195,42 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.rt: Runtime = setup_runtime(cfg.gpu)
+        self.rt: Runtime = setup_runtime(cfg.runtime)
         tc = cfg.train
         data = load_dataset(cfg.dataset, cfg.paths.data_dir, cfg.paths.cache_dir, "train")
         self.images = data.images.to(self.rt.device)  # uint8 in memory; scaled per batch on device
         self.data_source = data.source
         self.shape = tuple(self.images.shape[1:])
-        self.accum = int(cfg.gpu.grad_accum_steps)
+        self.accum = int(cfg.train.grad_accum_steps)
         self.global_batch = tc.batch_size * self.accum * self.rt.world_size
         self.steps_per_epoch = len(self.images) // self.global_batch
         if self.steps_per_epoch == 0:
             raise ConfigError(
-                f"global batch {self.global_batch} (train.batch_size x ranks x gpu.grad_accum_steps) exceeds the {len(self.images)} training images"
+                f"global batch {self.global_batch} (train.batch_size x ranks x train.grad_accum_steps) exceeds the {len(self.images)} training images"
             )
 
-        self.diffusion = GaussianDiffusion(NoiseSchedule.from_config(cfg.schedule), tc.objective)
+        self.diffusion = GaussianDiffusion.from_config(cfg.schedule, tc)
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         self.model = build_model(cfg.model, self.shape[1], self.shape[0]).to(self.rt.device)
-        self.memory_format = resolve_memory_format(cfg.gpu.channels_last, self.rt.device, int(cfg.model.channels))
+        self.memory_format = resolve_memory_format(cfg.runtime.channels_last, self.rt.device, int(cfg.model.channels))
         self.model = self.model.to(memory_format=self.memory_format)
         self.ema = make_ema(self.model, tc.ema_decay)
         fused = self.rt.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, fused=fused
         )
-        self.scheduler = build_lr_scheduler(self.optimizer, tc.warmup_steps, tc.max_steps, tc.lr_schedule)
+        self.clock = BudgetClock(tc.budget_clock)
+        self.budget_s = math.inf if tc.time_budget_min is None else 60.0 * tc.time_budget_min
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, tc.warmup_steps, tc.lr_schedule, self.progress(step))
+        )
+        self.best_fid = math.inf
+        self.scorer = None  # built on the first evaluation (it loads the domain classifier)
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.precision == "fp16")
         net: torch.nn.Module = self.model
         if self.rt.distributed:
             net = DDP(net, device_ids=[self.rt.device.index] if self.rt.device.type == "cuda" else None)
-        self.net = torch.compile(net) if cfg.gpu.compile else net
+        self.net = torch.compile(net) if cfg.runtime.compile else net
         self.noise_gen = torch.Generator(self.rt.device).manual_seed(tc.seed)  # same on all ranks
         self.step = 0
         self.bad_steps = 0
@@ -219,6 +253,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng,
             "skipped_steps": self.skipped_steps,
+            "budget_spent_s": self.clock.spent,
+            "best_fid": self.best_fid,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "version": ddpm.__version__,
             "data_source": self.data_source,
@@ -239,6 +275,8 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path} does not fit this model: {str(exc).splitlines()[0]}") from exc
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.clock.spent = float(state.get("budget_spent_s", 0.0))
+        self.best_fid = float(state.get("best_fid", math.inf))
         self.noise_gen.set_state(state["rng"]["noise"].cpu() if self.rt.device.type == "cpu" else state["rng"]["noise"])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.rt.device.type == "cuda":
@@ -283,6 +321,20 @@ class Trainer:
         return x0, k, noise
 
     # ------------------------------------------------------------------ one optimizer step
+    def _net_call(self, xk: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """The training network on x_k in its memory format, under autocast (the loss stays float32)."""
+        with self.rt.autocast():
+            return self.net(xk.to(memory_format=self.memory_format), k)
+
+    def progress(self, step: int) -> float:
+        """Share of the run done after warm-up at ``step``: of max_steps, or of the time budget if further along."""
+        tc = self.cfg.train
+        by_steps = (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps)
+        return max(by_steps, self.clock.spent / self.budget_s)
+
+    def budget_spent(self) -> bool:
+        return self.clock.spent >= self.budget_s
+
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward/backward over all micro-batches, then one optimizer step. Returns (loss, grad norm)."""
         x0, k, noise = self.global_batch_tensors()
@@ -294,17 +346,14 @@ class Trainer:
             last = m == self.accum - 1
             sync = nullcontext() if last or not self.rt.distributed else self.net.no_sync()
             with sync:
-                xk = self.diffusion.q_sample(x0[rows], k[rows], noise[rows]).to(memory_format=self.memory_format)
-                with self.rt.autocast():
-                    out = self.net(xk, k[rows])
-                loss = torch.nn.functional.mse_loss(out.float(), self.diffusion.target(x0[rows], noise[rows], k[rows])) / self.accum
+                loss = self.diffusion.loss(self._net_call, x0[rows], k[rows], noise[rows]) / self.accum
                 if self._nan_steps and any(lo <= self.step <= hi for lo, hi in self._nan_steps):
                     loss = loss * float("nan")  # injected fault: NaN loss and gradients
                 self.scaler.scale(loss).backward()
             total += loss.detach()
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
         finite = bool(torch.isfinite(grad_norm) & torch.isfinite(total))
         if self.rt.distributed:  # all ranks must agree to skip
             flag = torch.tensor([float(finite)], device=self.rt.device)
@@ -326,7 +375,7 @@ class Trainer:
         if self.bad_steps >= self.cfg.train.max_bad_steps:
             raise TrainingDiverged(
                 f"{self.bad_steps} consecutive steps had a non-finite loss or gradient (step {self.step}); "
-                f"stopped, the last good checkpoint is kept in {self.ckpt_dir}. Lower train.lr or use gpu=bf16/fp32."
+                f"stopped, the last good checkpoint is kept in {self.ckpt_dir}. Lower train.lr or use runtime=bf16/fp32."
             )
         return total, grad_norm
 
@@ -344,19 +393,7 @@ class Trainer:
             return None
         from torchvision.utils import save_image
 
-        model = self.ema.module.eval()
-        sampler = DDIMSampler(self.diffusion, steps=min(tc.sample_steps, self.diffusion.T))
-        x = generate(
-            make_eps_fn(model, self.diffusion, self.rt.autocast),
-            sampler,
-            self.shape,
-            tc.num_sample_images,
-            seed=0,
-            batch_size=max(tc.batch_size, 64),
-            device=self.rt.device,
-        )
-        model.train()
-        grid = (x + 1) / 2
+        grid = (self.ema_samples(tc.num_sample_images) + 1) / 2
         path = self.run_dir / "samples" / f"step_{self.step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid, path, nrow=int(math.ceil(math.sqrt(len(grid)))))
@@ -365,6 +402,42 @@ class Trainer:
 
             writer.add_image("samples", make_grid(grid, nrow=int(math.ceil(math.sqrt(len(grid))))), self.step)
         return path
+
+    def ema_samples(self, n: int, seed: int = 0) -> torch.Tensor:
+        """``n`` samples of the EMA network with the run's sampler (``sampler`` group), model range."""
+        model = self.ema.module.eval()
+        try:
+            return generate(
+                make_eps_fn(model, self.diffusion, self.rt.autocast),
+                build_sampler(self.cfg.sampler, self.diffusion),
+                self.shape,
+                n,
+                seed=seed,
+                batch_size=max(self.cfg.train.batch_size, 64),
+                device=self.rt.device,
+            )
+        finally:
+            model.train()
+
+    def evaluate(self, writer) -> dict[str, float] | None:
+        """Domain FID (and the other sample scores) of ``train.eval_samples`` EMA samples; keeps
+        ``checkpoints/best.pt`` at the lowest FID so far. Samples use seeds the grids do not."""
+        if not self.rt.is_main:
+            return None
+        if self.scorer is None:
+            from ddpm.evaluate.sample_quality import SampleScorer
+
+            self.scorer = SampleScorer(self.cfg.dataset, self.cfg.paths.data_dir, self.cfg.paths.cache_dir, self.rt.device)
+        scores = self.scorer.score(self.ema_samples(self.cfg.train.eval_samples, seed=1_000_000))
+        log.info("step %d eval %s", self.step, " ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+        if writer is not None:
+            for key, value in scores.items():
+                writer.add_scalar(f"eval/{key}", value, self.step)
+        if scores["fid"] < self.best_fid:
+            self.best_fid = float(scores["fid"])
+            atomic_save({"format": CHECKPOINT_FORMAT, **self.state_dict(), "eval": scores}, self.ckpt_dir / "best.pt")
+            log.info("best.pt: FID %.3f at step %d", self.best_fid, self.step)
+        return scores
 
     def describe(self) -> str:
         n_params = sum(p.numel() for p in self.model.parameters())
@@ -387,23 +460,27 @@ class Trainer:
 
             writer = SummaryWriter(str(self.run_dir / "tb"))
         bar = tqdm(
-            total=tc.max_steps, initial=self.step, desc="train", unit="step", disable=not (tc.progress and rt.is_main), dynamic_ncols=True
+            total=tc.max_steps if tc.time_budget_min is None else None,
+            initial=self.step, desc="train", unit="step", disable=not (tc.progress and rt.is_main), dynamic_ncols=True
         )
         window_loss = torch.zeros((), device=rt.device)
         window_steps, window_t = 0, time.perf_counter()
         last_loss = float("nan")
         first_loss: float | None = None
         stop = _StopSignal()
+        out_of_time = self.budget_spent()
         with stop:
-            while self.step < tc.max_steps and stop.signum is None:
-                loss, grad_norm = self.train_step()
-                if rt.distributed:  # a signal seen by any rank stops all of them at the same step
-                    flag = torch.tensor([float(stop.signum or 0)], device=rt.device)
+            while self.step < tc.max_steps and stop.signum is None and not out_of_time:
+                with self.clock:
+                    loss, grad_norm = self.train_step()
+                out_of_time = self.budget_spent()
+                if rt.distributed:  # a signal or an spent budget seen by any rank stops all of them at the same step
+                    flag = torch.tensor([float(stop.signum or 0), float(out_of_time)], device=rt.device)
                     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    stop.signum = int(flag.item()) or None
+                    stop.signum, out_of_time = int(flag[0].item()) or None, bool(flag[1].item())
                 window_loss += loss
                 window_steps += 1
-                if tc.log_every and (self.step % tc.log_every == 0 or self.step == tc.max_steps):
+                if tc.log_every and (self.step % tc.log_every == 0 or self.step == tc.max_steps or out_of_time):
                     elapsed = time.perf_counter() - window_t
                     if rt.distributed:  # log the loss of the whole global batch, not rank 0's share
                         dist.all_reduce(window_loss)
@@ -427,6 +504,8 @@ class Trainer:
                     self.save()
                 if tc.sample_every and self.step % tc.sample_every == 0:
                     self.sample_grid(writer)
+                if tc.eval_every and self.step % tc.eval_every == 0:
+                    self.evaluate(writer)
                 bar.update(1)
         bar.close()
         if stop.signum is not None:
@@ -444,6 +523,10 @@ class Trainer:
             self.save()
         if not (tc.sample_every and self.step % tc.sample_every == 0):
             self.sample_grid(writer)
+        if tc.eval_every and self.step % tc.eval_every:
+            self.evaluate(writer)
+        if out_of_time:
+            log.info("time budget of %.2f min spent (%s clock) after step %d", tc.time_budget_min, tc.budget_clock, self.step)
         if writer is not None:
             writer.close()
         summary = {
@@ -451,6 +534,9 @@ class Trainer:
             "loss": last_loss,
             "first_logged_loss": first_loss,
             "skipped_steps": self.skipped_steps,
+            "train_seconds": self.clock.spent,
+            "budget_clock": tc.budget_clock,
+            "best_fid": None if math.isinf(self.best_fid) else self.best_fid,
             "checkpoint": str(self.ckpt_dir / "last.pt"),
         }
         if rt.is_main:

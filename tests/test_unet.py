@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from ddpm.errors import ConfigError
 from ddpm.models import build_model
-from ddpm.models.unet import AttentionBlock, ResBlock, UNet
+from ddpm.models.unet import AttentionBlock, ResBlock, UNet, norm_groups
 
 CL = torch.channels_last
 
@@ -107,8 +107,9 @@ def test_output_shape_and_zero_init() -> None:
 
 def test_golden_output() -> None:
     """Numbers of the original (pre-fast-path) network with the same weights: the fast paths
-    change neither the state_dict layout nor the function."""
-    model = _model()
+    change neither the state_dict layout nor the function. (One channel per group: the norm of
+    checkpoints written before ``norm_min_group_channels``.)"""
+    model = _model(norm_min_group_channels=1)
     x, t = _inputs()
     with torch.no_grad():
         out = model(x, t)
@@ -174,3 +175,39 @@ def test_bad_heads_and_sizes_raise_config_error() -> None:
         UNet(32, 1, channels=24, channel_mult=(1,), attention_resolutions=(32,), num_heads=5)
     with pytest.raises(ConfigError, match="divisible"):
         UNet(30, 1, channels=16, channel_mult=(1, 2, 2))
+
+
+@pytest.mark.parametrize(
+    ("channels", "min_group", "groups"),
+    [(16, 4, 4), (32, 4, 8), (48, 4, 8), (64, 4, 16), (128, 4, 32), (512, 4, 32), (32, 1, 32), (48, 1, 16), (24, 8, 2)],
+)
+def test_norm_groups(channels: int, min_group: int, groups: int) -> None:
+    assert norm_groups(channels, min_group) == groups
+    assert channels % groups == 0 and 32 % groups == 0
+
+
+def test_checkpoint_config_without_group_key_builds_the_old_norm() -> None:
+    cfg = OmegaConf.to_container(_preset("mini"))
+    del cfg["norm_min_group_channels"]
+    old = build_model(OmegaConf.create(cfg), 32, 1)
+    assert {m.num_groups for m in old.modules() if isinstance(m, torch.nn.GroupNorm)} == {32}  # one channel per group at 32
+    new = build_model(_preset("mini"), 32, 1)
+    assert {m.num_groups for m in new.modules() if isinstance(m, torch.nn.GroupNorm)} == {8, 16, 32}  # 32, 64 and 128 (decoder concat)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "mini", "small"])
+@pytest.mark.parametrize("scale_shift", [True, False])
+def test_output_depends_on_the_step(preset: str, scale_shift: bool) -> None:
+    """With one channel per group, the time embedding added before the norm (no scale-shift) was
+    normalised away: the network gave the same output at k = 10 and k = 900."""
+    cfg = _preset(preset)
+    cfg.scale_shift_norm = scale_shift
+    torch.manual_seed(0)
+    model = build_model(cfg, 32, 1)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():  # zero-initialised output layers would hide any dependence
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        x = torch.randn(1, 1, 32, 32, generator=g).repeat(2, 1, 1, 1)
+        out = model(x, torch.tensor([10, 900]))
+    assert (out[0] - out[1]).abs().mean() > 1e-2 * out.abs().mean()

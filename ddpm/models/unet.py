@@ -28,21 +28,34 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb
 
 
-def norm(channels: int) -> nn.GroupNorm:
-    # 32 groups as in the paper; fewer for narrow layers (tiny models) so groups divide channels.
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+def norm_groups(channels: int, min_group_channels: int = 4, max_groups: int = 32) -> int:
+    """GroupNorm groups for a layer: the most groups dividing both ``channels`` and 32 (the
+    paper's count) that keep at least ``min_group_channels`` channels each (1: ``gcd(32, C)``).
+
+    One channel per group is instance norm: it removes each channel's mean, so a narrow network
+    (32 channels: 32 groups) loses the global brightness of the image and, without scale-shift,
+    the time embedding added before the norm (it is a per-channel constant).
+    """
+    g = math.gcd(max_groups, channels)
+    while g > 1 and channels // g < min_group_channels:
+        g //= 2
+    return g
+
+
+def norm(channels: int, min_group_channels: int = 4) -> nn.GroupNorm:
+    return nn.GroupNorm(norm_groups(channels, min_group_channels), channels)
 
 
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-Conv twice, with the time embedding added (or applied as scale-shift)."""
 
-    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, scale_shift: bool) -> None:
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, scale_shift: bool, group: int = 4) -> None:
         super().__init__()
         self.scale_shift = scale_shift
-        self.norm1 = norm(cin)
+        self.norm1 = norm(cin, group)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * cout if scale_shift else cout)
-        self.norm2 = norm(cout)
+        self.norm2 = norm(cout, group)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)  # each block starts as the identity
@@ -73,12 +86,12 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Multi-head self-attention over the spatial positions, with a residual connection."""
 
-    def __init__(self, channels: int, num_heads: int) -> None:
+    def __init__(self, channels: int, num_heads: int, group: int = 4) -> None:
         super().__init__()
         if channels % num_heads:
             raise ConfigError(f"model.num_heads={num_heads} must divide the channel count {channels}")
         self.num_heads = num_heads
-        self.norm = norm(channels)
+        self.norm = norm(channels, group)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.proj.weight)
@@ -128,6 +141,7 @@ class UNet(nn.Module):
         num_heads: attention heads.
         dropout: dropout rate inside residual blocks.
         scale_shift_norm: inject the time embedding as a scale-shift of the normalisation.
+        norm_min_group_channels: fewest channels per GroupNorm group (see :func:`norm_groups`).
     """
 
     def __init__(
@@ -141,6 +155,7 @@ class UNet(nn.Module):
         num_heads: int = 4,
         dropout: float = 0.1,
         scale_shift_norm: bool = True,
+        norm_min_group_channels: int = 4,
     ) -> None:
         super().__init__()
         if channels <= 0 or num_res_blocks <= 0 or not channel_mult or min(channel_mult) <= 0:
@@ -149,6 +164,8 @@ class UNet(nn.Module):
             raise ConfigError(
                 f"image size {image_size} is not divisible by 2^{len(channel_mult) - 1} (model.channel_mult has {len(channel_mult)} levels)"
             )
+        if norm_min_group_channels < 1:
+            raise ConfigError(f"model.norm_min_group_channels must be >= 1, got {norm_min_group_channels}")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.dropout must lie in [0, 1), got {dropout}")
         self.image_size, self.in_channels = image_size, in_channels
@@ -157,10 +174,12 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.stem = nn.Conv2d(in_channels, channels, 3, padding=1)
 
+        group = norm_min_group_channels
+
         def block(cin: int, cout: int, res: int) -> nn.ModuleList:
-            layers = [ResBlock(cin, cout, emb_dim, dropout, scale_shift_norm)]
+            layers = [ResBlock(cin, cout, emb_dim, dropout, scale_shift_norm, group)]
             if res in attention_resolutions:
-                layers.append(AttentionBlock(cout, num_heads))
+                layers.append(AttentionBlock(cout, num_heads, group))
             return nn.ModuleList(layers)
 
         self.down = nn.ModuleList()
@@ -176,9 +195,9 @@ class UNet(nn.Module):
                 res //= 2
         self.mid = nn.ModuleList(
             [
-                ResBlock(ch, ch, emb_dim, dropout, scale_shift_norm),
-                AttentionBlock(ch, num_heads),
-                ResBlock(ch, ch, emb_dim, dropout, scale_shift_norm),
+                ResBlock(ch, ch, emb_dim, dropout, scale_shift_norm, group),
+                AttentionBlock(ch, num_heads, group),
+                ResBlock(ch, ch, emb_dim, dropout, scale_shift_norm, group),
             ]
         )
         self.up = nn.ModuleList()
@@ -190,7 +209,7 @@ class UNet(nn.Module):
                     layers.append(Upsample(ch))
                     res *= 2
                 self.up.append(layers)
-        self.out = nn.Sequential(norm(ch), nn.SiLU(), nn.Conv2d(ch, in_channels, 3, padding=1))
+        self.out = nn.Sequential(norm(ch, group), nn.SiLU(), nn.Conv2d(ch, in_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
@@ -225,4 +244,6 @@ def build_model(model_cfg, image_size: int, in_channels: int) -> UNet:
         num_heads=int(model_cfg.num_heads),
         dropout=float(model_cfg.dropout),
         scale_shift_norm=bool(model_cfg.scale_shift_norm),
+        # Checkpoints from before the key existed were trained with one channel per group.
+        norm_min_group_channels=int(model_cfg.get("norm_min_group_channels", 1)),
     )

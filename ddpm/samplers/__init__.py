@@ -24,11 +24,23 @@ def build_sampler(cfg, diffusion, max_step: int | None = None) -> Sampler:
 
     if cfg.name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {cfg.name!r}; choose one of {', '.join(SAMPLERS)}")
-    kwargs = {"steps": cfg.steps, "spacing": cfg.spacing, "clip_denoised": cfg.clip_denoised, "max_step": max_step}
+    kwargs = {
+        "steps": cfg.steps,
+        "spacing": cfg.spacing,
+        "clip_denoised": cfg.clip_denoised,
+        "max_step": max_step,
+        "grid": cfg.get("grid", "time"),
+        "lambda_min": cfg.get("lambda_min"),
+    }
     if cfg.name == "ddim":
         kwargs["eta"] = cfg.eta
     elif cfg.eta != 0:  # a noise scale the sampler would silently ignore
         raise ConfigError(f"sampler.eta applies to the ddim sampler only, not to {cfg.name!r}")
+    variance = cfg.get("variance", "small")
+    if cfg.name == "ddpm":
+        kwargs["variance"] = variance
+    elif variance != "small":
+        raise ConfigError(f"sampler.variance applies to the ddpm sampler only, not to {cfg.name!r}")
     return SAMPLERS[cfg.name](diffusion, **kwargs)
 
 

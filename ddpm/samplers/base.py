@@ -17,6 +17,7 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 SPACINGS = ("leading", "trailing", "linspace")
+GRIDS = ("time", "logsnr")
 
 
 def timestep_sequence(T: int, steps: int, spacing: str = "leading") -> list[int]:
@@ -32,6 +33,10 @@ def timestep_sequence(T: int, steps: int, spacing: str = "leading") -> list[int]
         raise ConfigError(f"sampler.steps must be >= 1, got {steps}")
     if steps > T:
         raise ConfigError(f"sampler.steps={steps} exceeds the schedule's T={T}")
+    if spacing not in SPACINGS:
+        raise ConfigError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    if steps == 1:  # one evaluation must see the noise it starts from, whatever the spacing
+        return [T - 1]
     if spacing == "leading":
         seq = (np.arange(steps) * (T // steps)).round()
     elif spacing == "trailing":
@@ -44,6 +49,51 @@ def timestep_sequence(T: int, steps: int, spacing: str = "leading") -> list[int]
     if len(seq) != steps:
         raise ConfigError(f"{spacing} spacing gives repeated steps for steps={steps}, T={T}; use another spacing")
     return seq
+
+
+def half_log_snr(abar: torch.Tensor) -> torch.Tensor:
+    """λ = ½ log(ᾱ / (1 - ᾱ)) of a float64 ᾱ table."""
+    return 0.5 * (torch.log(abar) - torch.log1p(-abar))
+
+
+def top_step(abar: torch.Tensor, top: int, lambda_min: float | None) -> int:
+    """The highest step a sampler starts from: ``top``, lowered to the last step whose λ is at
+    least ``lambda_min`` (DPM-Solver clips λ near -5.1: the cosine schedule reaches -9.9 at T-1,
+    where x_T is pure noise long before, and its last steps are huge in λ)."""
+    if lambda_min is None:
+        return top
+    lam = half_log_snr(abar[: top + 1])
+    above = torch.nonzero(lam >= lambda_min)
+    if above.numel() == 0:
+        raise ConfigError(f"sampler.lambda_min={lambda_min} is above every λ of the schedule (λ_0 = {float(lam[0]):.2f})")
+    return int(above[-1])
+
+
+def logsnr_timesteps(abar: torch.Tensor, top: int, steps: int) -> list[int]:
+    """``steps`` increasing steps in 0..top whose λ are uniform between λ_top and λ_0, each λ
+    mapped to the step of nearest λ (DPM-Solver's 'logSNR' grid; better than uniform in k at
+    few steps); where rounding repeats a step the next one is taken, so all stay distinct.
+
+    Args:
+        abar: float64 ᾱ table of the schedule.
+        top: highest step (the start).
+        steps: evaluations, 1 <= steps <= top + 1.
+    """
+    if steps > top + 1:
+        raise ConfigError(f"sampler.steps={steps} exceeds the {top + 1} steps below the start step {top}")
+    if steps == 1:
+        return [top]
+    lam = half_log_snr(abar[: top + 1])  # decreasing in k
+    targets = torch.linspace(float(lam[top]), float(lam[0]), steps, dtype=torch.float64)
+    idx = torch.searchsorted(-lam, -targets).clamp(1, top)  # -λ increases with k
+    nearer_lower = (lam[idx - 1] - targets).abs() <= (lam[idx] - targets).abs()
+    ks = sorted(int(k) for k in torch.where(nearer_lower, idx - 1, idx))
+    out: list[int] = []
+    for k in ks:  # ascending: repeated small steps move up
+        out.append(max(k, out[-1] + 1) if out else k)
+    for i in range(len(out) - 1, -1, -1):  # and the top stays the top
+        out[i] = min(out[i], top - (len(out) - 1 - i))
+    return out
 
 
 class StackedRandomGenerator:
@@ -88,6 +138,8 @@ class Sampler(ABC):
         clip_denoised: clamp the predicted x̂_0 to the data range [-1, 1] at every step.
         max_step: highest schedule step visited (default T-1); lower values denoise a partly
             noised x_{max_step} instead of sampling from pure noise.
+        grid: ``time`` (``spacing`` over k) or ``logsnr`` (uniform in λ, see :func:`logsnr_timesteps`).
+        lambda_min: start no lower than this λ when sampling from pure noise (see :func:`top_step`).
     """
 
     stochastic = False
@@ -99,17 +151,27 @@ class Sampler(ABC):
         spacing: str = "leading",
         clip_denoised: bool = True,
         max_step: int | None = None,
+        grid: str = "time",
+        lambda_min: float | None = None,
     ) -> None:
         self.diffusion = diffusion
-        top = diffusion.T if max_step is None else int(max_step) + 1
+        abar = diffusion.schedule.alphas_cumprod
+        if grid not in GRIDS:
+            raise ConfigError(f"unknown sampler.grid {grid!r}; choose one of {', '.join(GRIDS)}")
+        if max_step is None:
+            top = top_step(abar, diffusion.T - 1, lambda_min) + 1  # a noised image starts where it is
+        else:
+            top = int(max_step) + 1
         if not 1 <= top <= diffusion.T:
             raise ConfigError(f"start step {max_step} is outside the schedule's 0..{diffusion.T - 1}")
-        self.timesteps = timestep_sequence(top, top if steps is None else steps, spacing)
-        if max_step is not None and self.timesteps[-1] != max_step:
+        if grid == "logsnr":
+            self.timesteps = logsnr_timesteps(abar, top - 1, top if steps is None else steps)
+        else:
+            self.timesteps = timestep_sequence(top, top if steps is None else steps, spacing)
+        if self.timesteps[-1] != top - 1 and (max_step is not None or lambda_min is not None):
             # leading spacing stops short of the top; a noised x_{max_step} must start at its own step
-            self.timesteps = [k + max_step - self.timesteps[-1] for k in self.timesteps]
+            self.timesteps = [k + top - 1 - self.timesteps[-1] for k in self.timesteps]
         self.clip_denoised = clip_denoised
-        abar = diffusion.schedule.alphas_cumprod
         self.abar = abar[self.timesteps].tolist()  # ᾱ at the visited steps, float64
 
     @property

@@ -12,8 +12,8 @@ class DDIMSampler(Sampler):
     eta: scale of the fresh noise; σ_i = eta · √((1-ᾱ_prev)/(1-ᾱ) · (1-ᾱ/ᾱ_prev)).
     """
 
-    def __init__(self, diffusion, steps=None, spacing="leading", clip_denoised=True, max_step=None, eta: float = 0.0) -> None:
-        super().__init__(diffusion, steps, spacing, clip_denoised, max_step)
+    def __init__(self, diffusion, steps=None, spacing="leading", clip_denoised=True, max_step=None, eta: float = 0.0, **grid) -> None:
+        super().__init__(diffusion, steps, spacing, clip_denoised, max_step, **grid)
         if eta < 0:
             from ddpm.errors import ConfigError
 

@@ -31,8 +31,8 @@ class DPMSolverSampler(Sampler):
     order: 1 (first order: DDIM, eta = 0) or 2 (DPM-Solver++ 2M).
     """
 
-    def __init__(self, diffusion, steps=None, spacing="linspace", clip_denoised=True, max_step=None, order: int = 2) -> None:
-        super().__init__(diffusion, steps, spacing, clip_denoised, max_step)
+    def __init__(self, diffusion, steps=None, spacing="linspace", clip_denoised=True, max_step=None, order: int = 2, **grid) -> None:
+        super().__init__(diffusion, steps, spacing, clip_denoised, max_step, **grid)
         if order not in (1, 2):
             raise ConfigError(f"DPM-Solver++ order must be 1 or 2, got {order}")
         self.order = order
