@@ -1,9 +1,9 @@
 """The Hydra entry points' shared shell: config checks up front, user errors as one line.
 
-Every ``ddpm-*`` command is ``@hydra_main(config_name=...)`` over a function ``fn(cfg, run_dir)``.
-Before Hydra runs, the command line is composed once with Hydra's compose API so that an unknown
-group option, key or wrongly typed value is reported as one ``error: ...`` line with exit code 2
-instead of Hydra's multi-line report.
+Every ``ddpm-*`` command is ``@hydra_main(config_name=..., register=...)`` over a function
+``fn(cfg, run_dir)``. Before Hydra runs, the command line is checked for keys that were renamed and
+composed once with Hydra's compose API, so that an old key, an unknown group option, key or wrongly
+typed value is reported as one ``error: ...`` line with exit code 2 instead of Hydra's multi-line report.
 """
 
 from __future__ import annotations
@@ -26,6 +26,17 @@ from ddpm.runlock import held_by_another, locked_message
 
 CONFIG_MODULE = "ddpm.conf"
 log = logging.getLogger("ddpm")
+
+# Keys that were renamed when every command took the shared ``runtime`` group: old key (or key
+# prefix, ending in ".") -> the key to use now, per config name ("*": every command).
+RENAMED: dict[str, dict[str, str]] = {
+    "*": {"gpu": "runtime", "gpu.": "runtime."},
+    "train": {"gpu.grad_accum_steps": "train.grad_accum_steps"},
+    "sample": {"device": "runtime.device", "precision": "runtime.precision"},
+    "visualize": {"device": "runtime.device", "precision": "runtime.precision"},
+    "evaluate": {"device": "runtime.device"},
+    "regimes": {"kernel.device": "runtime.device", "threads": "runtime.num_threads"},
+}
 
 # Flags that make Hydra do something other than run the job: leave them to Hydra.
 _HYDRA_FLAGS = (
@@ -72,6 +83,18 @@ def fail(msg: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
+def renamed_key(config_name: str, arg: str) -> str | None:
+    """The one-line message for a command-line override that uses a renamed key, else None."""
+    key = arg.split("=", 1)[0].lstrip("+~")
+    table = {**RENAMED["*"], **RENAMED.get(config_name, {})}
+    if key in table:
+        return f"{key}= was renamed: use {table[key]}= instead"
+    for old, new in table.items():
+        if old.endswith(".") and key.startswith(old):
+            return f"{key}= was renamed: use {new}{key[len(old) :]}= instead"
+    return None
+
+
 def compose_checked(config_name: str, overrides: list[str]) -> DictConfig:
     """Compose ``config_name`` from command-line ``overrides`` as the command would (``hydra.*``
     ones are Hydra's own and left out); any failure is a :class:`ConfigError` of one line.
@@ -94,6 +117,10 @@ def precheck(config_name: str, argv: list[str]) -> None:
     """Compose the config from ``argv``'s overrides; exit with one line if that fails."""
     if any(a.split("=")[0] in _HYDRA_FLAGS for a in argv):
         return
+    for a in argv:
+        msg = renamed_key(config_name, a)
+        if msg:
+            fail(msg)
     try:
         compose_checked(config_name, argv)
     except ConfigError as exc:
@@ -101,6 +128,21 @@ def precheck(config_name: str, argv: list[str]) -> None:
     # torchrun's other ranks skip this: rank 0 of the same launch may already hold the lock.
     if int(os.environ.get("RANK", "0")) == 0:
         refuse_live_run_dir(argv)
+
+
+def check_outputs(run_dir: Path, names: tuple[str, ...], overwrite: bool) -> None:
+    """Refuse to replace the outputs of an earlier run unless ``overwrite=true``.
+
+    Args:
+        run_dir: the command's run dir.
+        names: the files and folders the command writes there.
+        overwrite: the command's ``overwrite`` setting.
+    """
+    found = [n for n in names if (run_dir / n).exists()]
+    if found and not overwrite:
+        raise ConfigError(
+            f"{run_dir} already holds {', '.join(found)} from an earlier run; choose another hydra.run.dir or pass overwrite=true"
+        )
 
 
 def refuse_live_run_dir(argv: list[str]) -> None:
@@ -113,9 +155,18 @@ def refuse_live_run_dir(argv: list[str]) -> None:
                 fail(locked_message(run_dir))
 
 
-def hydra_main(config_name: str, extra_errors: tuple[type[BaseException], ...] = ()) -> Callable:
-    """Decorate ``fn(cfg, run_dir)`` into a console-script ``main()`` driven by Hydra."""
-    register_configs()
+def hydra_main(
+    config_name: str, register: Callable[[], None] = register_configs, extra_errors: tuple[type[BaseException], ...] = ()
+) -> Callable:
+    """Decorate ``fn(cfg, run_dir)`` into a console-script ``main()`` driven by Hydra.
+
+    Args:
+        config_name: the primary config, ``conf/<config_name>.yaml``.
+        register: stores the command's schemas in Hydra's ConfigStore (the default: the shared
+            groups and ``train_schema``).
+        extra_errors: exception types reported as one line besides :data:`ddpm.errors.USER_ERRORS`.
+    """
+    register()
     errors = USER_ERRORS + tuple(extra_errors)
 
     def decorate(fn: Callable[[DictConfig, Path], Any]) -> Callable[[], Any]:

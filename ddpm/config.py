@@ -1,7 +1,10 @@
-"""Typed schemas of the Hydra configs: a misspelt key or a wrong type fails at compose time.
+"""Typed schemas of the shared config groups and of ``ddpm-train``: a misspelt key or a wrong type fails at compose time.
 
-Each YAML group file under ``conf/`` is merged into these dataclasses (struct mode), so only
-the fields declared here exist. Value ranges are checked by :func:`validate_train` before any work.
+The groups every command shares (``dataset``, ``model``, ``schedule``, ``sampler``, ``runtime``,
+``paths``) and the training config live here; each other command keeps its own schema beside it
+(``ddpm/<command>/config.py``) and registers it through its ``register()``. Each YAML group file
+under ``conf/`` is merged into these dataclasses (struct mode), so only the fields declared here
+exist. Value ranges are checked by :func:`validate_train` (and the commands' ``validate_*``) before any work.
 """
 
 from __future__ import annotations
@@ -57,15 +60,19 @@ class ScheduleConfig:
 
 
 @dataclass
-class GPUConfig:
-    name: str = MISSING
+class RuntimeConfig:
+    """Where and how every command runs its network (the ``runtime`` group: fp32, fp16, bf16)."""
+
+    name: str = "fp32"
     device: str = "auto"  # auto, cpu, cuda, cuda:N
-    precision: str = "fp32"  # fp32, fp16 (GradScaler), bf16
+    precision: str = "fp32"  # fp32, fp16 (GradScaler when training; CUDA only), bf16
     tf32: bool = True  # TF32 matmuls/convs on Ampere+ (set explicitly either way)
-    grad_accum_steps: int = 1
     channels_last: bool | None = None  # null: by device (on for CPU networks >= 32 channels wide)
-    compile: bool = False
+    compile: bool = False  # torch.compile the network
     num_threads: int | None = None  # torch CPU threads; null: 1 per job under the joblib launcher, else torch's default
+
+
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 @dataclass
@@ -91,6 +98,7 @@ class TrainSection:
     lr_schedule: str = "constant"  # constant or cosine (after warmup)
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     ema_decay: float = 0.9999
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
     objective: str = "eps"  # eps, x0, v
     loss_weighting: str = "none"  # none, min_snr (min(SNR, γ) on the x0 error) or edm (SNR + 1/σ_d²)
     min_snr_gamma: float = 5.0
@@ -114,8 +122,8 @@ class TrainSection:
 
 @dataclass
 class PathsConfig:
-    data_dir: str = "data"
-    cache_dir: str = "~/.cache/ddpm"
+    data_dir: str | None = "data"  # data root; ddpm-sample/-visualize: null = the root stored in the checkpoint
+    cache_dir: str = "~/.cache/ddpm"  # decoded archives, classifiers, fidelity statistics
 
 
 @dataclass
@@ -123,7 +131,7 @@ class TrainConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    gpu: GPUConfig = field(default_factory=GPUConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     train: TrainSection = field(default_factory=TrainSection)
     paths: PathsConfig = field(default_factory=PathsConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -133,13 +141,19 @@ class TrainConfig:
 
 
 def register_configs() -> None:
-    """Register the schemas with Hydra's ConfigStore (idempotent)."""
+    """Register the shared group schemas and ``train_schema`` with Hydra's ConfigStore (idempotent).
+
+    The other commands call this from their own ``register()`` before storing their schema.
+    """
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
-    __import__("ddpm.evaluate.config", fromlist=["register_evaluate_configs"]).register_evaluate_configs(cs)
-    __import__("ddpm.sample_config", fromlist=["register_sample_configs"]).register_sample_configs(cs)
-    __import__("ddpm.regimes.config", fromlist=["register"]).register(cs)
+
+
+def check_runtime(r: Any) -> None:
+    """Range checks of a ``runtime`` node; raises :class:`ConfigError`."""
+    _check(r.precision in PRECISIONS, f"runtime.precision must be fp32, fp16 or bf16, got {r.precision!r}")
+    _check(r.num_threads is None or r.num_threads >= 1, f"runtime.num_threads must be >= 1 or null, got {r.num_threads}")
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -169,9 +183,8 @@ def validate_train(cfg: Any) -> None:
         _check(t[key] >= 0, f"train.{key} must be >= 0, got {t[key]}")
     _check(t.sample_steps >= 1, f"train.sample_steps must be >= 1, got {t.sample_steps}")
     _check(t.max_bad_steps >= 1, f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}")
-    g = cfg.gpu
-    _check(g.precision in ("fp32", "fp16", "bf16"), f"gpu.precision must be fp32, fp16 or bf16, got {g.precision!r}")
-    _check(g.grad_accum_steps >= 1, f"gpu.grad_accum_steps must be >= 1, got {g.grad_accum_steps}")
+    _check(t.grad_accum_steps >= 1, f"train.grad_accum_steps must be >= 1, got {t.grad_accum_steps}")
+    check_runtime(cfg.runtime)
     s = cfg.schedule
     _check(s.T > 0, f"schedule.T must be > 0, got {s.T}")
     d = cfg.dataset

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from tqdm.auto import tqdm
 
@@ -53,10 +55,32 @@ def noise_to_step(diffusion, x0: torch.Tensor, k: int, seed: int) -> torch.Tenso
     return diffusion.q_sample(x0, kk, rng.randn(x0.shape[1:]))
 
 
+def reverse_seed(image_seed: int) -> int:
+    """The seed of the reverse-process noise of the image whose forward noise is seeded ``image_seed``.
+
+    A hash of the image seed in its own stream: it never equals ``image_seed`` (which made x_k) nor,
+    in practice, another image's forward seed, so the reverse noise is independent of the forward
+    noise. Reusing the forward seed makes the first reverse noise equal ε and inflates the MSE.
+
+    Args:
+        image_seed: the forward-noise seed of the image (``seed + i``).
+    """
+    digest = hashlib.blake2b(f"ddpm-reverse-noise:{int(image_seed)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % (1 << 63)
+
+
 def denoise_from(eps_fn: EpsFn, sampler: Sampler, x_k: torch.Tensor, seed: int, callback: Callback | None = None) -> torch.Tensor:
     """Run ``sampler`` (built with ``max_step=k``) from the noised images ``x_k`` back to x_0.
 
-    The sampler's fresh noise for image i comes from a generator seeded ``seed + i``.
+    Image i was noised with seed ``seed + i`` (:func:`noise_to_step`); the sampler's fresh noise for
+    it comes from a generator seeded :func:`reverse_seed` ``(seed + i)``, independent of that.
+
+    Args:
+        eps_fn: the ε-predictor.
+        sampler: the reverse-process integrator, built with ``max_step=k``.
+        x_k: the noised images.
+        seed: the forward-noise seed of image 0.
+        callback: forwarded to :meth:`Sampler.sample`.
     """
-    rng = StackedRandomGenerator(x_k.device, range(seed, seed + x_k.shape[0]))
+    rng = StackedRandomGenerator(x_k.device, [reverse_seed(seed + i) for i in range(x_k.shape[0])])
     return sampler.sample(eps_fn, x_k, rng, callback=callback)

@@ -29,30 +29,6 @@ def frame_indices(num_states: int, frames: int) -> list[int]:
     return [int(round(j * (num_states - 1) / (frames - 1))) for j in range(frames)]
 
 
-def make_grid(images: torch.Tensor, nrow: int, pad: int = 2, pad_value: int = 255) -> torch.Tensor:
-    """uint8 images (N, C, H, W) tiled row by row into one (3, H', W') uint8 grid, ``pad`` pixels apart.
-
-    The layout is torchvision's ``make_grid``; it is written out here because importing
-    torchvision adds seconds to every command's start.
-
-    Args:
-        images: uint8 images with 1 or 3 channels.
-        nrow: images per row.
-        pad: pixels between and around images.
-        pad_value: colour of the padding.
-    """
-    n, c, h, w = images.shape
-    if c == 1:
-        images = images.expand(n, 3, h, w)
-    rows = -(-n // nrow)
-    grid = torch.full((3, rows * (h + pad) + pad, nrow * (w + pad) + pad), pad_value, dtype=torch.uint8)
-    for j in range(n):
-        r, col = divmod(j, nrow)
-        y, x = pad + r * (h + pad), pad + col * (w + pad)
-        grid[:, y : y + h, x : x + w] = images[j]
-    return grid
-
-
 def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
     """Save images (N, C, H, W) in [-1, 1] as one PNG grid (default: a square-ish grid)."""
     path = Path(path)
@@ -69,8 +45,12 @@ def grid_frame(x: torch.Tensor, nrow: int | None = None, scale: int = 1, pad: in
         scale: nearest-neighbour upscaling factor (small images are easier to see).
         pad: pixels between images.
     """
+    from torchvision.utils import make_grid  # here, not at the top: torchvision adds seconds to every command's start
+
     nrow = nrow or int(math.ceil(math.sqrt(x.shape[0])))
-    grid = make_grid(from_model_range(x.detach().cpu()), nrow=nrow, pad=pad)
+    images = from_model_range(x.detach().cpu())
+    images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images  # a lone image comes back as it is
+    grid = make_grid(images, nrow=nrow, padding=pad, pad_value=255)
     if scale > 1:
         grid = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
     return grid.permute(1, 2, 0).numpy()

@@ -61,7 +61,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from exc
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device={name} was requested but CUDA is not available here; use gpu.device=cpu or auto")
+            raise ConfigError(f"device={name} was requested but CUDA is not available here; use runtime.device=cpu or auto")
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
         if device.index >= torch.cuda.device_count():
@@ -77,7 +77,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         log.warning("fp16 mixed precision needs CUDA; falling back to fp32 on %s", device)
         return "fp32"
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"bf16 is not supported on {torch.cuda.get_device_name(device)}; use gpu=fp16")
+        raise ConfigError(f"bf16 is not supported on {torch.cuda.get_device_name(device)}; use runtime=fp16")
     return precision
 
 
@@ -125,7 +125,7 @@ def configure_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-def setup_runtime(gpu_cfg) -> Runtime:
+def setup_runtime(runtime_cfg) -> Runtime:
     """Initialise torch.distributed when launched by torchrun, pick the device and set TF32.
 
     In a multirun on a machine with several GPUs, ``device=auto`` gives job j the GPU j mod count.
@@ -133,11 +133,11 @@ def setup_runtime(gpu_cfg) -> Runtime:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    configure_threads(gpu_cfg.get("num_threads"))
+    configure_threads(runtime_cfg.get("num_threads"))
     job_num = hydra_job()[0]
-    if world_size == 1 and job_num is not None and gpu_cfg.device == "auto" and torch.cuda.device_count() > 1:
+    if world_size == 1 and job_num is not None and runtime_cfg.device == "auto" and torch.cuda.device_count() > 1:
         local_rank = job_num % torch.cuda.device_count()
-    device = resolve_device(gpu_cfg.device, local_rank)
+    device = resolve_device(runtime_cfg.device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
@@ -145,10 +145,10 @@ def setup_runtime(gpu_cfg) -> Runtime:
         dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
     if device.type == "cuda":
         # Set explicitly both ways: the defaults changed across torch releases.
-        torch.backends.cuda.matmul.allow_tf32 = bool(gpu_cfg.tf32)
-        torch.backends.cudnn.allow_tf32 = bool(gpu_cfg.tf32)
+        torch.backends.cuda.matmul.allow_tf32 = bool(runtime_cfg.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(runtime_cfg.tf32)
         torch.backends.cudnn.benchmark = True
-    return Runtime(device, resolve_precision(gpu_cfg.precision, device), rank, world_size, local_rank)
+    return Runtime(device, resolve_precision(runtime_cfg.precision, device), rank, world_size, local_rank)
 
 
 def teardown_runtime() -> None:

@@ -10,9 +10,14 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from ddpm.config import register_configs
+from ddpm.evaluate.config import register as register_evaluate
+from ddpm.regimes.config import register as register_regimes
+from ddpm.sample.config import register as register_sample
+from ddpm.visualize.config import register as register_visualize
 
 REPO = Path(__file__).resolve().parents[1]
-register_configs()
+for register in (register_configs, register_evaluate, register_regimes, register_sample, register_visualize):
+    register()
 
 
 def data_root() -> Path | None:

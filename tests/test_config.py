@@ -13,7 +13,7 @@ from PIL import Image
 from ddpm.errors import DataError
 from ddpm.train import train
 
-GROUPS = ("dataset", "model", "schedule", "gpu", "experiment")
+GROUPS = ("dataset", "model", "schedule", "runtime", "experiment")
 
 
 def options(group: str) -> list[str]:

@@ -117,7 +117,7 @@ def _evaluate_overrides(tiny_ckpt: Path, data_dir: Path, cache: Path, clf_path: 
         "denoise.steps": "[5,60]",
         "denoise.num_images": 8,
         "memorisation.grid": 4,
-        "device": "cpu",
+        "runtime.device": "cpu",
         "progress": "false",
         "paths.data_dir": data_dir,
         "paths.cache_dir": cache,

@@ -22,7 +22,7 @@ from ddpm.regimes.data import load_points
 from ddpm.schedules import NoiseSchedule
 
 FAST = [
-    "threads=1",
+    "runtime.num_threads=1",
     "collapse.queries=256",
     "collapse.points=16",
     "collapse.refine=6",
@@ -219,5 +219,5 @@ def test_multirun_sweep_with_joblib(tmp_path):
     recs = [json.loads((tmp_path / str(i) / "regimes.json").read_text()) for i in range(2)]
     assert sorted(x["n"] for x in recs) == [50, 200]
     # One torch thread per job under the joblib launcher.
-    assert all(x["config"]["threads"] is None for x in recs)
+    assert all(x["config"]["runtime"]["num_threads"] is None for x in recs)
     assert all("torch threads: 1" in (tmp_path / str(i) / "regimes.log").read_text() for i in range(2))

@@ -56,16 +56,6 @@ def test_grid_frame_layout() -> None:
         assert (f[(2 + r * 10) * 2, (2 + c * 10) * 2] == expected[j]).all()
 
 
-def test_make_grid_matches_torchvision() -> None:
-    from torchvision.utils import make_grid as tv_make_grid
-
-    from ddpm.gifs import make_grid
-
-    for shape, nrow in (((10, 1, 5, 7), 4), ((3, 3, 6, 6), 2), ((2, 1, 4, 4), 1)):  # torchvision returns a lone image unpadded
-        x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-        assert torch.equal(make_grid(x, nrow), tv_make_grid(x, nrow=nrow, padding=2, pad_value=255))
-
-
 def test_gif_frame_count_size_and_timing(tmp_path: Path) -> None:
     frames = [np.full((20, 30, 3), 30 * i, np.uint8) for i in range(7)]
     path = write_gif(tmp_path / "a.gif", frames, fps=5)

@@ -64,7 +64,7 @@ def test_resume_is_exact(data_dir, tmp_path):
 
 def test_grad_accumulation_matches_large_batch(data_dir, tmp_path):
     def trainer(batch, accum):
-        over = {"train.batch_size": batch, "gpu.grad_accum_steps": accum, "train.grad_clip": 0}
+        over = {"train.batch_size": batch, "train.grad_accum_steps": accum, "train.grad_clip": 0}
         return Trainer(compose_config("train", tiny_train_overrides(data_dir, tmp_path / "cache", **over)), tmp_path / f"r{batch}")
 
     big, acc = trainer(16, 1), trainer(8, 2)

@@ -14,15 +14,16 @@ from conftest import compose_config
 from omegaconf import OmegaConf
 from PIL import Image
 
+from ddpm.config import SamplerConfig
+from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError
 from ddpm.generate import denoise_from, noise_to_step
-from ddpm.plots import plot_schedules, schedule_curves
-from ddpm.pretrained import load_pretrained
+from ddpm.pretrained import load_pretrained, real_images
 from ddpm.quality import mse_per_image, ssim_per_image
-from ddpm.sample import real_images
 from ddpm.samplers import build_sampler, make_eps_fn
 from ddpm.schedules import NoiseSchedule
 from ddpm.visualize import resolve_starts, sampler_config, visualize
+from ddpm.visualize.plots import plot_schedules, schedule_curves
 
 
 def test_ssim_and_mse_of_an_image_with_itself() -> None:
@@ -93,6 +94,7 @@ def vis_cfg(ckpt: Path, data_dir: Path, cache: Path, **extra):
         "strip_frames": 4,
         "progress": False,
         "tensorboard": True,
+        "sampler": "ddpm",
         "sampler.steps": 10,  # respaced ancestral sampling: 10 evaluations, or k + 1 below that
     }
     base.update(extra)
@@ -150,3 +152,36 @@ def test_visualize_rejects_bad_starts(tiny_ckpt: Path, data_dir: Path, tmp_path:
     with pytest.raises(ConfigError, match="steps="):
         visualize(vis_cfg(tiny_ckpt, data_dir, tmp_path / "cache", steps="[]", times="[]"), tmp_path / "b")
     assert not (tmp_path / "a" / "metrics.json").exists()
+
+
+def test_reverse_noise_is_independent_of_the_forward_noise() -> None:
+    """The first reverse noise of image i must not be the ε that noised it (that inflated the MSE)."""
+    sched = linear(100)
+    diffusion = GaussianDiffusion(sched, "eps")
+    k, seed, n = 30, 7, 3
+    x0 = torch.zeros(n, 1, 16, 16)
+    x_k = noise_to_step(diffusion, x0, k, seed)  # from x_0 = 0: x_k = √(1-ᾱ_k) ε
+    eps = x_k / float((1 - sched.alphas_cumprod[k]) ** 0.5)
+    states: list[torch.Tensor] = []
+    sampler = build_sampler(OmegaConf.structured(SamplerConfig(name="ddpm")), diffusion, max_step=k)
+    # ε̂ = 0 and x_k -> 0 before the first move: x_{k-1} is then the first reverse noise, scaled by its σ.
+    out = denoise_from(
+        lambda x, kk: torch.zeros_like(x), sampler, torch.zeros_like(x_k), seed, callback=lambda i, kk, x, x0h: states.append(x)
+    )
+    assert out.shape == x_k.shape
+    z = states[1]
+    for i in range(n):
+        corr = torch.corrcoef(torch.stack([z[i].flatten(), eps[i].flatten()]))[0, 1]
+        assert abs(float(corr)) < 0.2, f"image {i}: reverse noise correlates {float(corr):.3f} with its forward ε"
+        other = torch.corrcoef(torch.stack([z[i].flatten(), eps[(i + 1) % n].flatten()]))[0, 1]
+        assert abs(float(other)) < 0.2  # nor another image's ε (seed + i + 1)
+    # the reverse noise stays reproducible per image, whatever the batch
+    states_one: list[torch.Tensor] = []
+    denoise_from(
+        lambda x, kk: torch.zeros_like(x),
+        sampler,
+        torch.zeros_like(x_k[1:2]),
+        seed + 1,
+        callback=lambda i, kk, x, x0h: states_one.append(x),
+    )
+    torch.testing.assert_close(states_one[1][0], z[1])

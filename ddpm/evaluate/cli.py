@@ -29,10 +29,9 @@ import ddpm
 from ddpm.cli import hydra_main
 from ddpm.data import from_model_range, load_dataset, to_model_range
 from ddpm.errors import ConfigError
-from ddpm.evaluate.config import validate_evaluate
+from ddpm.evaluate.config import register, validate_evaluate
 from ddpm.generate import generate
-from ddpm.pretrained import load_pretrained
-from ddpm.runtime import resolve_device
+from ddpm.pretrained import load_for_inference, network
 from ddpm.samplers import build_sampler, make_eps_fn
 
 log = logging.getLogger(__name__)
@@ -132,8 +131,8 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
 
         # Before any other work: a missing weights file must fail within a second, not after sampling.
         inception_weights = resolve_inception_weights(fe.weights_path, cfg.paths.cache_dir)
-    device = resolve_device(cfg.device)
-    pre = load_pretrained(cfg.ckpt, device, use_ema=bool(cfg.use_ema))
+    pre, rt = load_for_inference(cfg)
+    device = rt.device
     dataset_cfg = pre.cfg.dataset
     if fe.kind == "domain" and fe.dataset and fe.dataset != dataset_cfg.name:
         raise ConfigError(f"feature_extractor={fe.name} is the {fe.dataset} classifier, but {pre.path} was trained on {dataset_cfg.name}")
@@ -148,8 +147,10 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
         "seed": int(cfg.seed),
         "use_ema": bool(cfg.use_ema),
         "feature_extractor": fe.name,
+        "device": str(device),
+        "precision": rt.precision,
     }
-    eps_fn = make_eps_fn(pre.model, pre.diffusion)
+    eps_fn = make_eps_fn(network(pre, cfg.runtime), pre.diffusion, rt.autocast)
 
     need_samples = any(m in metrics for m in ("fid", "kid", "isc", "coverage", "memorisation"))
     domain_fidelity = fe.kind == "domain" and any(m in metrics for m in ("fid", "kid", "isc"))
@@ -249,7 +250,7 @@ def summary_lines(result: dict) -> str:
     return "\n".join(lines)
 
 
-main = hydra_main(config_name="evaluate")(evaluate)
+main = hydra_main(config_name="evaluate", register=register)(evaluate)
 
 if __name__ == "__main__":
     main()

@@ -10,8 +10,9 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from ddpm.config import PathsConfig, SamplerConfig
+from ddpm.config import PathsConfig, RuntimeConfig, SamplerConfig, check_runtime, register_configs
 from ddpm.errors import ConfigError
+from ddpm.evaluate.memorisation import DEFAULT_THRESHOLD
 
 METRICS = ("fid", "kid", "isc", "coverage", "denoise", "memorisation")
 
@@ -34,14 +35,15 @@ class DenoiseSection:
 
 @dataclass
 class MemorisationSection:
-    threshold: float = 1.0 / 3.0  # nearest / second-nearest distance ratio below which a sample is memorised
+    threshold: float = DEFAULT_THRESHOLD  # nearest / second-nearest distance ratio below which a sample is memorised
     grid: int = 16  # most memorised samples shown beside their nearest training image
 
 
 @dataclass
 class EvaluateConfig:
-    ckpt: str = MISSING  # checkpoint file (last.pt, step_*.pt)
+    ckpt: str = MISSING  # checkpoint file (last.pt, step_*.pt), or a training run dir (its checkpoints/last.pt)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     feature_extractor: FeatureExtractorConfig = field(default_factory=FeatureExtractorConfig)
     metrics: list[str] = field(default_factory=lambda: list(METRICS))
     num_samples: int = 1000  # generated images for fid/kid/isc/coverage/memorisation
@@ -50,7 +52,6 @@ class EvaluateConfig:
     batch_size: int = 250
     seed: int = 0  # sample i starts from seed + i
     use_ema: bool = True
-    device: str = "auto"
     kid_subsets: int = 100
     kid_subset_size: int = 1000  # shrunk to the sample counts when they are smaller
     denoise: DenoiseSection = field(default_factory=DenoiseSection)
@@ -59,8 +60,10 @@ class EvaluateConfig:
     progress: bool = True
 
 
-def register_evaluate_configs(cs: ConfigStore) -> None:
-    """Register the evaluate schemas (called from :func:`ddpm.config.register_configs`)."""
+def register() -> None:
+    """Store the shared group schemas, ``evaluate_schema`` and the ``feature_extractor`` group's schema in Hydra's ConfigStore."""
+    register_configs()
+    cs = ConfigStore.instance()
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(group="feature_extractor", name="feature_extractor_schema", node=FeatureExtractorConfig)
 
@@ -71,7 +74,12 @@ def _check(ok: bool, msg: str) -> None:
 
 
 def validate_evaluate(cfg: Any) -> None:
-    """Range checks of an evaluate config; raises :class:`ConfigError`."""
+    """Range checks of an evaluate config; raises :class:`ConfigError`.
+
+    Args:
+        cfg: the composed ``evaluate`` config.
+    """
+    check_runtime(cfg.runtime)
     bad = [m for m in cfg.metrics if m not in METRICS]
     _check(not bad, f"unknown metric(s) {bad}; choose from {', '.join(METRICS)}")
     _check(len(cfg.metrics) > 0, "metrics is empty; choose from " + ", ".join(METRICS))

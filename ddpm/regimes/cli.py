@@ -19,28 +19,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ddpm.cli import hydra_main
-from ddpm.errors import ConfigError
+from ddpm.pretrained import network
 from ddpm.regimes import plots, theory
 from ddpm.regimes.collapse import measure_collapse
-from ddpm.regimes.config import SYNTHETIC, validate_regimes
+from ddpm.regimes.config import SYNTHETIC, register, validate_regimes
 from ddpm.regimes.data import Points, load_points
 from ddpm.regimes.score import ExactScore
 from ddpm.regimes.seeds import generator
 from ddpm.regimes.speciation import measure_speciation
 from ddpm.regimes.spectrum import analyse_spectrum
 from ddpm.regimes.tracking import end_statistics, exact_eps_fn, summarise_tracking, track
-from ddpm.runtime import configure_threads
+from ddpm.runtime import setup_runtime
 from ddpm.schedules import NoiseSchedule
 
 log = logging.getLogger("ddpm.regimes")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"kernel.device={name} but CUDA is not available")
-    return torch.device(name)
 
 
 def _step(schedule: NoiseSchedule, t: float | None) -> int | None:
@@ -76,8 +68,9 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     validate_regimes(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    log.info("torch threads: %d", configure_threads(cfg.threads))
-    device = _device(cfg.kernel.device)
+    rt = setup_runtime(cfg.runtime)
+    device = rt.device
+    log.info("torch threads: %d", torch.get_num_threads())
     analyses = list(cfg.regimes.analyses)
     started = time.time()
 
@@ -86,7 +79,7 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.ckpt:
         from ddpm.pretrained import load_pretrained
 
-        pre = load_pretrained(cfg.ckpt, device, use_ema=cfg.trained.use_ema)
+        pre = load_pretrained(cfg.ckpt, device, use_ema=cfg.trained.use_ema, channels_last=cfg.runtime.channels_last)
         schedule = pre.diffusion.schedule
         # The exact score must be that of the network's training set, at the network's resolution.
         data_cfg = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
@@ -202,7 +195,7 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         from ddpm.regimes.trained import eps_gap, gap_steps, network_eps_fn, summarise_gap
 
         t = cfg.trained
-        net = network_eps_fn(pre, device)
+        net = network_eps_fn(pre, device, network(pre, cfg.runtime))
         tr = track(net, score, schedule, t.samples, t.steps, cfg.seed + 1)
         ends = end_statistics(score, torch.from_numpy(tr["x0"]), float(t.memorised_ratio))
         rec.update(summarise_tracking(tr, "network"))
@@ -271,7 +264,7 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return rec
 
 
-@hydra_main(config_name="regimes")
+@hydra_main(config_name="regimes", register=register)
 def main(cfg: DictConfig, run_dir: Path) -> None:
     """Measure speciation and collapse times (see docs/regimes.md)."""
     run_regimes(cfg, run_dir)

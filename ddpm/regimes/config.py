@@ -9,8 +9,9 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from ddpm.config import DatasetConfig, PathsConfig, ScheduleConfig
+from ddpm.config import DatasetConfig, PathsConfig, RuntimeConfig, ScheduleConfig, check_runtime, register_configs
 from ddpm.errors import ConfigError
+from ddpm.evaluate.memorisation import DEFAULT_THRESHOLD
 
 SYNTHETIC = ("gaussian", "gaussian_spectrum", "mixture")
 ANALYSES = ("spectrum", "speciation", "collapse", "tracking", "trained")
@@ -40,8 +41,7 @@ class AnalysesConfig:
 @dataclass
 class KernelConfig:
     dtype: str = "float32"  # float32 or float64 (very small t)
-    chunk_size: int = 4096  # training points per streamed chunk
-    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
+    chunk_size: int = 4096  # training points per streamed chunk (the device is runtime.device)
 
 
 @dataclass
@@ -80,7 +80,7 @@ class TrainedConfig:
     steps: int = 100  # sampler steps
     gap_points: int = 12  # times of the ε_θ vs ε* gap curve
     gap_queries: int = 128  # noised training (and held-out) points per time
-    memorised_ratio: float = 0.3333333333  # nearest / second-nearest distance below this = memorised
+    memorised_ratio: float = DEFAULT_THRESHOLD  # nearest / second-nearest distance below this = memorised (as ddpm-evaluate)
     use_ema: bool = True
 
 
@@ -95,16 +95,17 @@ class RegimesConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     trained: TrainedConfig = field(default_factory=TrainedConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    ckpt: Optional[str] = None  # trained checkpoint for the `trained` analysis
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    ckpt: Optional[str] = None  # trained checkpoint (file or training run dir): its schedule and dataset are used
     seed: int = 0
-    threads: Optional[int] = None  # torch CPU threads; null: 1 under the joblib launcher, else torch's default
     plots: bool = True
     eigenvalues: int = 8  # top eigenvalues (and their times) reported
 
 
-def register(cs: ConfigStore) -> None:
-    """Register the ``ddpm-regimes`` schemas."""
-    cs.store(name="regimes_schema", node=RegimesConfig)
+def register() -> None:
+    """Store the shared group schemas and ``regimes_schema`` in Hydra's ConfigStore."""
+    register_configs()
+    ConfigStore.instance().store(name="regimes_schema", node=RegimesConfig)
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -113,7 +114,16 @@ def _check(ok: bool, msg: str) -> None:
 
 
 def validate_regimes(cfg: Any) -> None:
-    """Range checks of a composed regimes config; raises :class:`ConfigError`."""
+    """Range checks of a composed regimes config; raises :class:`ConfigError`.
+
+    Args:
+        cfg: the composed ``regimes`` config.
+    """
+    check_runtime(cfg.runtime)
+    _check(
+        cfg.runtime.precision == "fp32",
+        f"ddpm-regimes computes in kernel.dtype: runtime.precision must be fp32, got {cfg.runtime.precision!r}",
+    )
     d = cfg.data
     image = d.name not in SYNTHETIC
     _check(image == (d.dataset is not None), f"data={d.name}: image sources need a dataset node, synthetic ones none (use data=<name>)")
@@ -148,4 +158,3 @@ def validate_regimes(cfg: Any) -> None:
         "trained: samples >= 1, steps >= 2, gap_points >= 1, gap_queries >= 1",
     )
     _check(0 < t.memorised_ratio < 1, f"trained.memorised_ratio must lie in (0, 1), got {t.memorised_ratio}")
-    _check(cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1 or null, got {cfg.threads}")

@@ -21,9 +21,15 @@ from ddpm.regimes.seeds import generator
 from ddpm.samplers import make_eps_fn
 
 
-def network_eps_fn(pre: Pretrained, device: torch.device | str = "cpu") -> EpsFnT:
-    """ε_θ(x, k) on flattened float64 states (reshaped to the network's image shape)."""
-    net = make_eps_fn(pre.model, pre.diffusion)
+def network_eps_fn(pre: Pretrained, device: torch.device | str = "cpu", model: torch.nn.Module | None = None) -> EpsFnT:
+    """ε_θ(x, k) on flattened float64 states (reshaped to the network's image shape).
+
+    Args:
+        pre: the loaded checkpoint.
+        device: where the network runs.
+        model: the network to call (e.g. compiled); default ``pre.model``.
+    """
+    net = make_eps_fn(pre.model if model is None else model, pre.diffusion)
     shape = pre.shape
 
     @torch.no_grad()

@@ -22,68 +22,17 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 import ddpm
-from ddpm.cli import hydra_main
-from ddpm.data import from_model_range, load_dataset, to_model_range
-from ddpm.errors import CheckpointError, ConfigError
+from ddpm.cli import check_outputs, hydra_main
+from ddpm.data import from_model_range
 from ddpm.generate import generate
 from ddpm.gifs import frame_indices, grid_frame, save_grid, write_gif
-from ddpm.pretrained import Pretrained, load_pretrained
-from ddpm.runtime import Runtime, resolve_device, resolve_precision
-from ddpm.sample_config import validate_sample
+from ddpm.pretrained import load_for_inference, network, real_images
+from ddpm.sample.config import register, validate_sample
 from ddpm.samplers import Sampler, StackedRandomGenerator, build_sampler, make_eps_fn
 
 log = logging.getLogger("ddpm.sample")
 
 OUTPUTS = ("samples.png", "sampling.gif", "noise.gif", "images", "sample.json")
-
-
-def resolve_ckpt(path: str | Path) -> Path:
-    """A checkpoint file, or a training run dir (its ``checkpoints/last.pt``) / checkpoints dir (``last.pt``)."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        for cand in (path / "checkpoints" / "last.pt", path / "last.pt"):
-            if cand.is_file():
-                return cand
-        raise CheckpointError(f"no checkpoint in {path}: expected checkpoints/last.pt or last.pt there")
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    return path
-
-
-def setup(cfg: DictConfig) -> tuple[Pretrained, Runtime]:
-    """Load the checkpoint onto the configured device; returns the model and the runtime."""
-    path = resolve_ckpt(cfg.ckpt)
-    device = resolve_device(cfg.device)
-    rt = Runtime(device, resolve_precision(cfg.precision, device))
-    return load_pretrained(path, device, use_ema=bool(cfg.use_ema)), rt
-
-
-def check_outputs(run_dir: Path, names: tuple[str, ...], overwrite: bool) -> None:
-    """Refuse to replace the outputs of an earlier run unless ``overwrite=true``."""
-    found = [n for n in names if (run_dir / n).exists()]
-    if found and not overwrite:
-        raise ConfigError(
-            f"{run_dir} already holds {', '.join(found)} from an earlier run; choose another hydra.run.dir or pass overwrite=true"
-        )
-
-
-def data_dir_of(cfg: DictConfig, pre: Pretrained) -> str:
-    """``paths.data_dir`` when set, else the data root the checkpoint was trained from."""
-    if cfg.paths.data_dir:
-        return str(cfg.paths.data_dir)
-    stored = OmegaConf.select(pre.cfg, "paths.data_dir")
-    if not stored:
-        raise ConfigError("the checkpoint stores no data root; pass paths.data_dir=... (or set DDPM_DATA_DIR)")
-    return str(stored)
-
-
-def real_images(cfg: DictConfig, pre: Pretrained, n: int, split: str, seed: int) -> torch.Tensor:
-    """``n`` images of the checkpoint's dataset in model range, picked by a seeded permutation."""
-    data = load_dataset(pre.cfg.dataset, data_dir_of(cfg, pre), cfg.paths.cache_dir, split)
-    if tuple(data.images.shape[1:]) != pre.shape:
-        raise ConfigError(f"dataset images are {tuple(data.images.shape[1:])} but the model was trained on {pre.shape}")
-    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
-    return to_model_range(data.images[idx])
 
 
 def forward_states(diffusion, x0: torch.Tensor, record: list[int], seed: int) -> dict[int, torch.Tensor]:
@@ -157,7 +106,7 @@ def sample(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     validate_sample(cfg)
     run_dir = Path(run_dir)
     check_outputs(run_dir, OUTPUTS, bool(cfg.overwrite))
-    pre, rt = setup(cfg)
+    pre, rt = load_for_inference(cfg)
     diffusion = pre.diffusion
     sampler = build_sampler(cfg.sampler, diffusion)
     n_eval = sampler.num_evaluations
@@ -179,7 +128,7 @@ def sample(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         img_dir.mkdir(exist_ok=True)
         for old in img_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"):  # overwrite=true: no stale samples of a bigger earlier run
             old.unlink()
-    eps_fn = make_eps_fn(pre.model, diffusion, rt.autocast)
+    eps_fn = make_eps_fn(network(pre, cfg.runtime), diffusion, rt.autocast)
     n, bs, seed = int(cfg.num_samples), int(cfg.batch_size), int(cfg.seed)
     bar = tqdm(total=n_eval * -(-n // bs), desc=f"{cfg.sampler.name} x{n_eval}", unit="eval", disable=not cfg.progress, dynamic_ncols=True)
     rec = TrajectoryRecorder(sampler, states, gif_n, bar)
@@ -245,7 +194,7 @@ def sample(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     return summary
 
 
-@hydra_main(config_name="sample")
+@hydra_main(config_name="sample", register=register)
 def main(cfg: DictConfig, run_dir: Path) -> None:
     sample(cfg, run_dir)
 

@@ -32,16 +32,16 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 import ddpm
-from ddpm.cli import hydra_main
+from ddpm.cli import check_outputs, hydra_main
 from ddpm.errors import ConfigError
 from ddpm.generate import denoise_from, noise_to_step
 from ddpm.gifs import frame_indices
-from ddpm.plots import image_table, plot_mse_ssim, plot_schedules, schedule_curves
+from ddpm.pretrained import load_for_inference, network, real_images
 from ddpm.quality import mse_per_image, ssim_per_image
-from ddpm.sample import check_outputs, real_images, setup
-from ddpm.sample_config import validate_visualize
 from ddpm.samplers import build_sampler, make_eps_fn
 from ddpm.schedules import NoiseSchedule
+from ddpm.visualize.config import register, validate_visualize
+from ddpm.visualize.plots import image_table, plot_mse_ssim, plot_schedules, schedule_curves
 
 log = logging.getLogger("ddpm.visualize")
 
@@ -151,14 +151,14 @@ def visualize(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     validate_visualize(cfg)
     run_dir = Path(run_dir)
     check_outputs(run_dir, OUTPUTS, bool(cfg.overwrite))
-    pre, rt = setup(cfg)
+    pre, rt = load_for_inference(cfg)
     diffusion, sched = pre.diffusion, pre.diffusion.schedule
     starts = resolve_starts(list(cfg.steps), list(cfg.times), sched)
     samplers = {
         s.step: build_sampler(sampler_config(cfg.sampler, s.step), diffusion, max_step=s.step) for s in starts
     }  # fail before any work
     x0 = real_images(cfg, pre, int(cfg.num_images), cfg.split, int(cfg.seed)).to(rt.device)
-    eps_fn = make_eps_fn(pre.model, diffusion, rt.autocast)
+    eps_fn = make_eps_fn(network(pre, cfg.runtime), diffusion, rt.autocast)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed, ou, abar, log_snr = int(cfg.seed), sched.ou_times, sched.alphas_cumprod, sched.log_snr
     strip_start = starts[-1].step
@@ -328,7 +328,7 @@ def log_tensorboard(run_dir: Path, rows: list[dict], traj: dict[int, dict]) -> N
             w.add_image(f"plots/{png.stem}", np.asarray(Image.open(png).convert("RGB")), dataformats="HWC")
 
 
-@hydra_main(config_name="visualize")
+@hydra_main(config_name="visualize", register=register)
 def main(cfg: DictConfig, run_dir: Path) -> None:
     visualize(cfg, run_dir)
 
