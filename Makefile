@@ -11,7 +11,7 @@ $(BIN)/ddpm-train: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(BIN)/pip install -q torch torchvision
-	$(BIN)/pip install -q -e ".[dev,launchers,bench]"
+	$(BIN)/pip install -q -e ".[dev,launchers,bench,dashboard]"
 	touch $@
 
 venv: $(BIN)/ddpm-train

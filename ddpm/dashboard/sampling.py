@@ -1,0 +1,115 @@
+"""The Sample page's work: a ``ddpm-sample`` run (the command's own function) into the outputs root,
+and a one-image-per-click generator over a safely loaded checkpoint."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+
+from ddpm.cli import compose_checked
+from ddpm.dashboard.launch import COMPOSE_LOCK
+from ddpm.dashboard.paths import inside
+from ddpm.data import from_model_range
+from ddpm.generate import generate
+from ddpm.pretrained import Pretrained, load_pretrained
+from ddpm.runtime import resolve_device
+from ddpm.samplers import build_sampler, make_eps_fn
+
+
+def sample_overrides(ckpt: Path, sampler: str, steps: int | None, seed: int, count: int, noise_gif: bool) -> list[str]:
+    """The ``ddpm-sample`` command line for the page's choices.
+
+    Args:
+        ckpt: the checkpoint file (resolved inside the outputs root).
+        sampler: an option of the ``sampler`` config group.
+        steps: network evaluations (None: the sampler's default).
+        seed: sample i is seeded ``seed + i``.
+        count: number of images.
+        noise_gif: also write noise.gif (needs the checkpoint's dataset on this machine).
+    """
+    if count < 1:
+        raise ValueError(f"number of images must be at least 1, got {count}")
+    out = [f"ckpt={ckpt}", f"sampler={sampler}", f"seed={seed}", f"num_samples={count}", f"grid_images={count}"]
+    out += [f"gif.num_images={min(count, 16)}", f"gif.noise={str(noise_gif).lower()}", "progress=false"]
+    if steps is not None:
+        out.append(f"sampler.steps={steps}")
+    return out
+
+
+def compose_sample(overrides: list[str]) -> DictConfig:
+    """The ``ddpm-sample`` config for ``overrides``, with the CLI's one-line errors.
+
+    Args:
+        overrides: from :func:`sample_overrides`.
+    """
+    import ddpm.sample  # noqa: F401  (its ``main`` registers the config schemas, as for the command)
+
+    with COMPOSE_LOCK:
+        return compose_checked("sample", overrides)
+
+
+def run_sample(root: str | Path, ckpt: str | Path, sampler: str, steps: int | None, seed: int, count: int, noise_gif: bool) -> Path:
+    """Run ``ddpm-sample`` (its :func:`ddpm.sample.sample`) into ``<root>/sample/<run>-<time>``.
+
+    Args:
+        root: the outputs root.
+        ckpt: the checkpoint (relative to the root).
+        sampler: an option of the ``sampler`` group.
+        steps: network evaluations (None: the sampler's default).
+        seed: first seed.
+        count: number of images.
+        noise_gif: also write noise.gif.
+    Returns:
+        the output directory (samples.png, sampling.gif, noise.gif, sample.json).
+    """
+    from ddpm.sample import sample
+
+    path = inside(root, ckpt)
+    cfg = compose_sample(sample_overrides(path, sampler, steps, seed, count, noise_gif))
+    run_name = path.parent.parent.name if path.parent.name == "checkpoints" else path.parent.name
+    out = inside(root, Path("sample") / f"{run_name}-{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    sample(cfg, out)
+    return out
+
+
+def load_checkpoint_model(root: str | Path, ckpt: str | Path) -> Pretrained:
+    """A checkpoint inside the root through the safe loader (``weights_only``), EMA weights.
+
+    Args:
+        root: the outputs root.
+        ckpt: the checkpoint (relative to the root).
+    """
+    return load_pretrained(inside(root, ckpt), resolve_device("auto"), use_ema=True)
+
+
+@dataclass
+class Generator:
+    """One new image per call, from a loaded model; call ``i`` draws seed ``first_seed + i``.
+
+    Args:
+        pre: the model.
+        sampler_cfg: a ``sampler`` config node (from :func:`compose_sample`).
+        first_seed: seed of the first image.
+    """
+
+    pre: Pretrained
+    sampler_cfg: DictConfig
+    first_seed: int = 0
+    count: int = 0
+
+    def __call__(self) -> tuple[int, Image.Image]:
+        """The next (seed, image)."""
+        seed = self.first_seed + self.count
+        self.count += 1
+        device = next(self.pre.model.parameters()).device
+        sampler = build_sampler(self.sampler_cfg, self.pre.diffusion)
+        with torch.inference_mode():
+            x = generate(make_eps_fn(self.pre.model, self.pre.diffusion), sampler, self.pre.shape, 1, seed, 1, device)
+        arr = from_model_range(x[0]).cpu()
+        img = Image.fromarray(arr[0].numpy(), mode="L") if arr.shape[0] == 1 else Image.fromarray(arr.permute(1, 2, 0).numpy(), mode="RGB")
+        return seed, img
