@@ -205,3 +205,102 @@ def test_sample_i_independent_of_batch_size() -> None:
     torch.testing.assert_close(one, eight, atol=1e-6, rtol=0)
     torch.testing.assert_close(three, eight, atol=1e-6, rtol=0)
     assert not torch.allclose(eight[0], eight[1])
+
+
+# ------------------------------------------------------------------ time grids and variances
+def test_logsnr_grid_is_uniform_in_lambda() -> None:
+    """Each visited step has the λ nearest to its uniform target (up to the dedup of repeated steps)."""
+    from ddpm.samplers.base import half_log_snr, logsnr_timesteps
+
+    diff = make_diffusion("linear")
+    abar = diff.schedule.alphas_cumprod
+    ks = logsnr_timesteps(abar, 999, 20)
+    assert len(ks) == 20 and ks[0] == 0 and ks[-1] == 999 and ks == sorted(set(ks))
+    lam = half_log_snr(abar)
+    targets = torch.linspace(float(lam[999]), float(lam[0]), 20, dtype=torch.float64)
+    for k, target in zip(reversed(ks), targets, strict=True):
+        nearest = int((lam - target).abs().argmin())
+        assert abs(k - nearest) <= 2, (k, nearest)
+    assert ks[:4] == [0, 1, 4, 10] and ks[-3:] == [893, 947, 999]  # golden
+
+
+def test_lambda_min_clips_the_start_of_the_cosine_schedule() -> None:
+    diff = make_diffusion("cosine")
+    s = DPMSolverSampler(diff, steps=20, grid="logsnr", lambda_min=-5.1)
+    lam = diff.schedule.log_snr / 2
+    top = s.timesteps[-1]
+    assert lam[top] >= -5.1 > lam[top + 1] and top == 995
+    assert float(lam[-1]) == pytest.approx(-9.9, abs=0.1)  # what the clip avoids
+    with pytest.raises(ConfigError, match="lambda_min"):
+        DPMSolverSampler(diff, steps=20, lambda_min=20.0)
+
+
+@pytest.mark.parametrize("steps", [10, 20])
+def test_dpm_solver_logsnr_grid_beats_time_grid(steps: int) -> None:
+    """Exact output variance on Gaussian data: the λ-uniform grid's error is a fraction of the k-uniform one's."""
+    diff = make_diffusion("linear")
+
+    def err(grid: str) -> float:
+        return abs(affine_moments(DPMSolverSampler(diff, steps=steps, clip_denoised=False, grid=grid), diff)[1] - S**2)
+
+    assert err("logsnr") < 0.35 * err("time")
+
+
+def ddpm_exact_moments(sampler: DDPMSampler, mu: float = MU, s: float = S) -> tuple[float, float]:
+    """Mean and variance of the respaced ancestral chain on N(mu, s²) data, by recursion: x̂_0 is
+    affine in x (x̂_0 = A x + B) and each step is x' = c0 x̂_0 + ck x + σ z."""
+    m, v = 0.0, 1.0
+    for i in reversed(range(len(sampler.timesteps))):
+        a = sampler.abar[i]
+        a_prev = sampler.abar[i - 1] if i > 0 else 1.0
+        denom = a * s**2 + 1 - a
+        A = (1 - (1 - a) / denom) / a**0.5  # from ε* = √(1-ā)(x - √ā μ)/denom
+        B = (1 - a) * mu / denom
+        beta = 1 - a / a_prev
+        c0, ck = beta * a_prev**0.5 / (1 - a), (1 - a_prev) * (1 - beta) ** 0.5 / (1 - a)
+        var = 0.0 if i == 0 else (beta if sampler.variance == "large" else beta * (1 - a_prev) / (1 - a))
+        g = c0 * A + ck
+        m, v = g * m + c0 * B, g * g * v + var
+    return m, v
+
+
+@pytest.mark.parametrize("variance", ["small", "large"])
+def test_respaced_ancestral_variance_matches_its_recursion(variance: str) -> None:
+    diff = make_diffusion("linear")
+    sampler = DDPMSampler(diff, steps=20, clip_denoised=False, variance=variance)
+    exact_mean, exact_var = ddpm_exact_moments(sampler)
+    mean, var = mc_moments(sampler, diff, seed=300)
+    assert mean == pytest.approx(exact_mean, abs=0.012)
+    assert var == pytest.approx(exact_var, rel=0.04)
+
+
+def test_large_variance_corrects_the_under_dispersion_at_few_steps() -> None:
+    diff = make_diffusion("linear")
+    small = ddpm_exact_moments(DDPMSampler(diff, steps=20, variance="small"))[1]
+    large = ddpm_exact_moments(DDPMSampler(diff, steps=20, variance="large"))[1]
+    assert small < 0.7 * S**2 < S**2 < large  # β̃ under-disperses; β errs on the other side, by less
+    assert abs(large - S**2) < abs(small - S**2)
+    full = ddpm_exact_moments(DDPMSampler(diff, variance="small"))[1]
+    assert full == pytest.approx(S**2, rel=0.03)  # all T steps: the chain of the model itself
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm_solver"])
+def test_one_step_starts_from_the_noise(name: str, spacing: str) -> None:
+    """steps=1 evaluates the network at T-1, where x_T is noise, never at k = 0."""
+    diff = make_diffusion(T=100)
+    cfg = OmegaConf.create({"name": name, "steps": 1, "eta": 0.0, "spacing": spacing, "clip_denoised": False})
+    sampler = build_sampler(cfg, diff)
+    assert sampler.timesteps == [99]
+    seen: list[int] = []
+    sampler.sample(gaussian_eps(diff), torch.zeros(1, 1, 2, 2), StackedRandomGenerator(CPU, [0]), callback=lambda i, k, x, x0: seen.append(k))
+    assert seen == [99]
+
+
+def test_variance_option_belongs_to_ddpm_only() -> None:
+    diff = make_diffusion(T=100)
+    cfg = OmegaConf.create({"name": "ddim", "steps": 5, "eta": 0.0, "spacing": "leading", "clip_denoised": True, "variance": "large"})
+    with pytest.raises(ConfigError, match="variance"):
+        build_sampler(cfg, diff)
+    with pytest.raises(ConfigError, match="variance"):
+        DDPMSampler(diff, steps=5, variance="huge")
