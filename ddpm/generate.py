@@ -7,6 +7,7 @@ import hashlib
 import torch
 from tqdm.auto import tqdm
 
+from ddpm.errors import CheckpointError
 from ddpm.samplers.base import Callback, EpsFn, Sampler, StackedRandomGenerator
 
 
@@ -43,9 +44,31 @@ def generate(
         n = min(batch_size, num_samples - start)
         rng = StackedRandomGenerator(device, range(seed + start, seed + start + n))
         x_T = rng.randn(shape)
-        out.append(sampler.sample(eps_fn, x_T, rng, callback=callback, progress=bar).cpu())
+        x = sampler.sample(eps_fn, x_T, rng, callback=callback, progress=bar).cpu()
+        _refuse_nonfinite(x, start)
+        out.append(x)
     bar.close()
     return torch.cat(out)
+
+
+class NonFiniteSamples(CheckpointError):
+    """Sampling produced NaN or inf pixels: reported as one line instead of written as black images."""
+
+
+def _refuse_nonfinite(x: torch.Tensor, start: int) -> None:
+    """Raise :class:`NonFiniteSamples` when any of the samples ``start..start+len(x)-1`` has a non-finite pixel.
+
+    Args:
+        x: a batch of samples (N, C, H, W).
+        start: the index of its first sample.
+    """
+    bad = ~torch.isfinite(x).flatten(1).all(dim=1)
+    if bad.any():
+        first = start + int(bad.nonzero()[0])
+        raise NonFiniteSamples(
+            f"sampling produced NaN or inf pixels in {int(bad.sum())} of samples {start}..{start + len(x) - 1} (first: sample {first}); "
+            "nothing of this batch was written: the network's weights or its precision overflow (try fp32 or an earlier checkpoint)"
+        )
 
 
 def noise_to_step(diffusion, x0: torch.Tensor, k: int, seed: int) -> torch.Tensor:

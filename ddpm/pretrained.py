@@ -72,17 +72,81 @@ def load_pretrained(
     """
     path = resolve_ckpt(path)
     state = load_checkpoint(path)
-    cfg = OmegaConf.create(state["config"])
+    cfg = _stored_config(state, path)
+    part = "ema" if use_ema else "model"
+    weights = state.get(part)
+    if not isinstance(weights, dict) or not weights:
+        hint = "; pass use_ema=false to use the raw weights" if use_ema and isinstance(state.get("model"), dict) and state["model"] else ""
+        raise CheckpointError(f"checkpoint {path} holds no {'EMA' if use_ema else 'model'} weights ('{part}'){hint}")
     try:
         diffusion = GaussianDiffusion(NoiseSchedule.from_config(cfg.schedule), cfg.train.objective)
         model = build_model(cfg.model, int(cfg.dataset.image_size), int(cfg.dataset.channels))
-        model.load_state_dict(state["ema" if use_ema else "model"])
-    except (KeyError, RuntimeError, AttributeError) as exc:
+    except (KeyError, AttributeError, TypeError, ValueError) as exc:  # ConfigError is a ValueError
+        raise CheckpointError(f"checkpoint {path} stores a config that cannot build its model: {' '.join(str(exc).split())}") from exc
+    _check_weights(weights, model.state_dict(), path, part)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {path} does not match the model its config describes: {str(exc).splitlines()[0]}") from exc
     device = torch.device(device)
     fmt = resolve_memory_format(channels_last, device, int(cfg.model.channels))
     model.to(device, memory_format=fmt).eval().requires_grad_(False)
     return Pretrained(model, diffusion, cfg, int(state["step"]), path)
+
+
+# What a checkpoint's stored config must hold to rebuild the network and its schedule.
+REQUIRED_CONFIG = ("schedule.name", "schedule.T", "train.objective", "model.channels", "dataset.image_size", "dataset.channels")
+
+
+def _stored_config(state: dict, path: Path) -> DictConfig:
+    """The training config stored in ``state``; a CheckpointError when it or a key needed to rebuild is absent."""
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"checkpoint {path} stores no training config; it cannot be rebuilt")
+    if not isinstance(state.get("step"), int):
+        raise CheckpointError(f"checkpoint {path} stores no step count")
+    cfg = OmegaConf.create(state["config"])
+    missing = [k for k in REQUIRED_CONFIG if OmegaConf.select(cfg, k, default=None) is None]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} stores an incomplete config: {', '.join(missing)} missing")
+    return cfg
+
+
+def _shape(t: object) -> str:
+    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def _check_weights(weights: dict, expected: dict[str, torch.Tensor], path: Path, part: str) -> None:
+    """Refuse weights that cannot work in the model the stored config describes: absent, extra, of
+    another shape, or not finite (they would sample NaN images). One line names the first offender.
+
+    Args:
+        weights: the checkpoint's state dict (``model`` or ``ema``).
+        expected: the state dict of the model the stored config builds.
+        path: the checkpoint (for the message).
+        part: ``model`` or ``ema`` (for the message).
+    """
+    where = f"checkpoint {path}: the {part} weights"
+    absent = [k for k in expected if k not in weights]
+    if absent:
+        more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+        raise CheckpointError(f"{where} lack {absent[0]}{more} that the model its config describes needs")
+    extra = [k for k in weights if k not in expected]
+    if extra:
+        more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+        raise CheckpointError(f"{where} hold {extra[0]}{more} that the model its config describes does not have")
+    wrong = [k for k, v in expected.items() if not isinstance(weights[k], torch.Tensor) or weights[k].shape != v.shape]
+    if wrong:
+        k = wrong[0]
+        more = f" ({len(wrong)} weights differ)" if len(wrong) > 1 else ""
+        raise CheckpointError(
+            f"{where} hold {k} of shape {_shape(weights[k])} but the model its config describes needs {_shape(expected[k])}{more}"
+        )
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in weights.values() if t.is_floating_point())
+    if bad:
+        total = sum(t.numel() for t in weights.values() if t.is_floating_point())
+        raise CheckpointError(
+            f"{where} hold {bad} non-finite values (NaN or inf) among {total}; they would sample NaN images, use an earlier checkpoint"
+        )
 
 
 def load_for_inference(cfg: DictConfig) -> tuple[Pretrained, Runtime]:

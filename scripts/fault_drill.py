@@ -9,7 +9,7 @@ U-Net, T=100, batch 4, MNIST from ``DDPM_DATA_DIR``, CPU, one thread):
   a full disk (``RLIMIT_FSIZE``: the kernel refuses the write), a read-only checkpoint folder —
   all into one chain of runs that always continues with ``resume=latest``;
 * NaN losses (``DDPM_TEST_NONFINITE_STEPS`` testing hook) in a separate run;
-* bad command lines and bad files (see :data:`BAD_INPUTS`).
+* bad command lines, data files, downloads and checkpoints (``tests/bad_inputs.py``).
 
 After each fault it checks that every checkpoint complete before the fault still loads and that
 ``resume=latest`` picks the newest good one; at the end the chain's final weights must equal an
@@ -40,158 +40,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
 from ddpm.checkpoint import PARTIAL_RE, STEP_RE, find_latest, load_checkpoint
 from ddpm.errors import CheckpointError
 
 BIN = Path(sys.executable).parent
-TINY = [
-    "model=tiny",
-    "schedule.T=100",
-    "train.batch_size=4",
-    "train.lr=1e-3",
-    "train.warmup_steps=0",
-    "train.ema_decay=0.9",
-    "train.log_every=2",
-    "train.sample_every=0",
-    "train.num_sample_images=0",
-    "train.progress=false",
-]
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the bad-input cases and the tiny run belong to the test suite
 
-
-# ----------------------------------------------------------------------------- bad input
-@dataclass
-class BadInput:
-    """One bad invocation: the command, its arguments and a piece of the expected one-line error.
-
-    Args:
-        name: short identifier.
-        cmd: console script (``ddpm-train``, ...).
-        args: command-line arguments; ``{work}`` and ``{ckpt}`` are filled in by :func:`bad_input_args`.
-        expect: a substring the single ``error:`` line must contain (case-insensitive).
-    """
-
-    name: str
-    cmd: str
-    args: list[str]
-    expect: str
-
-
-_T = "ddpm-train"
-BAD_INPUTS: list[BadInput] = [
-    BadInput("wrong type", _T, ["train.batch_size=abc"], "train.batch_size"),
-    BadInput("unknown model", _T, ["model=huge"], "model/huge"),
-    BadInput("unknown key", _T, ["train.objectiv=eps"], "train.objectiv"),
-    BadInput("negative max_steps", _T, ["train.max_steps=-1"], "train.max_steps must be >= 0"),
-    BadInput("zero lr", _T, ["train.lr=0"], "train.lr must be > 0"),
-    BadInput("nan lr", _T, ["train.lr=nan"], "train.lr must be > 0"),
-    BadInput("ema_decay out of range", _T, ["train.ema_decay=1.5"], "train.ema_decay"),
-    BadInput("unknown objective", _T, ["train.objective=score"], "train.objective"),
-    BadInput("betas of wrong length", _T, ["train.betas=[0.9]"], "train.betas"),
-    BadInput("negative weight decay", _T, ["train.weight_decay=-1"], "train.weight_decay"),
-    BadInput("zero max_bad_steps", _T, ["train.max_bad_steps=0"], "train.max_bad_steps"),
-    BadInput("unknown precision", _T, ["gpu.precision=fp8"], "gpu.precision"),
-    BadInput("unknown device", _T, ["gpu.device=tpu"], "unknown device"),
-    BadInput("absent GPU", _T, ["gpu.device=cuda:7"], "cuda"),
-    BadInput("zero grad_accum_steps", _T, ["gpu.grad_accum_steps=0"], "gpu.grad_accum_steps"),
-    BadInput("T = 0", _T, ["schedule.T=0"], "schedule.T must be > 0"),
-    BadInput("beta out of range", _T, ["schedule.beta_end=2.0"], "beta"),
-    BadInput("unknown schedule", _T, ["schedule.name=foo"], "unknown schedule"),
-    BadInput("channels not 1 or 3", _T, ["dataset.channels=2"], "dataset.channels"),
-    BadInput("channels mismatch", _T, ["dataset.channels=3"], "channels"),
-    BadInput("heads do not divide", _T, ["model.num_heads=3", "model.attention_resolutions=[16]"], "num_heads"),
-    BadInput("batch exceeds dataset", _T, ["train.batch_size=100000"], "exceeds"),
-    BadInput("missing data root", _T, ["paths.data_dir={work}/no_such_root"], "data root"),
-    BadInput("folder without path", _T, ["dataset=folder"], "dataset.path"),
-    BadInput("missing folder", _T, ["dataset=folder", "dataset.path={work}/no_such_folder"], "not found"),
-    BadInput("empty folder", _T, ["dataset=folder", "dataset.path={work}/empty"], "no images"),
-    BadInput("images of wrong size", _T, ["dataset=folder", "dataset.path={work}/size20", "dataset.image_size=32"], "expected 32x32"),
-    BadInput("unreadable image", _T, ["dataset=folder", "dataset.path={work}/corrupt", "dataset.image_size=16"], "cannot read image"),
-    BadInput(
-        "size not divisible",
-        _T,
-        ["dataset=folder", "dataset.path={work}/size30", "dataset.image_size=30", "model.channel_mult=[1,2,2]"],
-        "divisible",
-    ),
-    BadInput("missing checkpoint", _T, ["resume={work}/no_such.pt"], "no such checkpoint"),
-    BadInput("truncated checkpoint", _T, ["resume={work}/truncated.pt"], "corrupt or truncated"),
-    BadInput("not a checkpoint", _T, ["resume={work}/foreign.pt"], "not a ddpm checkpoint"),
-    BadInput("pickle carrying code", _T, ["resume={work}/evil.pt"], "refused by the safe loader"),
-    BadInput("checkpoint of another model", _T, ["resume={ckpt}", "model.channels=8"], "another config"),
-    # the other commands
-    BadInput("sample: zero samples", "ddpm-sample", ["ckpt={ckpt}", "num_samples=0"], "num_samples must be >= 1"),
-    BadInput("sample: no checkpoint given", "ddpm-sample", [], "ckpt="),
-    BadInput("sample: unknown sampler", "ddpm-sample", ["ckpt={ckpt}", "sampler=nope"], "sampler/nope"),
-    BadInput("sample: zero sampler steps", "ddpm-sample", ["ckpt={ckpt}", "sampler.steps=0"], "sampler.steps"),
-    BadInput("sample: pickle carrying code", "ddpm-sample", ["ckpt={work}/evil.pt"], "refused by the safe loader"),
-    BadInput("evaluate: zero samples", "ddpm-evaluate", ["ckpt={ckpt}", "num_samples=0"], "num_samples"),
-    BadInput("evaluate: unknown metric", "ddpm-evaluate", ["ckpt={ckpt}", "metrics=[bogus]"], "unknown metric"),
-    BadInput("evaluate: truncated checkpoint", "ddpm-evaluate", ["ckpt={work}/truncated.pt"], "corrupt or truncated"),
-    BadInput("visualize: zero images", "ddpm-visualize", ["ckpt={ckpt}", "num_images=0"], "num_images"),
-    BadInput("visualize: negative time", "ddpm-visualize", ["ckpt={ckpt}", "times=[-1.0]"], "times must be > 0"),
-    BadInput("visualize: not a checkpoint", "ddpm-visualize", ["ckpt={work}/foreign.pt"], "not a ddpm checkpoint"),
-    BadInput("regimes: unknown data", "ddpm-regimes", ["data=nope"], "data/nope"),
-    BadInput("regimes: too few points", "ddpm-regimes", ["collapse.points=0"], "collapse.points"),
-    BadInput("regimes: trained without checkpoint", "ddpm-regimes", ["regimes=trained"], "needs a checkpoint"),
-]
-# The subset a --quick drill runs as real processes (the test suite runs all of them in-process).
-QUICK_BAD = ("wrong type", "zero lr", "images of wrong size", "pickle carrying code", "checkpoint of another model", "sample: zero samples")
-
-
-class Evil:
-    """A pickle payload that creates a marker file when unpickled by an unsafe loader."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self) -> tuple[Callable, tuple]:
-        return (os.system, (f"touch {self.marker}",))
-
-
-def make_bad_input_files(work: Path, ckpt: Path) -> None:
-    """Write the folders and files the :data:`BAD_INPUTS` refer to.
-
-    Args:
-        work: folder to fill (``{work}`` in the arguments).
-        ckpt: a real tiny checkpoint (``model=tiny``, T=100) to truncate.
-    """
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "empty").mkdir(exist_ok=True)
-    rng = np.random.default_rng(0)
-    for name, side in (("size20", 20), ("size30", 30)):
-        (work / name).mkdir(exist_ok=True)
-        for i in range(6):
-            Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(work / name / f"{i}.png")
-    (work / "corrupt").mkdir(exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(work / "corrupt" / "0.png")
-    (work / "corrupt" / "1.png").write_text("this is not a PNG file\n")
-    data = ckpt.read_bytes()
-    (work / "truncated.pt").write_bytes(data[: len(data) // 2])
-    torch.save({"weights": torch.zeros(3)}, work / "foreign.pt")
-    torch.save(Evil(work / "EXECUTED"), work / "evil.pt")
-
-
-def bad_input_args(case: BadInput, work: Path, ckpt: Path, run_dir: Path, data_dir: Path) -> list[str]:
-    """The full command line (without the program) of ``case``, run into ``run_dir``."""
-    args = [a.format(work=work, ckpt=ckpt) for a in case.args]
-    base = [*TINY, "train.max_steps=2"] if case.cmd == _T else []
-    base += [f"paths.data_dir={data_dir}", f"paths.cache_dir={work / 'cache'}"]
-    return [*base, *args, f"hydra.run.dir={run_dir}"]
-
-
-def check_one_line(rc: int | None, stderr: str, expect: str) -> str | None:
-    """None when the run failed with exactly one ``error:`` line containing ``expect``, else why not."""
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    if rc in (0, None):
-        return f"exit code {rc}"
-    if len(lines) != 1 or not lines[0].startswith("error: "):
-        return f"stderr has {len(lines)} lines: {stderr.strip()[-300:]!r}"
-    if expect.lower() not in lines[0].lower():
-        return f"{expect!r} not in {lines[0]!r}"
-    return None
+from bad_inputs import BAD_INPUTS, QUICK_BAD, BadInput, Evil, bad_input_args, check_one_line, drill_train_overrides, make_bad_input_files  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- bookkeeping
@@ -313,7 +171,7 @@ class Drill:
     Args:
         work: scratch folder for all run directories.
         data_dir: the data root holding ``MNIST/raw``.
-        quick: the short version (10 kills, 6 bad inputs as processes).
+        quick: the short version (10 kills, 9 bad inputs as processes).
         seed: seeds the random kill times.
     """
 
@@ -366,13 +224,12 @@ class Drill:
         out, err = logs / f"{self.launches:03d}.out", logs / f"{self.launches:03d}.err"
         args = [str(BIN / cmd)]
         if base:
-            args += [
-                *TINY,
-                f"train.max_steps={self.max_steps}",
-                f"train.ckpt_every={self.ckpt_every}",
-                "train.keep_checkpoints=100000",
-                f"hydra.run.dir={run_dir}",
-            ]
+            args += drill_train_overrides(
+                self.data_dir,
+                self.work / "cache",
+                **{"train.max_steps": self.max_steps, "train.ckpt_every": self.ckpt_every, "train.keep_checkpoints": 100000},
+            )
+            args.append(f"hydra.run.dir={run_dir}")
         args += list(extra)
         with out.open("w") as fo, err.open("w") as fe:
             p = subprocess.Popen(args, stdout=fo, stderr=fe, env={**self.env, **(env or {})}, preexec_fn=preexec)
@@ -654,7 +511,7 @@ class Drill:
         running: list[tuple[BadInput, Proc]] = []
         for i, case in enumerate(cases):
             args = bad_input_args(case, files, ckpt, files / "runs" / f"{i:02d}", self.data_dir)
-            running.append((case, self.launch(Path(), args, cmd=case.cmd, base=False)))
+            running.append((case, self.launch(Path(), args, env=case.env, cmd=case.cmd, base=False)))
             if len(running) == 4 or i == len(cases) - 1:  # four at a time
                 for c, p in running:
                     rc = p.wait()
@@ -723,7 +580,7 @@ def plan(quick: bool, rng: random.Random) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="short version: 10 SIGKILLs and 6 bad inputs as processes (full: 12 and all)")
+    ap.add_argument("--quick", action="store_true", help="short version: 10 SIGKILLs and 9 bad inputs as processes (full: 12 and all)")
     ap.add_argument("--out", type=Path, default=None, help="where results.json goes (default: the work folder)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temp folder, removed at the end)")
     ap.add_argument(
