@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, compose_config
+from hydra import compose, initialize_config_module
 from omegaconf.errors import ConfigKeyError, ValidationError
 from PIL import Image
 
@@ -142,3 +143,40 @@ def test_folder_dataset_refuses_16_bit_and_undecodable_images(tmp_path):
     cfg.dataset.path = str(tmp_path / "imgs.tar")
     with pytest.raises(DataError, match=r"cannot read image .*imgs.tar:bad.png"):
         load_dataset(cfg.dataset, tmp_path, tmp_path / "cache", "train")
+
+
+@pytest.mark.parametrize(
+    "config_name,arg,new",
+    [
+        ("train", "gpu=bf16", "runtime="),
+        ("train", "gpu.precision=bf16", "runtime.precision="),
+        ("train", "gpu.grad_accum_steps=2", "train.grad_accum_steps="),
+        ("sample", "device=cpu", "runtime.device="),
+        ("visualize", "precision=bf16", "runtime.precision="),
+        ("evaluate", "device=cpu", "runtime.device="),
+        ("regimes", "kernel.device=cpu", "runtime.device="),
+        ("regimes", "threads=1", "runtime.num_threads="),
+        ("sample", "+gpu.device=cpu", "runtime.device="),
+    ],
+)
+def test_renamed_keys_fail_in_one_line_naming_the_new_key(config_name, arg, new, capsys):
+    from ddpm.cli import precheck
+
+    with pytest.raises(SystemExit) as exc:
+        precheck(config_name, ["ckpt=x", arg])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and f"use {new}" in err[0], err
+
+
+@pytest.mark.parametrize("config_name", ["train", "sample", "visualize", "evaluate", "regimes"])
+def test_every_command_shares_runtime_paths_and_output_dirs(config_name):
+    cfg = compose_config(config_name, ["runtime=bf16", "runtime.device=cpu", "runtime.num_threads=1", "paths.cache_dir=/tmp/c"])
+    assert (cfg.runtime.name, cfg.runtime.precision, cfg.runtime.device, cfg.runtime.num_threads) == ("bf16", "bf16", "cpu", 1)
+    assert cfg.paths.cache_dir == "/tmp/c"
+    if config_name != "regimes":
+        assert cfg.sampler.name == "dpm_solver"  # one default sampler everywhere
+    with initialize_config_module("ddpm.conf", version_base="1.3"):
+        hc = compose(config_name, return_hydra_config=True).hydra
+    assert hc.job.name == config_name
+    assert hc.run.dir.startswith(f"outputs/{config_name}/") and hc.sweep.dir.startswith(f"outputs/multirun/{config_name}/")

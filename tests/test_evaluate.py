@@ -164,8 +164,10 @@ def test_ddpm_evaluate_end_to_end_with_the_mnist_extractor(tiny_ckpt, data_dir, 
     cached = sorted((cache / "fidelity").iterdir())
     assert cached and all("mnist-32px-train-400-mnist-classifier" in p.name for p in cached)
     mtimes = [p.stat().st_mtime_ns for p in cached]
-    cfg2 = compose_config("evaluate", _evaluate_overrides(tiny_ckpt, data_dir, cache, quick_classifier.path, metrics="[fid]"))
+    run_dir = tiny_ckpt.parent.parent  # ckpt= also takes a training run dir (its checkpoints/last.pt)
+    cfg2 = compose_config("evaluate", _evaluate_overrides(run_dir, data_dir, cache, quick_classifier.path, metrics="[fid]"))
     res2 = evaluate(cfg2, tmp_path / "run2")
+    assert res2["ckpt"] == str(tiny_ckpt)
     assert res2["fidelity"]["mnist"]["fid"] == pytest.approx(fid["fid"], rel=1e-6)
     assert [p.stat().st_mtime_ns for p in sorted((cache / "fidelity").iterdir())] == mtimes
     assert set(res2) >= {"fidelity"} and "coverage" not in res2 and "memorisation" not in res2

@@ -122,7 +122,7 @@ def test_trained_checkpoint_analysis(tiny_ckpt, data_dir, tmp_path):
         [
             "data=mnist",
             "regimes=trained",
-            f"ckpt={tiny_ckpt}",
+            f"ckpt={tiny_ckpt.parent.parent}",  # a training run dir: its checkpoints/last.pt
             "data.n=400",
             f"paths.data_dir={data_dir}",
             f"paths.cache_dir={tmp_path / 'cache'}",
