@@ -165,3 +165,15 @@ class GaussianDiffusion:
         i = torch.searchsorted(table, log_sigma).clamp(1, self.T - 1)
         nearer_lower = (log_sigma - table[i - 1]) < (table[i] - log_sigma)
         return torch.where(nearer_lower, i - 1, i)
+
+    @staticmethod
+    def x0_at(x: torch.Tensor, eps: torch.Tensor, abar: float) -> torch.Tensor:
+        """x̂_0 = (x - √(1-ᾱ) ε) / √ᾱ at a given ᾱ (a Python float keeps the dtype of ``x``, e.g. float64)."""
+        return (x - (1 - abar) ** 0.5 * eps) / abar**0.5
+
+    @staticmethod
+    def respaced_step(x0: torch.Tensor, eps: torch.Tensor, abar: float, abar_prev: float, eta: float = 1.0) -> tuple[torch.Tensor, float]:
+        """Mean and variance of the move ᾱ -> ᾱ_prev of a respaced chain (DDIM with noise scale η; η = 1 is the
+        ancestral posterior q(x_prev | x, x̂_0)): σ² = η² (1-ᾱ_prev)/(1-ᾱ) (1-ᾱ/ᾱ_prev), mean √ᾱ_prev x̂_0 + √(1-ᾱ_prev-σ²) ε."""
+        var = eta**2 * (1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)
+        return abar_prev**0.5 * x0 + max(1 - abar_prev - var, 0.0) ** 0.5 * eps, var

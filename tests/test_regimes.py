@@ -304,3 +304,28 @@ def test_queries_are_independent_of_the_data_stream():
     for q in (n // 2, 2 * n):
         _, z = draw_queries(n, d, q, 0)
         assert not bool(torch.isin(z.flatten(), a.flatten()).any())
+
+
+def test_backward_step_is_the_diffusion_posterior_on_adjacent_steps():
+    """regimes' reverse step is GaussianDiffusion's: on adjacent steps it is q(x_{k-1} | x_k, x̂_0)."""
+    from omegaconf import OmegaConf
+
+    from ddpm.diffusion import GaussianDiffusion
+
+    sched = NoiseSchedule.from_config(OmegaConf.create({"name": "linear", "T": 50, "beta_start": 1e-4, "beta_end": 0.02}))
+    diffusion = GaussianDiffusion(sched)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, 6, generator=g, dtype=torch.float64)
+    abar = sched.alphas_cumprod.double()
+    for k in (1, 10, 49):
+        xk = abar[k].sqrt() * x0 + (1 - abar[k]).sqrt() * eps
+        torch.testing.assert_close(GaussianDiffusion.x0_at(xk, eps, float(abar[k])), x0)
+        mean, var = GaussianDiffusion.respaced_step(x0, eps, float(abar[k]), float(abar[k - 1]))
+        ref_mean, ref_var = diffusion.q_posterior(x0, xk, torch.full((4,), k))
+        torch.testing.assert_close(mean, ref_mean.double(), rtol=1e-5, atol=1e-6)
+        assert var == pytest.approx(float(ref_var.flatten()[0]), rel=1e-5)
+    # the backward chain with ε = the true noise of one point lands on that point (no noise at the last move)
+    seq = [0, 1]
+    x1 = abar[1].sqrt() * x0 + (1 - abar[1]).sqrt() * eps
+    out = backward(lambda x, k, t: eps if k == 1 else (x - abar[0].sqrt() * x0) / (1 - abar[0]).sqrt(), sched, x1, seq, g)
+    torch.testing.assert_close(out, x0, rtol=1e-3, atol=1e-2)

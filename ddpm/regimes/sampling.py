@@ -1,7 +1,8 @@
 """Backward (ancestral) sampling in OU time with any ε function, for cloning and tracking.
 
 The visited steps are a subsequence k_0 = 0 < ... < k_{S-1} = T-1 of the schedule; each move
-k_i -> k_{i-1} is the DDPM posterior step of the respaced chain (DDIM with η = 1), and the move
+k_i -> k_{i-1} is the DDPM posterior step of the respaced chain (DDIM with η = 1, from
+:meth:`ddpm.diffusion.GaussianDiffusion.respaced_step`), and the move
 from k_0 = 0 lands on the clean x̂_0 with no noise (ᾱ_{-1} = 1). Noise is added at every other
 step, including the one into k = 0.
 """
@@ -13,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ddpm.diffusion import GaussianDiffusion
 from ddpm.samplers.base import timestep_sequence
 from ddpm.schedules import NoiseSchedule
 
@@ -63,9 +65,7 @@ def backward(
         a = abar[k]
         a_prev = abar[seq[i - 1]] if i > 0 else 1.0
         eps = eps_fn(x, k, ts[k]).to(torch.float64)
-        x0 = (x - (1 - a) ** 0.5 * eps) / a**0.5
-        var = (1 - a_prev) / (1 - a) * (1 - a / a_prev)
-        x = a_prev**0.5 * x0 + max(1 - a_prev - var, 0.0) ** 0.5 * eps
+        x, var = GaussianDiffusion.respaced_step(GaussianDiffusion.x0_at(x, eps, a), eps, a, a_prev)
         if var > 0:
             x = x + var**0.5 * torch.randn(x.shape, generator=generator, dtype=torch.float64, device=x.device)
         i -= 1
