@@ -1,0 +1,397 @@
+#!/usr/bin/env python
+"""Sample quality per unit of compute: train for a fixed time budget, sample, score; optionally diffusers too.
+
+Ours: ``ddpm-train experiment=<preset> train.time_budget_min=M`` in a subprocess, then
+``--num-samples`` images from ``checkpoints/last.pt`` (EMA weights) with ``ddpm-sample``'s default
+sampler. ``--compare diffusers`` then trains diffusers' recipe on the same budget and clock, in
+this process, on the identical data (``ddpm.data.load_dataset`` + ``to_model_range``):
+
+- ``UNet2DModel`` (32, 64, 128) with two layers per block and attention at 8x8;
+- ``DDPMScheduler`` (T = 1000, linear β 1e-4..0.02, ε prediction), uniform timesteps, MSE loss;
+- AdamW at 2e-4 with the hyper-parameters of diffusers' ``train_unconditional.py`` example
+  (β = (0.95, 0.999), weight decay 1e-6, ε 1e-8, gradient norm clipped at 1), a 200-step linear
+  warm-up (``constant_with_warmup``), batch 64, ``EMAModel`` with decay 0.999, float32;
+- sampling: ``DPMSolverMultistepScheduler`` (DPM-Solver++ 2M) from the DDPM scheduler's config,
+  20 steps, from the same initial noise as ours (sample i drawn from a generator seeded seed + i).
+
+Both are scored by :class:`ddpm.evaluate.sample_quality.SampleScorer` (domain FID/KID against the
+training split, class entropy, confidence, blob tiles). Only training steps count against the
+budget (``wall``: ``time.perf_counter``; ``process``: CPU time of the process per torch thread, fair
+on a shared machine); data loading, start-up and sampling do not. Usage::
+
+    python scripts/quality_budget.py --minutes 20 --compare diffusers --clock process
+
+Prints a Markdown table and writes JSON (``--out``) with the command line, versions and threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TRAIN = Path(sys.executable).with_name("ddpm-train")
+GRID = 64  # images in each saved grid (and the denominator of the blob count in the table)
+
+
+class UsageError(Exception):
+    """A bad argument: reported as one line, exit code 2."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, required=True, help="training budget of each recipe, in minutes")
+    p.add_argument("--preset", default="mnist_cpu", help="our experiment preset (conf/experiment)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VAL", help="extra ddpm-train override (repeatable)")
+    p.add_argument("--compare", choices=["diffusers"], help="also train diffusers' recipe on the same budget")
+    p.add_argument("--clock", choices=["wall", "process"], default="wall", help="what the budget measures")
+    p.add_argument("--num-samples", type=int, default=1000, help="generated images scored per recipe")
+    p.add_argument("--seed", type=int, default=0, help="sample i starts from noise seeded seed + i; also seeds diffusers' training")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, help="torch CPU threads of both recipes (default: torch's)")
+    p.add_argument("--diffusers-channels", default="32,64,128", help="block_out_channels of the diffusers U-Net (smaller for tests)")
+    p.add_argument("--num-reference", type=int, help="training images in the scorer's reference (default: the whole split)")
+    p.add_argument("--out", type=Path, default=Path("docs/results/quality_budget.json"))
+    p.add_argument("--workdir", type=Path, default=Path("outputs/quality_budget"))
+    p.add_argument("--overwrite", action="store_true", help="replace the run folders of an earlier invocation in --workdir")
+    args = p.parse_args(argv)
+    if not (0 < args.minutes < math.inf):
+        raise UsageError(f"--minutes must be a positive number, got {args.minutes}")
+    if args.num_samples < 2:
+        raise UsageError(f"--num-samples must be at least 2 (FID needs two images), got {args.num_samples}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    try:
+        args.channels = tuple(int(c) for c in args.diffusers_channels.split(","))
+    except ValueError:
+        raise UsageError(f"--diffusers-channels must be comma-separated integers, got {args.diffusers_channels!r}") from None
+    if len(args.channels) != 3 or min(args.channels) < 1:
+        raise UsageError(f"--diffusers-channels needs three positive widths (one per resolution), got {args.diffusers_channels!r}")
+    bad = [o for o in args.override if "=" not in o]
+    if bad:
+        raise UsageError(f"--override takes KEY=VAL, got {bad[0]!r}")
+    return args
+
+
+def compose_train(preset: str, overrides: list[str]):
+    """Our training config as ddpm-train would compose it (its dataset and paths serve both recipes)."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ddpm.config import register_configs
+
+    register_configs()
+    try:
+        with initialize_config_module("ddpm.conf", version_base="1.3"):
+            return compose("train", overrides=[f"experiment={preset}", *(o for o in overrides if not o.startswith("hydra."))])
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise UsageError(f"cannot compose experiment={preset} with {overrides}: {str(exc).splitlines()[0]}") from None
+
+
+def default_sampler_cfg(ckpt: Path):
+    """The ``sampler`` node ``ddpm-sample ckpt=...`` uses when none is given."""
+    from hydra import compose, initialize_config_module
+
+    from ddpm.sample.config import register
+
+    register()
+    with initialize_config_module("ddpm.conf", version_base="1.3"):
+        return compose("sample", overrides=[f"ckpt={ckpt}"]).sampler
+
+
+def fresh_dirs(paths: list[Path], overwrite: bool) -> None:
+    """Empty run folders for this invocation; an earlier run's are only replaced with ``--overwrite``."""
+    for path in paths:
+        if path.exists() and any(path.iterdir()) and not overwrite:
+            raise UsageError(f"{path} holds an earlier run: pass --overwrite or another --workdir")
+    for path in paths:
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+
+
+def save_grid(x: torch.Tensor, path: Path) -> None:
+    from torchvision.utils import save_image
+
+    from ddpm.data import from_model_range
+
+    save_image(from_model_range(x[:GRID]).float() / 255.0, path, nrow=8)
+
+
+def score_row(scorer, x: torch.Tensor, grid: Path) -> dict[str, Any]:
+    save_grid(x, grid)
+    scores = scorer.score(x)
+    return {"scores": scores, "blobs_in_grid": int(scorer.is_blob(x[:GRID]).sum()), "grid_images": min(GRID, len(x)), "grid": str(grid)}
+
+
+# --------------------------------------------------------------------------- ours
+def run_ours(args: argparse.Namespace, device: torch.device, scorer, clock_cls) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from ddpm.generate import generate
+    from ddpm.pretrained import load_pretrained
+    from ddpm.samplers import build_sampler, make_eps_fn
+
+    run_dir = args.workdir / "ours"
+    cmd = [
+        str(TRAIN),
+        f"experiment={args.preset}",
+        f"train.time_budget_min={args.minutes}",
+        f"train.budget_clock={args.clock}",
+        "train.max_steps=10000000",  # the budget, not a step count, ends the run
+        "train.progress=false",
+        f"runtime.device={args.device}",
+        *([f"runtime.num_threads={args.threads}"] if args.threads else []),
+        f"hydra.run.dir={run_dir}",
+        *args.override,
+    ]
+    print("$", shlex.join(cmd), flush=True)
+    t0 = time.perf_counter()
+    rc = subprocess.run(cmd, env=os.environ.copy()).returncode
+    if rc != 0:
+        raise UsageError(f"ddpm-train exited with status {rc} (its log: {run_dir})")
+    total = time.perf_counter() - t0
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    print(f"ours: {summary['step']} steps in {summary['train_seconds']:.1f} s of training ({args.clock} clock); sampling", flush=True)
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    pre = load_pretrained(ckpt, device)
+    sampler_cfg = default_sampler_cfg(ckpt)
+    sampler = build_sampler(sampler_cfg, pre.diffusion)
+    clock = clock_cls(args.clock)
+    with torch.inference_mode(), clock:
+        x = generate(make_eps_fn(pre.model, pre.diffusion), sampler, pre.shape, args.num_samples, args.seed, 250, device)
+    tc = pre.cfg.train
+    batch = int(tc.batch_size) * int(tc.grad_accum_steps)
+    return {
+        "name": "ours",
+        "recipe": {
+            "preset": args.preset,
+            "overrides": args.override,
+            "model": pre.cfg.model.name,
+            "params": sum(p.numel() for p in pre.model.parameters()),
+            "train": OmegaConf.to_container(tc, resolve=True),
+            "schedule": OmegaConf.to_container(pre.cfg.schedule, resolve=True),
+        },
+        "command": shlex.join(["ddpm-train", *cmd[1:]]),
+        "steps": int(summary["step"]),
+        "batch": batch,
+        "images": int(summary["step"]) * batch,
+        "train_seconds": float(summary["train_seconds"]),
+        "process_seconds": round(total, 1),
+        "sampler": OmegaConf.to_container(sampler_cfg, resolve=True),
+        "evaluations": sampler.num_evaluations,
+        "sampling_seconds": clock.spent,
+        "ckpt": str(ckpt),
+        **score_row(scorer, x, run_dir / "budget_samples.png"),
+    }
+
+
+# --------------------------------------------------------------------------- diffusers
+DIFFUSERS_RECIPE = {
+    "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+    "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    "layers_per_block": 2,
+    "num_train_timesteps": 1000,
+    "beta_schedule": "linear",
+    "beta_start": 1e-4,
+    "beta_end": 0.02,
+    "prediction_type": "epsilon",
+    "lr": 2e-4,
+    "adam_betas": (0.95, 0.999),
+    "weight_decay": 1e-6,
+    "adam_eps": 1e-8,
+    "grad_clip": 1.0,
+    "warmup_steps": 200,
+    "lr_schedule": "constant_with_warmup",
+    "batch_size": 64,
+    "ema_decay": 0.999,
+    "precision": "fp32",
+    "sampler": "DPMSolverMultistepScheduler",
+    "sampling_steps": 20,
+}
+
+
+def run_diffusers(args: argparse.Namespace, device: torch.device, cfg, scorer, clock_cls) -> dict[str, Any]:
+    import diffusers
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    from ddpm.data import load_dataset, to_model_range
+    from ddpm.samplers import StackedRandomGenerator
+
+    r = DIFFUSERS_RECIPE
+    run_dir = args.workdir / "diffusers"
+    ds = cfg.dataset
+    data = to_model_range(load_dataset(ds, cfg.paths.data_dir, cfg.paths.cache_dir, "train").images).to(device)
+    channels, size = int(ds.channels), int(ds.image_size)
+    torch.manual_seed(args.seed)
+    model = UNet2DModel(
+        sample_size=size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=args.channels,
+        layers_per_block=r["layers_per_block"],
+        down_block_types=r["down_block_types"],
+        up_block_types=r["up_block_types"],
+        norm_num_groups=math.gcd(32, *args.channels),  # diffusers' 32 for the recipe; narrower test nets need fewer
+    ).to(device)
+    noise_sched = DDPMScheduler(
+        num_train_timesteps=r["num_train_timesteps"],
+        beta_schedule=r["beta_schedule"],
+        beta_start=r["beta_start"],
+        beta_end=r["beta_end"],
+        prediction_type=r["prediction_type"],
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], betas=r["adam_betas"], weight_decay=r["weight_decay"], eps=r["adam_eps"])
+    lr_sched = get_scheduler(r["lr_schedule"], optimizer=opt, num_warmup_steps=r["warmup_steps"])
+    ema = EMAModel(model.parameters(), decay=r["ema_decay"])
+    gen = torch.Generator().manual_seed(args.seed)
+    bs, n = r["batch_size"], len(data)
+    perm, pos = torch.randperm(n, generator=gen), 0
+    budget_s = 60.0 * args.minutes
+    clock = clock_cls(args.clock)
+    steps = 0
+    model.train()
+    print(f"diffusers: training for {args.minutes} min ({args.clock} clock)", flush=True)
+    while clock.spent < budget_s:
+        with clock:
+            if pos + bs > n:  # a new shuffled epoch, like a DataLoader with shuffle=True and drop_last=True
+                perm, pos = torch.randperm(n, generator=gen), 0
+            x0 = data[perm[pos : pos + bs].to(device)]
+            pos += bs
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            t = torch.randint(0, r["num_train_timesteps"], (bs,), generator=gen).to(device)
+            loss = F.mse_loss(model(noise_sched.add_noise(x0, noise, t), t).sample, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), r["grad_clip"])
+            opt.step()
+            lr_sched.step()
+            ema.step(model.parameters())
+            steps += 1
+    train_seconds = clock.spent
+    print(f"diffusers: {steps} steps in {train_seconds:.1f} s of training ({args.clock} clock); sampling", flush=True)
+    ema.copy_to(model.parameters())
+    model.eval()
+
+    solver = DPMSolverMultistepScheduler.from_config(noise_sched.config)
+    shape = (channels, size, size)
+    out = []
+    clock = clock_cls(args.clock)
+    with torch.inference_mode(), clock:
+        for start in range(0, args.num_samples, 250):
+            m = min(250, args.num_samples - start)
+            x = StackedRandomGenerator(device, range(args.seed + start, args.seed + start + m)).randn(shape)
+            solver.set_timesteps(r["sampling_steps"], device=device)
+            for t in solver.timesteps:
+                x = solver.step(model(x, t).sample, t, x).prev_sample
+            out.append(x.float().cpu())
+    x = torch.cat(out)
+    torch.save({"config": dict(model.config), "ema": model.state_dict(), "step": steps}, run_dir / "ema.pt")
+    return {
+        "name": "diffusers",
+        "recipe": {
+            **r,
+            "diffusers": diffusers.__version__,
+            "block_out_channels": list(args.channels),
+            "params": sum(p.numel() for p in model.parameters()),
+        },
+        "steps": steps,
+        "batch": bs,
+        "images": steps * bs,
+        "train_seconds": train_seconds,
+        "sampler": {"name": "dpm_solver++ (diffusers DPMSolverMultistepScheduler)", "steps": r["sampling_steps"]},
+        "evaluations": r["sampling_steps"],
+        "sampling_seconds": clock.spent,
+        **score_row(scorer, x, run_dir / "budget_samples.png"),
+    }
+
+
+# --------------------------------------------------------------------------- report
+def markdown(rows: list[dict[str, Any]]) -> str:
+    head = "| recipe | steps | images | train s | FID | KID | entropy | confidence | confident % | blobs/64 |"
+    lines = [head, "|---|" + "---:|" * 9]
+    for r in rows:
+        s = r["scores"]
+        lines.append(
+            f"| {r['name']} | {r['steps']:,} | {r['images']:,} | {r['train_seconds']:.1f} | {s['fid']:.2f} | {s['kid']:.3g} | "
+            f"{s['class_entropy']:.3f} | {s['confidence']:.3f} | {100 * s['confident_fraction']:.1f} | "
+            f"{r['blobs_in_grid']}/{r['grid_images']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    from ddpm.evaluate.sample_quality import SampleScorer
+    from ddpm.runtime import resolve_device
+    from ddpm.train import BudgetClock
+
+    if args.compare == "diffusers":
+        try:
+            import diffusers  # noqa: F401
+        except ImportError:
+            raise UsageError('--compare diffusers needs the diffusers package: pip install -e ".[bench]"') from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    cfg = compose_train(args.preset, args.override)
+    fresh_dirs([args.workdir / "ours", *([args.workdir / "diffusers"] if args.compare else [])], args.overwrite)
+    # The scorer first: a dataset without a classifier fails before any training.
+    scorer = SampleScorer(cfg.dataset, cfg.paths.data_dir, cfg.paths.cache_dir, device, num_reference=args.num_reference)
+    rows = [run_ours(args, device, scorer, BudgetClock)]
+    if args.compare == "diffusers":
+        rows.append(run_diffusers(args, device, cfg, scorer, BudgetClock))
+    table = markdown(rows)
+    result = {
+        "command": shlex.join(["python", *sys.argv] if argv is None else ["python", "scripts/quality_budget.py", *argv]),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "minutes": args.minutes,
+        "clock": args.clock,
+        "num_samples": args.num_samples,
+        "seed": args.seed,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "scorer": {"classifier": scorer.classifier.digest, "num_reference": scorer.num_train, "dataset": cfg.dataset.name},
+        "rows": rows,
+        "table": table,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table)
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:
+        from ddpm.errors import USER_ERRORS
+
+        if isinstance(exc, USER_ERRORS):
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        raise
