@@ -9,6 +9,7 @@ exist. Value ranges are checked by :func:`validate_train` (and the commands' ``v
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,53 @@ def _check(ok: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+# Upper bounds of sizes that allocate in proportion: beyond them a typo would exhaust memory.
+MAX_T = 1_000_000  # schedule steps (per-step tables of ᾱ, posterior, ...)
+MAX_IMAGE_SIZE = 4096
+MAX_MODEL_CHANNELS = 4096
+
+
+def check_schedule(s: Any, where: str = "schedule") -> None:
+    """Range checks of a ``schedule`` node that its builder does not make; raises :class:`ConfigError`.
+
+    Args:
+        s: the ``schedule`` node.
+        where: its key, for the message.
+    """
+    _check(0 < s.T <= MAX_T, f"{where}.T must be > 0 and <= {MAX_T}, got {s.T}")
+    _check(math.isfinite(s.cosine_s) and s.cosine_s > 0, f"{where}.cosine_s must be a finite number > 0, got {s.cosine_s}")
+    _check(0 < s.max_beta < 1, f"{where}.max_beta must lie in (0, 1), got {s.max_beta}")
+
+
+def check_dataset(d: Any, where: str = "dataset") -> None:
+    """Range checks of a ``dataset`` node; raises :class:`ConfigError`.
+
+    Args:
+        d: the ``dataset`` node.
+        where: its key, for the message.
+    """
+    _check(0 < d.image_size <= MAX_IMAGE_SIZE, f"{where}.image_size must be > 0 and <= {MAX_IMAGE_SIZE}, got {d.image_size}")
+    _check(d.channels in (1, 3), f"{where}.channels must be 1 or 3, got {d.channels}")
+    _check(0.0 <= d.test_fraction < 1.0, f"{where}.test_fraction must lie in [0, 1), got {d.test_fraction}")
+    _check(
+        len(d.background) == 3 and all(0 <= c <= 255 for c in d.background),
+        f"{where}.background must be 3 values in 0..255, got {list(d.background)}",
+    )
+
+
+def check_model(m: Any) -> None:
+    """Range checks of a ``model`` node made before building it; raises :class:`ConfigError`."""
+    _check(0 < m.channels <= MAX_MODEL_CHANNELS, f"model.channels must be > 0 and <= {MAX_MODEL_CHANNELS}, got {m.channels}")
+    _check(
+        len(m.channel_mult) > 0 and all(c >= 1 for c in m.channel_mult),
+        f"model.channel_mult must be values >= 1, got {list(m.channel_mult)}",
+    )
+    _check(m.num_res_blocks >= 1, f"model.num_res_blocks must be >= 1, got {m.num_res_blocks}")
+    _check(m.num_heads >= 1, f"model.num_heads must be >= 1, got {m.num_heads}")
+    _check(0.0 <= m.dropout < 1.0, f"model.dropout must lie in [0, 1), got {m.dropout}")
+    _check(m.norm_min_group_channels >= 1, f"model.norm_min_group_channels must be >= 1, got {m.norm_min_group_channels}")
+
+
 def validate_train(cfg: Any) -> None:
     """Range checks that the type system cannot express; raises :class:`ConfigError`."""
     t = cfg.train
@@ -185,15 +233,8 @@ def validate_train(cfg: Any) -> None:
     _check(t.max_bad_steps >= 1, f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}")
     _check(t.grad_accum_steps >= 1, f"train.grad_accum_steps must be >= 1, got {t.grad_accum_steps}")
     check_runtime(cfg.runtime)
-    s = cfg.schedule
-    _check(s.T > 0, f"schedule.T must be > 0, got {s.T}")
-    d = cfg.dataset
-    _check(d.image_size > 0, f"dataset.image_size must be > 0, got {d.image_size}")
-    _check(d.channels in (1, 3), f"dataset.channels must be 1 or 3, got {d.channels}")
-    _check(0.0 <= d.test_fraction < 1.0, f"dataset.test_fraction must lie in [0, 1), got {d.test_fraction}")
-    _check(
-        len(d.background) == 3 and all(0 <= c <= 255 for c in d.background),
-        f"dataset.background must be 3 values in 0..255, got {list(d.background)}",
-    )
-    m = cfg.model
-    _check(m.num_heads >= 1, f"model.num_heads must be >= 1, got {m.num_heads}")
+    for key in ("lr", "weight_decay", "p_mean", "p_std"):  # NaN fails the range checks above; inf needs its own
+        _check(math.isfinite(t[key]), f"train.{key} must be finite, got {t[key]}")
+    check_schedule(cfg.schedule)
+    check_dataset(cfg.dataset)
+    check_model(cfg.model)

@@ -4,12 +4,22 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from ddpm.config import DatasetConfig, PathsConfig, RuntimeConfig, ScheduleConfig, check_runtime, register_configs
+from ddpm.config import (
+    DatasetConfig,
+    PathsConfig,
+    RuntimeConfig,
+    ScheduleConfig,
+    check_dataset,
+    check_runtime,
+    check_schedule,
+    register_configs,
+)
 from ddpm.errors import ConfigError
 from ddpm.evaluate.memorisation import DEFAULT_THRESHOLD
 
@@ -129,14 +139,19 @@ def validate_regimes(cfg: Any) -> None:
     _check(image == (d.dataset is not None), f"data={d.name}: image sources need a dataset node, synthetic ones none (use data=<name>)")
     if not image:
         _check(d.n is not None and d.n >= 1, f"data.n must be >= 1 for synthetic data, got {d.n}")
-        _check(d.d >= 1, f"data.d must be >= 1, got {d.d}")
     else:
         _check(d.n is None or d.n >= 1, f"data.n must be >= 1 or null (all images), got {d.n}")
         _check(d.downsample >= 1, f"data.downsample must be >= 1, got {d.downsample}")
+        check_dataset(d.dataset, "data.dataset")
+    _check(d.d >= 1, f"data.d must be >= 1, got {d.d}")
     _check(d.sigma2 > 0 and d.sigma > 0, f"data.sigma2 and data.sigma must be > 0, got {d.sigma2}, {d.sigma}")
+    for key in ("sigma2", "sigma", "power", "mu"):
+        _check(math.isfinite(d[key]), f"data.{key} must be finite, got {d[key]}")
+    check_schedule(cfg.schedule)
     _check(d.classes >= 2, f"data.classes must be >= 2, got {d.classes}")
     for a in cfg.regimes.analyses:
         _check(a in ANALYSES, f"unknown analysis {a!r} in regimes.analyses; choose from {', '.join(ANALYSES)}")
+    _check(len(cfg.regimes.analyses) > 0, f"regimes.analyses is empty; choose from {', '.join(ANALYSES)}")
     _check("trained" not in cfg.regimes.analyses or cfg.ckpt, "the trained analysis needs a checkpoint: ckpt=/path/to/last.pt")
     _check(cfg.kernel.dtype in ("float32", "float64"), f"kernel.dtype must be float32 or float64, got {cfg.kernel.dtype!r}")
     _check(cfg.kernel.chunk_size >= 1, f"kernel.chunk_size must be >= 1, got {cfg.kernel.chunk_size}")
@@ -145,7 +160,11 @@ def validate_regimes(cfg: Any) -> None:
     _check(
         c.points >= 3 and c.queries >= 1 and c.batch >= 1 and c.refine >= 0, "collapse.points >= 3, queries >= 1, batch >= 1, refine >= 0"
     )
+    _check(0 < c.f_threshold < math.inf, f"collapse.f_threshold must be a finite number > 0, got {c.f_threshold}")
     s = cfg.speciation
+    _check(math.isfinite(s.t_min), f"speciation.t_min must be finite, got {s.t_min}")
+    _check(s.batch >= 1, f"speciation.batch must be >= 1, got {s.batch}")
+    _check(s.clone_n is None or s.clone_n >= 1, f"speciation.clone_n must be >= 1 or null (all points), got {s.clone_n}")
     _check(s.t_min > 0 and (s.t_max is None or s.t_max > s.t_min), f"speciation needs 0 < t_min < t_max, got {s.t_min}, {s.t_max}")
     _check(
         s.points >= 3 and s.queries >= 1 and s.clone_traj >= 0 and s.clone_points >= 1 and s.clone_steps >= 2,
@@ -157,4 +176,5 @@ def validate_regimes(cfg: Any) -> None:
         t.samples >= 1 and t.steps >= 2 and t.gap_points >= 1 and t.gap_queries >= 1,
         "trained: samples >= 1, steps >= 2, gap_points >= 1, gap_queries >= 1",
     )
+    _check(cfg.eigenvalues >= 0, f"eigenvalues must be >= 0, got {cfg.eigenvalues}")
     _check(0 < t.memorised_ratio < 1, f"trained.memorised_ratio must lie in (0, 1), got {t.memorised_ratio}")

@@ -61,6 +61,6 @@ def validate_sample(cfg: Any) -> None:
     _check(cfg.grid_images >= 1, f"grid_images must be >= 1, got {cfg.grid_images}")
     g = cfg.gif
     _check(g.frames >= 0, f"gif.frames must be >= 0 (0 writes no GIFs), got {g.frames}")
-    _check(g.fps > 0, f"gif.fps must be > 0, got {g.fps}")
+    _check(0 < g.fps <= 100, f"gif.fps must lie in (0, 100] (GIF frame delays are whole hundredths of a second), got {g.fps}")
     _check(g.num_images >= 1, f"gif.num_images must be >= 1, got {g.num_images}")
-    _check(g.scale >= 1, f"gif.scale must be >= 1, got {g.scale}")
+    _check(1 <= g.scale <= 64, f"gif.scale must lie in 1..64, got {g.scale}")
