@@ -101,6 +101,31 @@ def resolve_memory_format(channels_last: bool | None, device: torch.device, widt
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory(threshold_bytes: int = 1 << 30) -> bool:
+    """Make glibc keep freed activation buffers for reuse instead of returning them to the OS.
+
+    By default every buffer above glibc's mmap threshold (at most 32 MiB) gets its own mmap and is
+    unmapped when freed, so each training step faults its activations in again: a CPU run spent
+    11% of its time in the kernel (139 million minor page faults in 25 minutes). Serving those
+    sizes from the heap and never trimming it removes that. Returns False where there is no glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or os.name != "posix":
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold_bytes)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2 * threshold_bytes))
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        return False
+
+
 def hydra_job() -> tuple[int | None, str]:
     """(job number, launcher target) of the running Hydra job; (None, "") outside a multirun."""
     try:
@@ -138,6 +163,8 @@ def setup_runtime(runtime_cfg) -> Runtime:
     if world_size == 1 and job_num is not None and runtime_cfg.device == "auto" and torch.cuda.device_count() > 1:
         local_rank = job_num % torch.cuda.device_count()
     device = resolve_device(runtime_cfg.device, local_rank)
+    if device.type == "cpu":
+        keep_freed_memory()
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
