@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import json
 import math
 import os
@@ -38,9 +39,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used, so argument errors come back at once
+    import torch
 
 TRAIN = Path(sys.executable).with_name("ddpm-train")
 GRID = 64  # images in each saved grid (and the denominator of the blob count in the table)
@@ -139,6 +141,7 @@ def score_row(scorer, x: torch.Tensor, grid: Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- ours
 def run_ours(args: argparse.Namespace, device: torch.device, scorer, clock_cls) -> dict[str, Any]:
+    import torch
     from omegaconf import OmegaConf
 
     from ddpm.generate import generate
@@ -226,6 +229,7 @@ DIFFUSERS_RECIPE = {
 
 def run_diffusers(args: argparse.Namespace, device: torch.device, cfg, scorer, clock_cls) -> dict[str, Any]:
     import diffusers
+    import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
     from diffusers.optimization import get_scheduler
@@ -338,19 +342,18 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.compare == "diffusers" and importlib.util.find_spec("diffusers") is None:
+        raise UsageError('--compare diffusers needs the diffusers package: pip install -e ".[bench]"')
+    cfg = compose_train(args.preset, args.override)
+    import torch
+
     from ddpm.evaluate.sample_quality import SampleScorer
     from ddpm.runtime import resolve_device
     from ddpm.train import BudgetClock
 
-    if args.compare == "diffusers":
-        try:
-            import diffusers  # noqa: F401
-        except ImportError:
-            raise UsageError('--compare diffusers needs the diffusers package: pip install -e ".[bench]"') from None
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    cfg = compose_train(args.preset, args.override)
     fresh_dirs([args.workdir / "ours", *([args.workdir / "diffusers"] if args.compare else [])], args.overwrite)
     # The scorer first: a dataset without a classifier fails before any training.
     scorer = SampleScorer(cfg.dataset, cfg.paths.data_dir, cfg.paths.cache_dir, device, num_reference=args.num_reference)
