@@ -35,7 +35,14 @@ RENAMED: dict[str, dict[str, str]] = {
     "sample": {"device": "runtime.device", "precision": "runtime.precision"},
     "visualize": {"device": "runtime.device", "precision": "runtime.precision"},
     "evaluate": {"device": "runtime.device"},
-    "regimes": {"kernel.device": "runtime.device", "threads": "runtime.num_threads"},
+    "regimes": {
+        "kernel.device": "runtime.device",
+        "threads": "runtime.num_threads",
+        "data": "dataset=<mnist|cifar10|cryptopunks|cats> (images) or synthetic=<gaussian|gaussian_spectrum|mixture>",
+        **{f"data.{k}": f"points.{k}" for k in ("n", "seed", "downsample")},
+        **{f"data.{k}": f"synthetic.{k}" for k in ("name", "d", "sigma2", "power", "classes", "mu", "sigma")},
+        "data.dataset.": "dataset.",
+    },
 }
 
 # Flags that make Hydra do something other than run the job: leave them to Hydra.
@@ -88,7 +95,8 @@ def renamed_key(config_name: str, arg: str) -> str | None:
     key = arg.split("=", 1)[0].lstrip("+~")
     table = {**RENAMED["*"], **RENAMED.get(config_name, {})}
     if key in table:
-        return f"{key}= was renamed: use {table[key]}= instead"
+        new = table[key]
+        return f"{key}= was renamed: use {new if '=' in new else new + '='} instead"
     for old, new in table.items():
         if old.endswith(".") and key.startswith(old):
             return f"{key}= was renamed: use {new}{key[len(old) :]}= instead"

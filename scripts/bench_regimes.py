@@ -70,12 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     from hydra import compose, initialize_config_module
 
     from ddpm.config import register_configs
-    from ddpm.regimes.data import load_points
+    from ddpm.regimes.data import data_source, load_points
 
     register_configs()
     with initialize_config_module("ddpm.conf", version_base="1.3"):
-        cfg = compose("regimes", overrides=["data=mnist", f"paths.data_dir={args.data_dir}"])
-    mnist = load_points(cfg.data, cfg.paths.data_dir, cfg.paths.cache_dir)
+        cfg = compose("regimes", overrides=["dataset=mnist", f"paths.data_dir={args.data_dir}"])
+    mnist = load_points(data_source(cfg), cfg.paths.data_dir, cfg.paths.cache_dir)
     ms = ExactScore(mnist.x, dtype="float32", chunk_size=args.chunk_size)
     idx, z = draw_queries(ms.n, ms.d, args.curve_queries, 0)
     times = log_grid(0.01, 3.0, args.curve_points)

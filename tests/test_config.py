@@ -157,6 +157,10 @@ def test_folder_dataset_refuses_16_bit_and_undecodable_images(tmp_path):
         ("regimes", "kernel.device=cpu", "runtime.device="),
         ("regimes", "threads=1", "runtime.num_threads="),
         ("sample", "+gpu.device=cpu", "runtime.device="),
+        ("regimes", "data=gaussian", "dataset=<mnist|cifar10|cryptopunks|cats> (images) or synthetic=<gaussian"),
+        ("regimes", "data.n=300", "points.n="),
+        ("regimes", "data.sigma2=2", "synthetic.sigma2="),
+        ("regimes", "data.dataset.image_size=14", "dataset.image_size="),
     ],
 )
 def test_renamed_keys_fail_in_one_line_naming_the_new_key(config_name, arg, new, capsys):

@@ -18,7 +18,7 @@ from conftest import REPO, compose_config
 from ddpm.errors import ConfigError, DataError
 from ddpm.regimes import theory
 from ddpm.regimes.cli import run_regimes
-from ddpm.regimes.data import load_points
+from ddpm.regimes.data import data_source, load_points
 from ddpm.schedules import NoiseSchedule
 
 FAST = [
@@ -42,12 +42,12 @@ def _run(tmp_path: Path, overrides: list[str]) -> dict:
 
 
 def test_gaussian_run_writes_the_record(tmp_path):
-    rec = _run(tmp_path, ["data=gaussian", "data.n=300", "data.d=8", "data.sigma2=2.0", "regimes=all"])
+    rec = _run(tmp_path, ["synthetic=gaussian", "points.n=300", "synthetic.d=8", "synthetic.sigma2=2.0", "regimes=all"])
     on_disk = json.loads((tmp_path / "regimes.json").read_text())
     for key in ("t_C", "t_C_theory", "t_S", "Lambda", "k_C", "k_S"):
         assert key in on_disk and on_disk[key] is not None, key
     assert on_disk["t_C_theory"] == pytest.approx(theory.collapse_time_isotropic(300, 8, 2.0), rel=1e-12)
-    sched = NoiseSchedule.from_config(compose_config("regimes", ["data=gaussian"]).schedule)
+    sched = NoiseSchedule.from_config(compose_config("regimes", ["synthetic=gaussian"]).schedule)
     assert on_disk["k_C"] == int(sched.time_to_step(on_disk["t_C"]))
     assert on_disk["k_S"] == int(sched.time_to_step(on_disk["t_S"]))
     assert on_disk["times"]["t_C"]["k"] == on_disk["k_C"]
@@ -64,7 +64,7 @@ def test_gaussian_run_writes_the_record(tmp_path):
 
 
 def test_mixture_speciation_run(tmp_path):
-    rec = _run(tmp_path, ["data=mixture", "data.n=1000", "data.d=16", "regimes=speciation", "speciation.queries=1024"])
+    rec = _run(tmp_path, ["synthetic=mixture", "points.n=1000", "synthetic.d=16", "regimes=speciation", "speciation.queries=1024"])
     assert rec["Lambda"] == pytest.approx(17.0, rel=0.1)
     assert rec["phi_two_class_at_t_S"] == pytest.approx(theory.clone_probability_two_class(rec["t_S"], 16), rel=1e-9)
     # φ̃ crosses ½ near t_S for two classes (φ(t_S) ≈ 0.77, i.e. φ̃ ≈ 0.54).
@@ -76,11 +76,11 @@ def test_mixture_speciation_run(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        (["data=gaussian", "data.n=0"], "data.n"),
-        (["data=gaussian", "collapse.t_min=0"], "t_min"),
-        (["data=gaussian", "regimes=trained"], "ckpt="),
-        (["data=gaussian", "kernel.dtype=float16"], "dtype"),
-        (["data=gaussian", "regimes.analyses=[spectrum,bogus]"], "bogus"),
+        (["synthetic=gaussian", "points.n=0"], "points.n"),
+        (["synthetic=gaussian", "collapse.t_min=0"], "t_min"),
+        (["synthetic=gaussian", "regimes=trained"], "ckpt="),
+        (["synthetic=gaussian", "kernel.dtype=float16"], "dtype"),
+        (["synthetic=gaussian", "regimes.analyses=[spectrum,bogus]"], "bogus"),
     ],
 )
 def test_bad_input_is_a_config_error(tmp_path, overrides, match):
@@ -91,39 +91,39 @@ def test_bad_input_is_a_config_error(tmp_path, overrides, match):
 
 def test_command_line_errors_are_one_line(tmp_path):
     exe = Path(sys.executable).with_name("ddpm-regimes")
-    r = subprocess.run([str(exe), "data=gaussian", "data.n=0", f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([str(exe), "synthetic=gaussian", "points.n=0", f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == ["error: data.n must be >= 1 for synthetic data, got 0"]
+    assert r.stderr.strip().splitlines() == ["error: points.n must be >= 1 for synthetic data, got 0"]
     assert not (tmp_path / "regimes.json").exists()
 
 
 def test_mnist_points_are_training_scaled_and_downsampled(data_dir, tmp_path):
     cfg = compose_config(
-        "regimes", ["data=mnist", "data.n=300", "data.downsample=4", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path}"]
+        "regimes", ["dataset=mnist", "points.n=300", "points.downsample=4", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path}"]
     )
-    pts = load_points(cfg.data, cfg.paths.data_dir, cfg.paths.cache_dir)
+    pts = load_points(data_source(cfg), cfg.paths.data_dir, cfg.paths.cache_dir)
     assert pts.x.shape == (300, 49) and pts.shape == (1, 7, 7)
     assert float(pts.x.min()) >= -1.0 and float(pts.x.max()) <= 1.0
     assert pts.reference.shape == (60000, 49)
     # 4x4 average pooling of the training scaling (uint8 / 127.5 - 1) of the same images.
-    full = compose_config("regimes", ["data=mnist", "data.n=300", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path}"])
-    big = load_points(full.data, full.paths.data_dir, full.paths.cache_dir)
+    full = compose_config("regimes", ["dataset=mnist", "points.n=300", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path}"])
+    big = load_points(data_source(full), full.paths.data_dir, full.paths.cache_dir)
     pooled = torch.nn.functional.avg_pool2d(big.x.view(300, 1, 28, 28), 4).flatten(1)
     torch.testing.assert_close(pts.x, pooled)
     assert torch.equal(pts.labels, big.labels)
-    bad = compose_config("regimes", ["data=mnist", "data.n=70000", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path}"])
+    bad = compose_config("regimes", ["dataset=mnist", "points.n=70000", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path}"])
     with pytest.raises(DataError, match="exceeds"):
-        load_points(bad.data, bad.paths.data_dir, bad.paths.cache_dir)
+        load_points(data_source(bad), bad.paths.data_dir, bad.paths.cache_dir)
 
 
 def test_trained_checkpoint_analysis(tiny_ckpt, data_dir, tmp_path):
     rec = _run(
         tmp_path,
         [
-            "data=mnist",
+            "dataset=mnist",
             "regimes=trained",
             f"ckpt={tiny_ckpt.parent.parent}",  # a training run dir: its checkpoints/last.pt
-            "data.n=400",
+            "points.n=400",
             f"paths.data_dir={data_dir}",
             f"paths.cache_dir={tmp_path / 'cache'}",
             "trained.samples=6",
@@ -154,7 +154,7 @@ def test_gap_is_zero_for_the_exact_score():
 
     a = torch.randn(20, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ks = ExactScore(a, dtype="float64")
-    sched = NoiseSchedule.from_config(compose_config("regimes", ["data=gaussian"]).schedule)
+    sched = NoiseSchedule.from_config(compose_config("regimes", ["synthetic=gaussian"]).schedule)
     pre = type("P", (), {"diffusion": type("D", (), {"schedule": sched})()})()
     out = eps_gap(lambda x, k, t: ks.eps(x, t), ks, pre, a, [0, 100, 500, 999], 10, seed=0)
     assert np.all(out["gap"] < 1e-20)
@@ -164,11 +164,11 @@ def test_collect_sweep_reads_a_multirun_dir(tmp_path):
     for i, (n, tc) in enumerate([(100, 0.5), (1000, 0.3)]):
         job = tmp_path / str(i)
         (job / ".hydra").mkdir(parents=True)
-        (job / ".hydra" / "overrides.yaml").write_text(f"- data=gaussian\n- data.n={n}\n")
-        (job / ".hydra" / "config.yaml").write_text(f"data:\n  name: gaussian\n  n: {n}\n  d: 16\nseed: 0\n")
+        (job / ".hydra" / "overrides.yaml").write_text(f"- synthetic=gaussian\n- points.n={n}\n")
+        (job / ".hydra" / "config.yaml").write_text(f"synthetic:\n  name: gaussian\n  d: 16\npoints:\n  n: {n}\nseed: 0\n")
         (job / "regimes.json").write_text(json.dumps({"t_C": tc, "t_S": 0.1, "times": {"t_C": {"t": tc, "k": 5}}, "curve": [1, 2]}))
     (tmp_path / "2" / ".hydra").mkdir(parents=True)  # a job that failed: no result file
-    (tmp_path / "2" / ".hydra" / "overrides.yaml").write_text("- data.n=5\n")
+    (tmp_path / "2" / ".hydra" / "overrides.yaml").write_text("- points.n=5\n")
     out = tmp_path / "sweep.csv"
     r = subprocess.run(
         [
@@ -180,7 +180,7 @@ def test_collect_sweep_reads_a_multirun_dir(tmp_path):
             "--out",
             str(out),
             "--config-keys",
-            "data.d",
+            "synthetic.d",
         ],
         capture_output=True,
         text=True,
@@ -189,9 +189,9 @@ def test_collect_sweep_reads_a_multirun_dir(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 2
-    assert [int(r["data.n"]) for r in rows] == [100, 1000]
+    assert [int(r["points.n"]) for r in rows] == [100, 1000]
     assert [float(r["t_C"]) for r in rows] == [0.5, 0.3]
-    assert rows[0]["times.t_C.k"] == "5" and rows[0]["data.d"] == "16" and "curve" not in rows[0]
+    assert rows[0]["times.t_C.k"] == "5" and rows[0]["synthetic.d"] == "16" and "curve" not in rows[0]
     assert "1 job(s) without regimes.json" in r.stderr
 
 
@@ -203,9 +203,9 @@ def test_multirun_sweep_with_joblib(tmp_path):
     cmd = [
         str(exe),
         "-m",
-        "data=gaussian",
-        "data.n=50,200",
-        "data.d=4",
+        "synthetic=gaussian",
+        "points.n=50,200",
+        "synthetic.d=4",
         "regimes=collapse",
         "collapse.queries=128",
         "tracking.samples=4",

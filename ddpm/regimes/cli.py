@@ -23,7 +23,7 @@ from ddpm.pretrained import network
 from ddpm.regimes import plots, theory
 from ddpm.regimes.collapse import measure_collapse
 from ddpm.regimes.config import SYNTHETIC, register, validate_regimes
-from ddpm.regimes.data import Points, load_points
+from ddpm.regimes.data import Points, data_source, load_points
 from ddpm.regimes.score import ExactScore
 from ddpm.regimes.seeds import generator
 from ddpm.regimes.speciation import measure_speciation
@@ -75,14 +75,13 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.time()
 
     pre = None
-    data_cfg = cfg.data
+    data_cfg = data_source(cfg)
     if cfg.ckpt:
         from ddpm.pretrained import load_pretrained
 
         pre = load_pretrained(cfg.ckpt, device, use_ema=cfg.trained.use_ema, channels_last=cfg.runtime.channels_last)
         schedule = pre.diffusion.schedule
         # The exact score must be that of the network's training set, at the network's resolution.
-        data_cfg = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
         with open_dict(data_cfg):
             data_cfg.dataset = pre.cfg.dataset
             data_cfg.name = str(pre.cfg.dataset.name)

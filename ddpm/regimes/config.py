@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 from ddpm.config import (
     DatasetConfig,
@@ -28,18 +29,25 @@ ANALYSES = ("spectrum", "speciation", "collapse", "tracking", "trained")
 
 
 @dataclass
-class DataSourceConfig:
-    name: str = "gaussian"  # gaussian, gaussian_spectrum, mixture, or an image dataset (mnist, cifar10, cryptopunks, cats)
-    n: Optional[int] = None  # training points (seeded subset for images; null = all images)
-    d: int = 64  # dimension of synthetic data
+class SyntheticConfig:
+    """A synthetic law (the ``synthetic`` group), used instead of the ``dataset`` images when chosen."""
+
+    name: str = MISSING  # gaussian, gaussian_spectrum, mixture
+    d: int = 64  # dimension
     sigma2: float = 1.0  # gaussian: variance; gaussian_spectrum: mean eigenvalue
     power: float = 1.0  # gaussian_spectrum: λ_i ∝ i^-power
     classes: int = 2  # mixture: number of Gaussian classes
     mu: float = 1.0  # mixture: μ̃, class means have |m|² = d μ̃²
     sigma: float = 1.0  # mixture: class standard deviation
+
+
+@dataclass
+class PointsConfig:
+    """How many training points and how they are drawn, for images and synthetic laws alike."""
+
+    n: Optional[int] = None  # training points: synthetic draws, or a seeded subset of the images (null: all images)
     seed: int = 0  # draws of synthetic data and of image subsets
     downsample: int = 1  # images: average-pool factor (MNIST 28 -> 14 -> 7)
-    dataset: Optional[DatasetConfig] = None  # images: the training config's dataset node
 
 
 @dataclass
@@ -96,7 +104,9 @@ class TrainedConfig:
 
 @dataclass
 class RegimesConfig:
-    data: DataSourceConfig = field(default_factory=DataSourceConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)  # the images (the training config's group)
+    synthetic: Optional[SyntheticConfig] = None  # a synthetic law instead of the images (synthetic=<name>)
+    points: PointsConfig = field(default_factory=PointsConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     regimes: AnalysesConfig = field(default_factory=AnalysesConfig)
     kernel: KernelConfig = field(default_factory=KernelConfig)
@@ -134,21 +144,20 @@ def validate_regimes(cfg: Any) -> None:
         cfg.runtime.precision == "fp32",
         f"ddpm-regimes computes in kernel.dtype: runtime.precision must be fp32, got {cfg.runtime.precision!r}",
     )
-    d = cfg.data
-    image = d.name not in SYNTHETIC
-    _check(image == (d.dataset is not None), f"data={d.name}: image sources need a dataset node, synthetic ones none (use data=<name>)")
-    if not image:
-        _check(d.n is not None and d.n >= 1, f"data.n must be >= 1 for synthetic data, got {d.n}")
+    p, d = cfg.points, cfg.synthetic
+    if d is not None:
+        _check(d.name in SYNTHETIC, f"synthetic.name must be one of {', '.join(SYNTHETIC)}, got {d.name!r}")
+        _check(p.n is not None and p.n >= 1, f"points.n must be >= 1 for synthetic data, got {p.n}")
+        _check(d.d >= 1, f"synthetic.d must be >= 1, got {d.d}")
+        _check(d.sigma2 > 0 and d.sigma > 0, f"synthetic.sigma2 and synthetic.sigma must be > 0, got {d.sigma2}, {d.sigma}")
+        for key in ("sigma2", "sigma", "power", "mu"):
+            _check(math.isfinite(d[key]), f"synthetic.{key} must be finite, got {d[key]}")
+        _check(d.classes >= 2, f"synthetic.classes must be >= 2, got {d.classes}")
     else:
-        _check(d.n is None or d.n >= 1, f"data.n must be >= 1 or null (all images), got {d.n}")
-        _check(d.downsample >= 1, f"data.downsample must be >= 1, got {d.downsample}")
-        check_dataset(d.dataset, "data.dataset")
-    _check(d.d >= 1, f"data.d must be >= 1, got {d.d}")
-    _check(d.sigma2 > 0 and d.sigma > 0, f"data.sigma2 and data.sigma must be > 0, got {d.sigma2}, {d.sigma}")
-    for key in ("sigma2", "sigma", "power", "mu"):
-        _check(math.isfinite(d[key]), f"data.{key} must be finite, got {d[key]}")
+        _check(p.n is None or p.n >= 1, f"points.n must be >= 1 or null (all images), got {p.n}")
+        _check(p.downsample >= 1, f"points.downsample must be >= 1, got {p.downsample}")
+        check_dataset(cfg.dataset, "dataset")
     check_schedule(cfg.schedule)
-    _check(d.classes >= 2, f"data.classes must be >= 2, got {d.classes}")
     for a in cfg.regimes.analyses:
         _check(a in ANALYSES, f"unknown analysis {a!r} in regimes.analyses; choose from {', '.join(ANALYSES)}")
     _check(len(cfg.regimes.analyses) > 0, f"regimes.analyses is empty; choose from {', '.join(ANALYSES)}")

@@ -9,11 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 
 from ddpm.data import load_dataset, to_model_range
 from ddpm.errors import ConfigError, DataError
-from ddpm.regimes.config import SYNTHETIC
+from ddpm.regimes.config import SYNTHETIC, SyntheticConfig
 from ddpm.regimes.seeds import generator
+
+_SYNTHETIC_DEFAULTS = SyntheticConfig(name="none")  # the law keys an image source carries unused (the records read them)
 
 
 @dataclass
@@ -49,6 +52,22 @@ class Points:
         return self.x.shape[1]
 
 
+def data_source(cfg: DictConfig) -> DictConfig:
+    """The training points' source as one node: ``name``, the ``points`` keys (``n``, ``seed``,
+    ``downsample``), the synthetic law's keys (``d``, ``sigma2``, ...) and ``dataset`` (the image
+    dataset node, or None for a synthetic law).
+
+    Args:
+        cfg: the composed ``regimes`` config (``synthetic``, when set, replaces ``dataset``).
+    """
+    points = OmegaConf.to_container(cfg.points, resolve=True)
+    if cfg.synthetic is not None:
+        return OmegaConf.create({**OmegaConf.to_container(cfg.synthetic, resolve=True), **points, "dataset": None})
+    law = {k: v for k, v in OmegaConf.to_container(OmegaConf.structured(_SYNTHETIC_DEFAULTS), resolve=True).items() if k != "name"}
+    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+    return OmegaConf.create({**law, **points, "name": str(cfg.dataset.name), "dataset": dataset})
+
+
 def spectrum_eigs(d: int, sigma2: float, power: float) -> np.ndarray:
     """λ_i ∝ i^-power, i = 1..d, scaled to mean ``sigma2``."""
     lam = np.arange(1, d + 1, dtype=np.float64) ** (-float(power))
@@ -66,7 +85,7 @@ def mixture_means(classes: int, d: int, mu: float, seed: int) -> torch.Tensor:
 
 
 def sample_synthetic(cfg, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Draw ``n`` points of the synthetic law described by ``cfg`` (a ``data`` node) with ``seed``."""
+    """Draw ``n`` points of the synthetic law described by ``cfg`` (a :func:`data_source` node) with ``seed``."""
     g = generator(seed, "data")
     z = torch.randn(n, int(cfg.d), generator=g, dtype=torch.float64)
     if cfg.name == "gaussian":
@@ -86,16 +105,16 @@ def _images(cfg, data_dir: str | Path, cache_dir: str | Path, split: str) -> tup
     f = int(cfg.downsample)
     if f > 1:
         if x.shape[-1] % f:
-            raise ConfigError(f"data.downsample={f} does not divide the image size {x.shape[-1]}")
+            raise ConfigError(f"points.downsample={f} does not divide the image size {x.shape[-1]}")
         x = F.avg_pool2d(x, f)
     return x.flatten(1), data.labels, tuple(x.shape[1:]), data.source
 
 
 def load_points(cfg, data_dir: str | Path, cache_dir: str | Path, split: str = "train") -> Points:
-    """The training points of a ``data`` config node.
+    """The training points of a source node.
 
     Args:
-        cfg: the ``data`` node (name, n, d, sigma2, ..., dataset, downsample).
+        cfg: the source node of :func:`data_source` (name, n, seed, downsample, d, sigma2, ..., dataset).
         data_dir: the data root for image datasets.
         cache_dir: decoded-archive cache for image datasets.
         split: ``train`` or ``test`` (held-out points; synthetic data draws a fresh sample).
@@ -120,7 +139,7 @@ def load_points(cfg, data_dir: str | Path, cache_dir: str | Path, split: str = "
     full = x
     if cfg.n is not None:
         if cfg.n > len(x):
-            raise DataError(f"data.n={cfg.n} exceeds the {len(x)} {split} images of {cfg.name}")
+            raise DataError(f"points.n={cfg.n} exceeds the {len(x)} {split} images of {cfg.name}")
         keep = torch.randperm(len(x), generator=generator(cfg.seed, "subset"))[: int(cfg.n)].sort().values
         x = x[keep]
         labels = labels[keep] if labels is not None else None
