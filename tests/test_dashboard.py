@@ -303,7 +303,7 @@ def test_runs_page(tmp_path: Path) -> None:
     assert at.subheader[0].value == "train/r1 · stopped"
     assert "step 10 / 40" in at.get("progress")[0].proto.text
     assert len(at.get("image")) == 1
-    assert [b.label for b in at.button] == ["Resume"]
+    assert [b.label for b in at.button] == ["Resume training"]
 
 
 def test_train_page_checks_and_launches(data_dir: Path, cache_dir: Path, tmp_path: Path) -> None:

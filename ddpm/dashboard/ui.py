@@ -64,10 +64,17 @@ def render_run(root: Path, name: str) -> None:
             else:
                 st.caption("no sample grid yet")
         b1, b2, _ = st.columns([1, 1, 4])
-        if started_here and b1.button("Stop", key=f"stop-{name}", help="SIGTERM: the run finishes its step and writes a checkpoint"):
+        if started_here and b1.button(
+            "Stop training", key=f"stop-{name}", help="SIGTERM: the run finishes its step and writes a checkpoint"
+        ):
             launch.stop(root, name, wait_s=0.5)
             st.info("stop requested: the run writes a checkpoint and exits")
-        if not started_here and run.checkpoints and b2.button("Resume", key=f"resume-{name}", help="relaunch with resume=latest"):
+        if (
+            not started_here
+            and run.status == "stopped"
+            and run.checkpoints
+            and b2.button("Resume training", key=f"resume-{name}", help="relaunch with resume=latest")
+        ):
             try:
                 launch.resume(root, name)
                 st.success("resumed")
