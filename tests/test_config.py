@@ -184,3 +184,18 @@ def test_every_command_shares_runtime_paths_and_output_dirs(config_name):
         hc = compose(config_name, return_hydra_config=True).hydra
     assert hc.job.name == config_name
     assert hc.run.dir.startswith(f"outputs/{config_name}/") and hc.sweep.dir.startswith(f"outputs/multirun/{config_name}/")
+
+
+@pytest.mark.parametrize("option", options("synthetic") + ["mnist", "cifar10", "cryptopunks", "cats"])
+def test_regimes_sources_compose_from_the_shared_dataset_group_or_synthetic(option):
+    from ddpm.regimes.data import data_source
+
+    synthetic = option in options("synthetic")
+    cfg = compose_config("regimes", [f"synthetic={option}" if synthetic else f"dataset={option}"])
+    src = data_source(cfg)
+    assert src.name == option and (src.dataset is None) == synthetic
+    if synthetic:
+        assert src.n == {"gaussian": 1000, "gaussian_spectrum": 1000, "mixture": 2000}[option]
+    else:  # the training config's dataset node; MNIST at its native 28x28 (d = 784), the others as trained
+        train = compose_config("train", [f"dataset={option}"]).dataset
+        assert src.dataset.image_size == (28 if option == "mnist" else train.image_size) and src.dataset.root == train.root
