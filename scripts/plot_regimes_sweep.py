@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     alpha = np.array([num(r, "alpha") for r in rows])
     d = np.array([num(r, "d") for r in rows])
     tc = np.array([num(r, "t_C") for r in rows])
-    sigma2 = np.array([num(r, "synthetic.sigma2") if not math.isnan(num(r, "synthetic.sigma2")) else num(r, "mean_eigenvalue") for r in rows])
+    sigma2 = np.array(
+        [num(r, "synthetic.sigma2") if not math.isnan(num(r, "synthetic.sigma2")) else num(r, "mean_eigenvalue") for r in rows]
+    )
     iso = np.array([r.get("synthetic.name", r.get("data", "")) in ("gaussian",) for r in rows])
 
     written = []

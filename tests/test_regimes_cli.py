@@ -91,7 +91,9 @@ def test_bad_input_is_a_config_error(tmp_path, overrides, match):
 
 def test_command_line_errors_are_one_line(tmp_path):
     exe = Path(sys.executable).with_name("ddpm-regimes")
-    r = subprocess.run([str(exe), "synthetic=gaussian", "points.n=0", f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [str(exe), "synthetic=gaussian", "points.n=0", f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["error: points.n must be >= 1 for synthetic data, got 0"]
     assert not (tmp_path / "regimes.json").exists()
