@@ -120,6 +120,17 @@ def test_runs_skip_symlinks_out_of_the_root(tmp_path: Path) -> None:
     (root / "table.csv").symlink_to(tmp_path / "other" / "train" / "r1" / "config.yaml")
     assert runs.find_runs(root) == []
     assert runs.files(root, "*.csv") == []
+    # inside a real run: a grid, checkpoint or log that links out of the root is not read
+    run = fake_run(root)
+    secret = tmp_path / "secret.png"
+    Image.new("L", (4, 4)).save(secret)
+    (run / "samples" / "step_0000099.png").symlink_to(secret)
+    (run / "checkpoints" / "last.pt").symlink_to(secret)
+    (run / "launch.log").symlink_to(secret)
+    info = runs.run_info(root, "train/r1")
+    assert [p.name for p in info.grids] == ["step_0000010.png"]
+    assert [p.name for p in info.checkpoints] == ["step_0000005.pt"]
+    assert runs.tail(run / "launch.log") == ""
 
 
 # --- train: groups, overrides, checks ---
@@ -156,14 +167,18 @@ def test_overrides_refuse_what_the_dashboard_sets() -> None:
             launch.parse_extra(bad)
 
 
-def test_config_check_gives_the_cli_one_line_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bad", ["model=nope", "gpu=fp16", "train.max_steps=many"])
+def test_config_check_gives_the_cli_one_line_error(bad: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        launch.check_config(["model=nope"])
+        launch.check_config([bad])
     proc = subprocess.run(
-        [sys.executable, "-m", "ddpm.train", "model=nope", f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "ddpm.train", bad, f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"error: {info.value}"
+
+
+def test_config_check_validates_values() -> None:
     with pytest.raises(ConfigError, match="max_steps"):
         launch.check_config(["train.max_steps=-3"])
     assert launch.check_config(["model=tiny", "schedule.T=100"]).schedule.T == 100
@@ -174,9 +189,17 @@ def test_run_names_are_checked(tmp_path: Path) -> None:
     for bad in ("", "../up", "a/b", ".hidden", "x" * 81, "sp ace"):
         with pytest.raises(ConfigError, match="run name"):
             launch.run_dir_for(tmp_path, bad)
-    fake_run(tmp_path)
+    run = fake_run(tmp_path)
     with pytest.raises(ConfigError, match="exists already"):
         launch.run_dir_for(tmp_path, "r1")
+    with pytest.raises(ConfigError, match="never started"):
+        launch.resume(tmp_path, "train/r1")
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text("- model=tiny\n- resume=latest\n")
+    assert launch.run_overrides(run) == ["model=tiny"]
+    (run / ".hydra" / "overrides.yaml").write_text("- model=tiny\n- hydra.run.dir=/tmp/elsewhere\n")
+    with pytest.raises(ConfigError, match="set by the dashboard"):
+        launch.resume(tmp_path, "train/r1")
     with pytest.raises(ConfigError, match="set by the dashboard"):
         launch.launch(tmp_path, "x", ["model=tiny", "hydra.run.dir=/tmp/elsewhere"])
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm.cli import CONFIG_MODULE, compose_checked
+from ddpm.cli import CONFIG_MODULE, compose_checked, renamed_key
 from ddpm.config import validate_train
 from ddpm.dashboard.paths import inside
 from ddpm.dashboard.runs import LAUNCH_LOG
@@ -104,6 +104,9 @@ def check_config(overrides: list[str]) -> DictConfig:
     """
     import ddpm.train  # noqa: F401  (its ``main`` registers the config schemas, as for the command)
 
+    for o in overrides:
+        if msg := renamed_key("train", o):
+            raise ConfigError(msg)
     with COMPOSE_LOCK:
         cfg = compose_checked("train", overrides)
     validate_train(cfg)
@@ -175,16 +178,20 @@ def run_overrides(run: Path) -> list[str]:
     if not f.is_file():
         raise ConfigError(f"{run} has no .hydra/overrides.yaml: it never started, nothing to resume")
     saved = OmegaConf.to_container(OmegaConf.load(f))
-    return [str(o) for o in saved if not str(o).lstrip("+~").startswith("resume=")]
+    if not isinstance(saved, list):
+        raise ConfigError(f"{f} is not a list of overrides")
+    kept = [str(o) for o in saved if not str(o).lstrip("+~").startswith("resume=")]
+    for o in kept:
+        parse_extra(shlex.quote(o))  # a hand-edited file must not move the run dir either
+    return kept
 
 
 def is_live(run: Path) -> bool:
     """Whether ``ddpm-train`` trains in ``run`` now (it holds the lock, or this server just started it)."""
-    proc = _children.get(run)
-    if proc is not None and proc.poll() is not None:
-        del _children[run]
-        proc = None
-    return proc is not None or held_by_another(run)
+    for path, proc in list(_children.items()):  # reap every ended child, not only this run's
+        if proc.poll() is not None:
+            _children.pop(path, None)
+    return run in _children or held_by_another(run)
 
 
 def resume(root: str | Path, path: str | Path) -> subprocess.Popen:

@@ -64,7 +64,7 @@ def is_train_run(path: Path) -> bool:
 def read_config(path: Path) -> dict[str, Any]:
     """The run's resolved ``config.yaml`` (else Hydra's ``.hydra/config.yaml``) as a dict; {} if none."""
     for cand in (path / "config.yaml", path / ".hydra" / "config.yaml"):
-        if cand.is_file():
+        if plain(cand):
             try:
                 cfg = OmegaConf.to_container(OmegaConf.load(cand), resolve=False)
             except Exception:  # a half-written or hand-edited file: show the run without it
@@ -77,7 +77,7 @@ def read_config(path: Path) -> dict[str, Any]:
 def loss_curve(path: Path) -> list[tuple[int, float]]:
     """(step, loss) pairs of a run: from ``train.log``, else from its TensorBoard events."""
     log_file = path / "train.log"
-    if log_file.is_file():
+    if plain(log_file):
         points = [(int(m.group(1)), float(m.group(2))) for m in LOSS_RE.finditer(log_file.read_text(errors="replace"))]
         if points:
             return points
@@ -86,7 +86,7 @@ def loss_curve(path: Path) -> list[tuple[int, float]]:
 
 def tensorboard_scalars(tb_dir: Path, tag: str) -> list[tuple[int, float]]:
     """(step, value) pairs of one scalar tag from the TensorBoard event files in ``tb_dir``."""
-    if not tb_dir.is_dir() or not any(tb_dir.glob("events.out.tfevents.*")):
+    if not _plain_dir(tb_dir) or not any(tb_dir.glob("events.out.tfevents.*")):
         return []
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -97,19 +97,28 @@ def tensorboard_scalars(tb_dir: Path, tag: str) -> list[tuple[int, float]]:
     return [(int(e.step), float(e.value)) for e in acc.Scalars(tag)]
 
 
+def plain(path: Path) -> bool:
+    """A regular file that is not a symlink (a link could point out of the outputs root)."""
+    return path.is_file() and not path.is_symlink()
+
+
+def _plain_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
 def checkpoints(path: Path) -> list[Path]:
-    """``last.pt`` then the step checkpoints of a run, newest first (no partial writes)."""
+    """``last.pt`` then the step checkpoints of a run, newest first (no partial writes, no symlinks)."""
     ckpt_dir = path / "checkpoints"
-    if not ckpt_dir.is_dir():
+    if not _plain_dir(ckpt_dir):
         return []
-    steps = sorted(((int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := STEP_RE.match(p.name))), reverse=True)
-    last = [ckpt_dir / "last.pt"] if (ckpt_dir / "last.pt").is_file() else []
+    steps = sorted(((int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := STEP_RE.match(p.name)) and plain(p)), reverse=True)
+    last = [ckpt_dir / "last.pt"] if plain(ckpt_dir / "last.pt") else []
     return last + [p for _, p in steps]
 
 
 def sample_grids(path: Path) -> list[Path]:
-    """The grids drawn during training, ``samples/step_*.png``, oldest first."""
-    return sorted((path / "samples").glob("step_*.png")) if (path / "samples").is_dir() else []
+    """The grids drawn during training, ``samples/step_*.png``, oldest first (no symlinks)."""
+    return sorted(p for p in (path / "samples").glob("step_*.png") if plain(p)) if _plain_dir(path / "samples") else []
 
 
 def run_info(root: str | Path, path: str | Path) -> Run:
@@ -152,7 +161,7 @@ def _mtime(path: Path) -> float:
 
 def tail(path: Path, lines: int = 20) -> str:
     """The last ``lines`` lines of a text file ('' when it does not exist)."""
-    if not path.is_file():
+    if not plain(path):
         return ""
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
