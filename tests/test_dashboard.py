@@ -400,3 +400,15 @@ def test_regimes_page(tmp_path: Path) -> None:
     assert not at.exception
     assert at.dataframe[0].value.to_dict("records") == [{"run": "regimes/g1", "t_S": 1.5, "t_C": 0.25, "theory.t_S": 1.4}]
     assert [i.captions[0] for i in at.get("image")] == ["regimes.png"]
+
+
+def test_app_serves_every_page(tmp_path: Path) -> None:
+    fake_run(tmp_path)
+    at = AppTest.from_file(str(VIEWS.parent / "app.py"), default_timeout=120)
+    at.session_state["outputs_root"] = str(tmp_path)
+    at.run()
+    assert not at.exception and at.title[0].value == "Runs"
+    assert at.sidebar.caption[0].value == f"outputs root: {tmp_path}"
+    for view, title in [("train", "Train"), ("sample", "Sample"), ("evaluate", "Evaluate"), ("regimes", "Regimes"), ("runs", "Runs")]:
+        at.switch_page(str(VIEWS / f"{view}.py")).run()
+        assert not at.exception and at.title[0].value == title
