@@ -123,12 +123,12 @@ def compose_checked(config_name: str, overrides: list[str]) -> DictConfig:
 
 def precheck(config_name: str, argv: list[str]) -> None:
     """Compose the config from ``argv``'s overrides; exit with one line if that fails."""
-    if any(a.split("=")[0] in _HYDRA_FLAGS for a in argv):
-        return
-    for a in argv:
+    for a in argv:  # also before a multirun (-m) or --cfg, which Hydra would report in many lines
         msg = renamed_key(config_name, a)
         if msg:
             fail(msg)
+    if any(a.split("=")[0] in _HYDRA_FLAGS for a in argv):
+        return
     try:
         compose_checked(config_name, argv)
     except ConfigError as exc:

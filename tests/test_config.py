@@ -171,6 +171,8 @@ def test_renamed_keys_fail_in_one_line_naming_the_new_key(config_name, arg, new,
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and f"use {new}" in err[0], err
+    with pytest.raises(SystemExit):  # a multirun too, before Hydra's many-line report
+        precheck(config_name, ["-m", "ckpt=x", arg])
 
 
 @pytest.mark.parametrize("config_name", ["train", "sample", "visualize", "evaluate", "regimes"])
