@@ -121,15 +121,22 @@ BAD_INPUTS: list[BadInput] = [
     BadInput("sample: weights of another shape", _S, ["ckpt={work}/wrong_shape.pt"], "but the model its config describes needs"),
     BadInput("sample: config key missing", _S, ["ckpt={work}/no_objective.pt"], "train.objective missing"),
     BadInput("sample: NaN weights", _S, ["ckpt={work}/nan_weights.pt"], "non-finite values"),
+    BadInput("sample: sampler steps beyond T", _S, ["ckpt={ckpt}", "sampler.steps=1000"], "exceeds the schedule's T=100"),
+    BadInput("sample: negative samples", _S, ["ckpt={ckpt}", "num_samples=-2"], "num_samples must be >= 1"),
     BadInput("evaluate: zero samples", "ddpm-evaluate", ["ckpt={ckpt}", "num_samples=0"], "num_samples"),
     BadInput("evaluate: unknown metric", "ddpm-evaluate", ["ckpt={ckpt}", "metrics=[bogus]"], "unknown metric"),
     BadInput("evaluate: truncated checkpoint", "ddpm-evaluate", ["ckpt={work}/truncated.pt"], "corrupt or truncated"),
     BadInput("visualize: zero images", "ddpm-visualize", ["ckpt={ckpt}", "num_images=0"], "num_images"),
     BadInput("visualize: negative time", "ddpm-visualize", ["ckpt={ckpt}", "times=[-1.0]"], "times must be > 0"),
     BadInput("visualize: not a checkpoint", "ddpm-visualize", ["ckpt={work}/foreign.pt"], "not a ddpm checkpoint"),
-    BadInput("regimes: unknown data", "ddpm-regimes", ["data=nope"], "data/nope"),
+    BadInput("visualize: step beyond T", "ddpm-visualize", ["ckpt={ckpt}", "steps=[100000]"], "outside the schedule's 0..99"),
+    BadInput("visualize: negative step", "ddpm-visualize", ["ckpt={ckpt}", "steps=[-1]"], "outside the schedule's 0..99"),
+    BadInput("visualize: time beyond the end", "ddpm-visualize", ["ckpt={ckpt}", "times=[1000.0]"], "beyond the schedule's end"),
+    BadInput("visualize: NaN time", "ddpm-visualize", ["ckpt={ckpt}", "times=[nan]"], "times must be > 0"),
+    BadInput("regimes: unknown data", "ddpm-regimes", ["synthetic=nope"], "synthetic/nope"),
     BadInput("regimes: too few points", "ddpm-regimes", ["collapse.points=0"], "collapse.points"),
     BadInput("regimes: trained without checkpoint", "ddpm-regimes", ["regimes=trained"], "needs a checkpoint"),
+    BadInput("regimes: one training point", "ddpm-regimes", ["synthetic=gaussian", "points.n=1"], "points.n must be >= 2"),
 ]
 # The subset a --quick drill runs as real processes (the test suite runs all of them in-process).
 QUICK_BAD = (

@@ -95,7 +95,7 @@ def test_command_line_errors_are_one_line(tmp_path):
         [str(exe), "synthetic=gaussian", "points.n=0", f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == ["error: points.n must be >= 1 for synthetic data, got 0"]
+    assert r.stderr.strip().splitlines() == ["error: points.n must be >= 2 for synthetic data, got 0"]
     assert not (tmp_path / "regimes.json").exists()
 
 

@@ -147,14 +147,15 @@ def validate_regimes(cfg: Any) -> None:
     p, d = cfg.points, cfg.synthetic
     if d is not None:
         _check(d.name in SYNTHETIC, f"synthetic.name must be one of {', '.join(SYNTHETIC)}, got {d.name!r}")
-        _check(p.n is not None and p.n >= 1, f"points.n must be >= 1 for synthetic data, got {p.n}")
+        # the memorisation ratio compares each end point's nearest and second-nearest training point
+        _check(p.n is not None and p.n >= 2, f"points.n must be >= 2 for synthetic data, got {p.n}")
         _check(d.d >= 1, f"synthetic.d must be >= 1, got {d.d}")
         _check(d.sigma2 > 0 and d.sigma > 0, f"synthetic.sigma2 and synthetic.sigma must be > 0, got {d.sigma2}, {d.sigma}")
         for key in ("sigma2", "sigma", "power", "mu"):
             _check(math.isfinite(d[key]), f"synthetic.{key} must be finite, got {d[key]}")
         _check(d.classes >= 2, f"synthetic.classes must be >= 2, got {d.classes}")
     else:
-        _check(p.n is None or p.n >= 1, f"points.n must be >= 1 or null (all images), got {p.n}")
+        _check(p.n is None or p.n >= 2, f"points.n must be >= 2 or null (all images), got {p.n}")
         _check(p.downsample >= 1, f"points.downsample must be >= 1, got {p.downsample}")
         check_dataset(cfg.dataset, "dataset")
     check_schedule(cfg.schedule)
