@@ -63,7 +63,7 @@ def render_run(root: Path, name: str) -> None:
                 st.image(str(run.grids[-1]), caption=f"latest grid: {run.grids[-1].name}")
             else:
                 st.caption("no sample grid yet")
-        b1, b2, _ = st.columns([1, 1, 4])
+        b1, _ = st.columns([1, 5])
         if started_here and b1.button(
             "Stop training", key=f"stop-{name}", help="SIGTERM: the run finishes its step and writes a checkpoint"
         ):
@@ -73,7 +73,7 @@ def render_run(root: Path, name: str) -> None:
             not started_here
             and run.status == "stopped"
             and run.checkpoints
-            and b2.button("Resume training", key=f"resume-{name}", help="relaunch with resume=latest")
+            and b1.button("Resume training", key=f"resume-{name}", help="relaunch with resume=latest")
         ):
             try:
                 launch.resume(root, name)
