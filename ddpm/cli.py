@@ -8,10 +8,12 @@ typed value is reported as one ``error: ...`` line with exit code 2 instead of H
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,9 @@ RENAMED: dict[str, dict[str, str]] = {
         "data.dataset.": "dataset.",
     },
 }
+
+# What a refused write raises: a full disk, a quota, a file size limit, a read-only or unwritable folder.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
 
 # Flags that make Hydra do something other than run the job: leave them to Hydra.
 _HYDRA_FLAGS = (
@@ -136,6 +141,27 @@ def precheck(config_name: str, argv: list[str]) -> None:
     # torchrun's other ranks skip this: rank 0 of the same launch may already hold the lock.
     if int(os.environ.get("RANK", "0")) == 0:
         refuse_live_run_dir(argv)
+        refuse_unwritable_run_dir(argv)
+
+
+def refuse_unwritable_run_dir(argv: list[str]) -> None:
+    """Hydra's first write into ``hydra.run.dir=`` would fail with a traceback: say it in one line
+    before, probing the folder (or its nearest existing parent) with a temporary file.
+
+    Args:
+        argv: the command line.
+    """
+    for a in argv:
+        if a.startswith("hydra.run.dir="):
+            run_dir = Path(a.split("=", 1)[1]).expanduser()
+            probe = run_dir
+            while not probe.exists() and probe != probe.parent:
+                probe = probe.parent
+            try:
+                with tempfile.TemporaryFile(dir=probe):
+                    pass
+            except OSError as exc:
+                fail(f"cannot write into {run_dir}: {exc.strerror} ({probe}); choose another hydra.run.dir")
 
 
 def check_outputs(run_dir: Path, names: tuple[str, ...], overwrite: bool) -> None:
@@ -185,6 +211,11 @@ def hydra_main(
                 return fn(cfg, run_dir)
             except errors as exc:
                 fail(one_line(exc))
+            except OSError as exc:
+                if exc.errno not in WRITE_ERRNOS:
+                    raise
+                # outputs are written one file at a time: the ones before the failed write stay
+                fail(f"could not write {exc.filename or 'into ' + str(run_dir)}: {exc.strerror}; the files already in {run_dir} are kept")
 
         hydra_task = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name)(task)
 

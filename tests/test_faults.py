@@ -369,3 +369,43 @@ def test_refused_resume_leaves_the_run_untouched(one_thread: None, tiny_ckpt: Pa
         train(compose_config("train", [*over, "resume=latest"]), run)
     after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
     assert after == {k: v for k, v in before.items() if k.name != ".lock"}
+
+
+# ---------------------------------------------------------------------------- outputs of the other commands
+def test_full_disk_during_sampling_is_one_line(tiny_ckpt: Path, tmp_path: Path) -> None:
+    """A write refused mid-run (RLIMIT_FSIZE: the kernel's EFBIG, where a full disk gives ENOSPC) ends
+    ``ddpm-sample`` with one line; the files already in the run directory stay as they were."""
+    import resource
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "earlier.txt").write_text("earlier output\n")
+
+    def limit() -> None:  # room for Hydra's config record, not for the first sample PNG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (12_000, resource.RLIM_INFINITY))
+
+    exe = Path(sys.executable).parent / "ddpm-sample"
+    proc = subprocess.run(
+        [str(exe), f"ckpt={tiny_ckpt}", "num_samples=8", "sampler.steps=5", "progress=false", f"hydra.run.dir={run}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == f"error: could not write into {run}: File too large; the files already in {run} are kept\n"
+    assert (run / "earlier.txt").read_text() == "earlier output\n"
+
+
+def test_unwritable_run_dir_is_one_line(tmp_path: Path) -> None:
+    """A ``hydra.run.dir`` that cannot be created is refused before Hydra writes (no traceback)."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder\n")
+    exe = Path(sys.executable).parent / "ddpm-sample"
+    proc = subprocess.run(
+        [str(exe), "ckpt=/nonexistent/last.pt", f"hydra.run.dir={blocker / 'run'}"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: cannot write into {blocker / 'run'}: Not a directory ({blocker}); choose another hydra.run.dir\n"
+    assert blocker.read_text() == "not a folder\n"
