@@ -262,6 +262,10 @@ def test_sample_writes_the_command_outputs(ckpt_root: Path, data_dir: Path, monk
     summary = json.loads((out / "sample.json").read_text())
     assert summary["outputs"] == ["samples.png", "sampling.gif", "noise.gif"]
     assert (summary["num_samples"], summary["seed"], summary["evaluations"]) == (4, 3, 5)
+    monkeypatch.setattr(sampling.time, "strftime", lambda fmt, *t: out.name[len("tiny-") :])  # a second click in the same second
+    again = sampling.run_sample(ckpt_root, "train/tiny/checkpoints/last.pt", "ddim", 5, 3, 1, False)
+    monkeypatch.undo()
+    assert again.name == f"{out.name}-2" and (again / "samples.png").is_file()
     with pytest.raises(ConfigError, match="outside the outputs root"):
         sampling.run_sample(ckpt_root, "../../x.pt", "ddim", 5, 0, 1, False)
     with pytest.raises(ConfigError, match="sampler"):

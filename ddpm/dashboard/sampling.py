@@ -72,7 +72,12 @@ def run_sample(root: str | Path, ckpt: str | Path, sampler: str, steps: int | No
     path = inside(root, ckpt)
     cfg = compose_sample(sample_overrides(path, sampler, steps, seed, count, noise_gif))
     run_name = path.parent.parent.name if path.parent.name == "checkpoints" else path.parent.name
-    out = inside(root, Path("sample") / f"{run_name}-{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    stem = f"{run_name}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    out = inside(root, Path("sample") / stem)
+    n = 1
+    while out.exists():  # two clicks within a second: never write into an earlier sample's folder
+        n += 1
+        out = inside(root, Path("sample") / f"{stem}-{n}")
     sample(cfg, out)
     return out
 

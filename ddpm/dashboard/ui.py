@@ -10,6 +10,7 @@ import streamlit as st
 import yaml
 
 from ddpm.dashboard import launch
+from ddpm.dashboard.paths import inside
 from ddpm.dashboard.runs import LAUNCH_LOG, loss_curve, read_config, run_info, tail
 from ddpm.errors import ConfigError
 
@@ -35,7 +36,11 @@ def show_error(exc: Exception) -> None:
 def render_run(root: Path, name: str) -> None:
     """Status, progress, loss curve, latest grid, checkpoints and Stop/Resume of one run; re-read
     every :data:`REFRESH_S` seconds while it trains."""
-    live = launch.is_live(root / name)
+    try:
+        live = launch.is_live(inside(root, name))
+    except ConfigError as exc:
+        show_error(exc)
+        return
 
     @st.fragment(run_every=REFRESH_S if live else None)
     def body() -> None:

@@ -44,7 +44,7 @@ if "sample_dir" in st.session_state:
             col.download_button(f"Download {fname}", data, file_name=fname, mime=mime, key=f"dl-{fname}")
 
 st.header("Generator")
-key = (ckpt, sampler, int(steps))
+key = (ckpt, sampler, int(steps), int(seed))
 if st.session_state.get("generator_key") != key:
     st.session_state.pop("generator", None)
 if st.button("New image"):
