@@ -195,7 +195,7 @@ def run_ours(args: argparse.Namespace, device: torch.device, scorer, clock_cls) 
         "batch": batch,
         "images": int(summary["step"]) * batch,
         "train_seconds": float(summary["train_seconds"]),
-        "process_seconds": round(total, 1),
+        "ddpm_train_wall_seconds": round(total, 1),  # the whole subprocess: start-up, data, training, checkpoints
         "sampler": OmegaConf.to_container(sampler_cfg, resolve=True),
         "evaluations": sampler.num_evaluations,
         "sampling_seconds": clock.spent,
