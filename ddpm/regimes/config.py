@@ -166,7 +166,7 @@ def validate_regimes(cfg: Any) -> None:
     _check(cfg.kernel.dtype in ("float32", "float64"), f"kernel.dtype must be float32 or float64, got {cfg.kernel.dtype!r}")
     _check(cfg.kernel.chunk_size >= 1, f"kernel.chunk_size must be >= 1, got {cfg.kernel.chunk_size}")
     c = cfg.collapse
-    _check(0 < c.t_min < c.t_max, f"collapse needs 0 < t_min < t_max, got {c.t_min}, {c.t_max}")
+    _check(0 < c.t_min < c.t_max < math.inf, f"collapse needs 0 < t_min < t_max < inf, got {c.t_min}, {c.t_max}")
     _check(
         c.points >= 3 and c.queries >= 1 and c.batch >= 1 and c.refine >= 0, "collapse.points >= 3, queries >= 1, batch >= 1, refine >= 0"
     )
@@ -175,7 +175,10 @@ def validate_regimes(cfg: Any) -> None:
     _check(math.isfinite(s.t_min), f"speciation.t_min must be finite, got {s.t_min}")
     _check(s.batch >= 1, f"speciation.batch must be >= 1, got {s.batch}")
     _check(s.clone_n is None or s.clone_n >= 1, f"speciation.clone_n must be >= 1 or null (all points), got {s.clone_n}")
-    _check(s.t_min > 0 and (s.t_max is None or s.t_max > s.t_min), f"speciation needs 0 < t_min < t_max, got {s.t_min}, {s.t_max}")
+    _check(
+        s.t_min > 0 and (s.t_max is None or s.t_min < s.t_max < math.inf),
+        f"speciation needs 0 < t_min < t_max < inf, got {s.t_min}, {s.t_max}",
+    )
     _check(
         s.points >= 3 and s.queries >= 1 and s.clone_traj >= 0 and s.clone_points >= 1 and s.clone_steps >= 2,
         "speciation: points >= 3, queries >= 1, clone_traj >= 0, clone_points >= 1, clone_steps >= 2",
