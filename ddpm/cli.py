@@ -33,7 +33,7 @@ log = logging.getLogger("ddpm")
 # prefix, ending in ".") -> the key to use now, per config name ("*": every command).
 RENAMED: dict[str, dict[str, str]] = {
     "*": {"gpu": "runtime", "gpu.": "runtime."},
-    "train": {"gpu.grad_accum_steps": "train.grad_accum_steps"},
+    "train": {"gpu.grad_accum_steps": "train.grad_accum_steps", "train.sample_steps": "sampler.steps"},
     "sample": {"device": "runtime.device", "precision": "runtime.precision"},
     "visualize": {"device": "runtime.device", "precision": "runtime.precision"},
     "evaluate": {"device": "runtime.device"},

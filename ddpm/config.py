@@ -114,7 +114,6 @@ class TrainSection:
     log_every: int = 50
     sample_every: int = 1000  # 0 disables sample grids
     num_sample_images: int = 64
-    sample_steps: int = 50  # DDIM steps for the grids written during training
     ckpt_every: int = 1000
     keep_checkpoints: int = 3  # rotated step checkpoints kept besides last.pt
     max_bad_steps: int = 20  # consecutive non-finite steps before giving up
@@ -229,7 +228,17 @@ def validate_train(cfg: Any) -> None:
     )
     for key in ("log_every", "sample_every", "ckpt_every", "num_sample_images", "keep_checkpoints"):
         _check(t[key] >= 0, f"train.{key} must be >= 0, got {t[key]}")
-    _check(t.sample_steps >= 1, f"train.sample_steps must be >= 1, got {t.sample_steps}")
+    _check(t.loss_weighting in ("none", "min_snr", "edm"), f"train.loss_weighting must be none, min_snr or edm, got {t.loss_weighting!r}")
+    _check(t.timestep_sampling in ("uniform", "lognormal"), f"train.timestep_sampling must be uniform or lognormal, got {t.timestep_sampling!r}")
+    _check(t.min_snr_gamma > 0, f"train.min_snr_gamma must be > 0, got {t.min_snr_gamma}")
+    _check(t.p_std > 0, f"train.p_std must be > 0, got {t.p_std}")
+    _check(
+        t.time_budget_min is None or 0 < t.time_budget_min < float("inf"),
+        f"train.time_budget_min must be a positive number of minutes or null, got {t.time_budget_min}",
+    )
+    _check(t.budget_clock in ("wall", "process"), f"train.budget_clock must be wall or process, got {t.budget_clock!r}")
+    _check(t.eval_every >= 0, f"train.eval_every must be >= 0, got {t.eval_every}")
+    _check(t.eval_samples >= 2, f"train.eval_samples must be >= 2 (FID needs a covariance), got {t.eval_samples}")
     _check(t.max_bad_steps >= 1, f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}")
     _check(t.grad_accum_steps >= 1, f"train.grad_accum_steps must be >= 1, got {t.grad_accum_steps}")
     check_runtime(cfg.runtime)

@@ -58,7 +58,7 @@ def tiny_train_overrides(data_dir: Path, cache_dir: Path, **extra: object) -> li
         "train.sample_every": 0,
         "train.ckpt_every": 10,
         "train.num_sample_images": 4,
-        "train.sample_steps": 5,
+        "sampler.steps": 5,
         "train.ema_decay": 0.9,
         "train.progress": False,
         "schedule.T": 100,
