@@ -121,6 +121,9 @@ ACCEPTED: list[tuple[str, set[str] | None, str]] = [
     ("* train.weight_decay", {"huge"}, "drives the weights to zero, not an error"),
     ("* train.num_sample_images", {"huge"}, "costly, not wrong"),
     ("train resume", {"empty"}, "the same as null: a fresh run"),
+    ("regimes eigenvalues", {"huge"}, "a slice of the eigenvalues: at most the d there are"),
+    ("regimes *.batch", {"huge"}, "a range over the queries in steps of batch: one batch of all"),
+    ("regimes kernel.chunk_size", {"huge"}, "a range over the training points in steps of chunk_size: one chunk of all"),
     ("evaluate feature_extractor.dataset", {"unknown"}, "compared with the checkpoint's dataset once it loads (one line)"),
     ("evaluate feature_extractor.dataset", {"empty"}, "the same as null: the checkpoint's dataset"),
     ("regimes *.dataset.num_classes", None, "informational"),
@@ -136,10 +139,6 @@ KNOWN_GAPS: dict[str, set[str]] = {
     "train train.p_mean": {"huge"},  # no upper bound yet: every sampled step is the last
     # Sizes without an upper bound: whether the analysis clamps them or runs out of memory is not checked yet.
     "evaluate memorisation.grid": {"huge"},
-    "regimes eigenvalues": {"huge"},
-    "regimes collapse.batch": {"huge"},
-    "regimes speciation.batch": {"huge"},
-    "regimes kernel.chunk_size": {"huge"},
     "regimes points.n": {"huge"},
     "regimes points.downsample": {"huge"},
     # An end of the time grid beyond the schedule's last time.
