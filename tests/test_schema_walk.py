@@ -76,9 +76,9 @@ ACCEPTED: list[tuple[str, set[str] | None, str]] = [
     ("* runtime.num_threads", {"huge"}, "torch caps threads itself"),
     ("* sampler.eta", {"zero"}, "deterministic DDIM"),
     ("* sampler.lambda_min", {"negative", "zero", "-inf"}, "λ may be any real; -inf means no clip"),
-    ("* gif.frames", {"zero", "huge"}, "0 writes no GIFs; more frames than steps is clamped to the steps"),
-    ("* gif.num_images", {"huge"}, "clamped to num_samples"),
-    ("* grid_images", {"huge"}, "clamped to num_samples"),
+    ("* gif.frames", {"zero", "huge"}, "0 writes no GIFs; more frames than states is clamped to them, with a warning"),
+    ("* gif.num_images", {"huge"}, "clamped to num_samples, with a warning"),
+    ("* grid_images", {"huge"}, "clamped to num_samples, with a warning"),
     ("* *num_samples", {"huge"}, "costly, not wrong"),
     ("* *num_images", {"huge"}, "costly, not wrong"),
     ("* num_real", {"huge"}, "clamped to the split's size"),
@@ -296,3 +296,21 @@ def test_bad_value_as_a_process(exe: str, args: list[str], expect: str, tmp_path
     new = {p.name for p in run.iterdir()} - {"keep.txt", ".hydra", ".lock"}  # Hydra's record and train's run lock
     assert all(n.endswith(".log") for n in new), new  # no outputs: refused before any work
     assert (run / "keep.txt").read_text() == "earlier output\n"
+
+
+def test_sample_clamps_print_a_warning(tiny_ckpt: Path, tmp_path: Path) -> None:
+    """The clamps of ``ddpm-sample`` listed in ACCEPTED say so in the log (and still succeed)."""
+    run = tmp_path / "run"
+    args = ["num_samples=2", "gif.num_images=5", "gif.frames=1000", "grid_images=10", "sampler.steps=3", "progress=false"]
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ddpm-sample"), f"ckpt={tiny_ckpt}", *args, f"hydra.run.dir={run}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    log = (run / "sample.log").read_text()
+    assert "gif.num_images=5 exceeds num_samples=2: the GIFs show 2 images" in log
+    assert "grid_images=10 exceeds num_samples=2: the grid shows 2 images" in log
+    assert "gif.frames=1000 exceeds the 4 states of a 3-evaluation sampler: writing 4 frames" in log

@@ -113,6 +113,16 @@ def sample(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     g = cfg.gif
     gif_n = min(int(g.num_images), int(cfg.num_samples))
     n_frames = min(int(g.frames), n_eval + 1)
+    # Clamps to what there is: said once, so that a smaller output than asked for is no surprise.
+    if int(g.num_images) > gif_n:
+        log.warning("gif.num_images=%d exceeds num_samples=%d: the GIFs show %d images", int(g.num_images), int(cfg.num_samples), gif_n)
+    if int(cfg.grid_images) > int(cfg.num_samples):
+        log.warning(
+            "grid_images=%d exceeds num_samples=%d: the grid shows %d images",
+            int(cfg.grid_images),
+            int(cfg.num_samples),
+            int(cfg.num_samples),
+        )
     if n_frames < g.frames:
         log.warning(
             "gif.frames=%d exceeds the %d states of a %d-evaluation sampler: writing %d frames", g.frames, n_eval + 1, n_eval, n_frames
