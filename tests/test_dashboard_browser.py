@@ -101,13 +101,17 @@ class Browser:
 
     def click(self, label: str, timeout: float = 60) -> None:
         """Click (mouse down and up at its centre) the enabled button of the page body whose text is
-        ``label`` (not Streamlit's own toolbar, which has a Stop button of its own while a script runs)."""
+        ``label`` (not Streamlit's own toolbar, which has a Stop button of its own while a script runs),
+        once the app is idle and the button is not a stale one left from the previous run of the page."""
         find = (
-            "(() => { const b = [...document.querySelector('[data-testid=\"stMainBlockContainer\"]').querySelectorAll('button')].find(b => b.innerText.trim() === LABEL && !b.disabled);"
+            "(() => { if (document.querySelector('[data-testid^=\"stStatusWidgetRunning\"]')) return null;"
+            " const main = document.querySelector('[data-testid=\"stMainBlockContainer\"]');"
+            " const b = [...main.querySelectorAll('button')].find(b => b.innerText.trim() === LABEL && !b.disabled"
+            " && !b.closest('[data-stale=\"true\"]'));"
             " if (!b) return null; b.scrollIntoView({block: 'center'}); const r = b.getBoundingClientRect();"
             " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
         ).replace("LABEL", json.dumps(label))
-        x, y = wait_for(lambda: self.js(find), timeout, f"an enabled button {label!r}")
+        x, y = wait_for(lambda: self.js(find), timeout, f"an enabled button {label!r} in an idle app")
         for kind in ("mousePressed", "mouseReleased"):
             self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
 
