@@ -33,6 +33,8 @@ class DatasetConfig:
     path: str | None = None  # folder dataset: a directory or .tar of images
     test_fraction: float = 0.1  # held-out share for datasets without an official test split
     num_classes: int | None = None
+    n: int | None = None  # train on a seeded subset of n images, class-balanced where labels exist (null: all)
+    subset_seed: int = 0  # seed of that subset (subsets of one seed nest: n=64 lies inside n=128)
 
 
 @dataclass
@@ -193,6 +195,8 @@ def check_dataset(d: Any, where: str = "dataset") -> None:
         len(d.background) == 3 and all(0 <= c <= 255 for c in d.background),
         f"{where}.background must be 3 values in 0..255, got {list(d.background)}",
     )
+    n = d.get("n")
+    _check(n is None or n >= 1, f"{where}.n must be >= 1 or null (all images), got {n}")
 
 
 def check_model(m: Any) -> None:

@@ -9,27 +9,30 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm.checkpoint import load_checkpoint
-from ddpm.data import load_dataset, to_model_range
+from ddpm.data import ImageData, load_dataset, to_model_range
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError, ConfigError
+from ddpm.export.format import SUFFIX as EXPORT_SUFFIX
+from ddpm.export.format import is_export, read_export
 from ddpm.models import UNet, build_model
 from ddpm.runtime import Runtime, resolve_memory_format, setup_runtime
 from ddpm.schedules import NoiseSchedule
 
 
 def resolve_ckpt(path: str | Path) -> Path:
-    """What ``ckpt=`` names in every command: a checkpoint file, or a training run dir (its
-    ``checkpoints/last.pt``) or checkpoints dir (its ``last.pt``).
+    """What ``ckpt=`` names in every command: a checkpoint file, an exported ``.safetensors`` file,
+    a training run dir (its ``checkpoints/last.pt``), a checkpoints dir (its ``last.pt``) or a
+    ``ddpm-export`` run dir (its ``model.safetensors``).
 
     Args:
         path: the value of ``ckpt=``.
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        for cand in (path / "checkpoints" / "last.pt", path / "last.pt"):
+        for cand in (path / "checkpoints" / "last.pt", path / "last.pt", path / f"model{EXPORT_SUFFIX}"):
             if cand.is_file():
                 return cand
-        raise CheckpointError(f"no checkpoint in {path}: expected checkpoints/last.pt or last.pt there")
+        raise CheckpointError(f"no checkpoint in {path}: expected checkpoints/last.pt, last.pt or model{EXPORT_SUFFIX} there")
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     return path
@@ -45,6 +48,7 @@ class Pretrained:
         cfg: the resolved training config stored in the checkpoint.
         step: the optimizer step the checkpoint was written at.
         path: the checkpoint file.
+        data_subset: the record of its training subset (``dataset.n``), or None when it trained on every image.
     """
 
     model: UNet
@@ -52,6 +56,7 @@ class Pretrained:
     cfg: DictConfig
     step: int
     path: Path
+    data_subset: dict | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -64,17 +69,24 @@ def load_pretrained(
     """Load ``path`` safely and rebuild model + diffusion from the config stored in it.
 
     Args:
-        path: a checkpoint written by ``ddpm-train``, or its run dir (see :func:`resolve_ckpt`).
+        path: a checkpoint written by ``ddpm-train``, its run dir, or a ``.safetensors`` file
+            written by ``ddpm-export`` with its JSON beside it (see :func:`resolve_ckpt`).
         device: where the network will run.
         use_ema: load the EMA weights (the ones to sample from) rather than the raw ones.
         channels_last: weight memory format; ``None`` picks the faster one for the device
             (see :func:`ddpm.runtime.resolve_memory_format`).
     """
     path = resolve_ckpt(path)
-    state = load_checkpoint(path)
-    cfg = _stored_config(state, path)
     part = "ema" if use_ema else "model"
-    weights = state.get(part)
+    if is_export(path):
+        weights, meta = read_export(path)
+        if meta.get("weights") != part:
+            raise CheckpointError(f"{path} holds the {meta.get('weights')!r} weights, not the {part!r} ones asked for (use_ema={use_ema})")
+        state = {"config": meta["config"], "step": meta["step"]}
+    else:
+        state = load_checkpoint(path)
+        weights = state.get(part)
+    cfg = _stored_config(state, path)
     if not isinstance(weights, dict) or not weights:
         hint = "; pass use_ema=false to use the raw weights" if use_ema and isinstance(state.get("model"), dict) and state["model"] else ""
         raise CheckpointError(f"checkpoint {path} holds no {'EMA' if use_ema else 'model'} weights ('{part}'){hint}")
@@ -91,7 +103,7 @@ def load_pretrained(
     device = torch.device(device)
     fmt = resolve_memory_format(channels_last, device, int(cfg.model.channels))
     model.to(device, memory_format=fmt).eval().requires_grad_(False)
-    return Pretrained(model, diffusion, cfg, int(state["step"]), path)
+    return Pretrained(model, diffusion, cfg, int(state["step"]), path, state.get("data_subset"))
 
 
 # What a checkpoint's stored config must hold to rebuild the network and its schedule.
@@ -156,7 +168,7 @@ def load_for_inference(cfg: DictConfig) -> tuple[Pretrained, Runtime]:
         cfg: a command config with ``ckpt``, ``use_ema`` and a ``runtime`` node.
     """
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
-        raise ConfigError("pass the checkpoint to use: ckpt=PATH (a .pt file or a training run dir)")
+        raise ConfigError("pass the checkpoint to use: ckpt=PATH (a .pt file, a .safetensors export or a training run dir)")
     rt = setup_runtime(cfg.runtime)
     pre = load_pretrained(cfg.ckpt, rt.device, use_ema=bool(cfg.use_ema), channels_last=cfg.runtime.channels_last)
     return pre, rt
@@ -202,3 +214,19 @@ def real_images(cfg: DictConfig, pre: Pretrained, n: int, split: str, seed: int)
         raise ConfigError(f"dataset images are {tuple(data.images.shape[1:])} but the model was trained on {pre.shape}")
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
     return to_model_range(data.images[idx])
+
+
+def training_set(cfg: DictConfig, pre: Pretrained, data_dir: str | None = None) -> ImageData:
+    """The images ``pre`` was trained on: its training subset (``dataset.n``) or the whole train split.
+
+    Args:
+        cfg: a command config with a ``paths`` node.
+        pre: the loaded checkpoint (its dataset node and subset record).
+        data_dir: the data root (default: :func:`data_dir_of`).
+    """
+    from ddpm.data.subset import restore_subset
+
+    full = load_dataset(pre.cfg.dataset, data_dir or data_dir_of(cfg, pre), cfg.paths.cache_dir, "train")
+    if pre.data_subset is None and pre.cfg.dataset.get("n") not in (None, len(full)):
+        raise CheckpointError(f"{pre.path} was trained on dataset.n={pre.cfg.dataset.n} images but records no subset")
+    return restore_subset(full, pre.data_subset, str(pre.path))

@@ -31,7 +31,8 @@ from ddpm.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from ddpm.checkpoint import atomic_save, clean_partial_writes, find_latest, load_checkpoint, save_checkpoint
 from ddpm.cli import hydra_main
 from ddpm.config import validate_train
-from ddpm.data import load_dataset, to_model_range
+from ddpm.data import to_model_range
+from ddpm.data.subset import load_training_set
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.ema import make_ema
 from ddpm.errors import CheckpointError, ConfigError
@@ -44,7 +45,7 @@ from ddpm.samplers import build_sampler, make_eps_fn
 log = logging.getLogger("ddpm.train")
 
 # Parts of the config a checkpoint's weights depend on: resuming with other values is refused.
-COMPATIBLE_KEYS = ("model", "schedule", "train.objective", "dataset.image_size", "dataset.channels")
+COMPATIBLE_KEYS = ("model", "schedule", "train.objective", "dataset.image_size", "dataset.channels", "dataset.n")
 
 
 # Testing hook (used by scripts/fault_drill.py and tests): steps whose loss is made NaN, e.g.
@@ -197,9 +198,10 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.rt: Runtime = setup_runtime(cfg.runtime)
         tc = cfg.train
-        data = load_dataset(cfg.dataset, cfg.paths.data_dir, cfg.paths.cache_dir, "train")
+        data = load_training_set(cfg.dataset, cfg.paths.data_dir, cfg.paths.cache_dir)  # dataset.n: a seeded subset
         self.images = data.images.to(self.rt.device)  # uint8 in memory; scaled per batch on device
         self.data_source = data.source
+        self.data_subset = data.subset  # recorded in every checkpoint (None: all images)
         self.shape = tuple(self.images.shape[1:])
         self.accum = int(cfg.train.grad_accum_steps)
         self.global_batch = tc.batch_size * self.accum * self.rt.world_size
@@ -258,6 +260,7 @@ class Trainer:
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "version": ddpm.__version__,
             "data_source": self.data_source,
+            "data_subset": self.data_subset,
         }
 
     def load_state_dict(self, state: dict[str, Any], path: Path) -> None:

@@ -43,12 +43,15 @@ class ImageData:
         labels: int64 class labels (N,), or None for unlabelled data.
         name: dataset name.
         source: where the images were read from (for messages and records).
+        subset: for a training subset (``dataset.n``), its record (n, seed, size of the full split,
+            hash and sorted indices, see :func:`ddpm.data.subset.subset_record`); else None.
     """
 
     images: torch.Tensor
     labels: torch.Tensor | None
     name: str
     source: str
+    subset: dict | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]

@@ -200,8 +200,9 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     if "memorisation" in metrics:
         from ddpm.evaluate.memorisation import memorisation, save_memorisation_grid
+        from ddpm.pretrained import training_set
 
-        train = load_dataset(dataset_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, "train").images
+        train = training_set(cfg, pre).images  # the network's training subset (dataset.n), not the whole split
         mem = memorisation(fake, train, float(cfg.memorisation.threshold), device)
         result["memorisation"] = mem.summary(len(train))
         if cfg.memorisation.grid > 0:

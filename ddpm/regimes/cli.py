@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ddpm.cli import hydra_main
+from ddpm.errors import ConfigError
 from ddpm.pretrained import network
 from ddpm.regimes import plots, theory
 from ddpm.regimes.collapse import measure_collapse
@@ -75,6 +76,7 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.time()
 
     pre = None
+    subset = None
     data_cfg = data_source(cfg)
     if cfg.ckpt:
         from ddpm.pretrained import load_pretrained
@@ -86,10 +88,17 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             data_cfg.dataset = pre.cfg.dataset
             data_cfg.name = str(pre.cfg.dataset.name)
             data_cfg.downsample = 1
+            data_cfg.n = None  # exactly the network's training set (checked against points.n below)
+        subset = pre.data_subset
         log.info("checkpoint %s (step %d): using its schedule and dataset %s", cfg.ckpt, pre.step, data_cfg.name)
     else:
         schedule = NoiseSchedule.from_config(cfg.schedule)
-    points = load_points(data_cfg, cfg.paths.data_dir, cfg.paths.cache_dir)
+    points = load_points(data_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, subset=subset)
+    if pre is not None and cfg.points.n is not None and int(cfg.points.n) != points.n:
+        raise ConfigError(
+            f"points.n={cfg.points.n}, but {pre.path} was trained on {points.n} images (dataset.n); "
+            f"the exact score must be that of its training set: drop points.n or set points.n={points.n}"
+        )
     n, d = points.n, points.d
     alpha = math.log(n) / d
     log.info("data %s: n=%d, d=%d, α=log(n)/d=%.4f, scaling %s", data_cfg.name, n, d, alpha, points.scaling)

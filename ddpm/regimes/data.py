@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm.data import load_dataset, to_model_range
+from ddpm.data.subset import balanced_subset, recorded_indices
 from ddpm.errors import ConfigError, DataError
 from ddpm.regimes.config import SYNTHETIC, SyntheticConfig
 from ddpm.regimes.seeds import generator
@@ -110,7 +111,7 @@ def _images(cfg, data_dir: str | Path, cache_dir: str | Path, split: str) -> tup
     return x.flatten(1), data.labels, tuple(x.shape[1:]), data.source
 
 
-def load_points(cfg, data_dir: str | Path, cache_dir: str | Path, split: str = "train") -> Points:
+def load_points(cfg, data_dir: str | Path, cache_dir: str | Path, split: str = "train", subset: dict | None = None) -> Points:
     """The training points of a source node.
 
     Args:
@@ -118,6 +119,8 @@ def load_points(cfg, data_dir: str | Path, cache_dir: str | Path, split: str = "
         data_dir: the data root for image datasets.
         cache_dir: decoded-archive cache for image datasets.
         split: ``train`` or ``test`` (held-out points; synthetic data draws a fresh sample).
+        subset: a checkpoint's training-subset record: the train split is narrowed to exactly those
+            images (else to ``dataset.n`` when set, as ``ddpm-train`` does).
     """
     if cfg.name in SYNTHETIC:
         n = int(cfg.n)
@@ -137,6 +140,16 @@ def load_points(cfg, data_dir: str | Path, cache_dir: str | Path, split: str = "
         return Points(x, labels, (int(cfg.d),), "synthetic (no pixel scaling)", eigs, None, means, cfg.name)
     x, labels, shape, source = _images(cfg, data_dir, cache_dir, split)
     full = x
+    n_train = cfg.dataset.get("n")
+    if split == "train" and (subset is not None or (n_train is not None and n_train != len(x))):
+        if subset is not None:
+            keep = recorded_indices(len(x), labels, subset, "the checkpoint")
+        elif n_train > len(x):
+            raise DataError(f"dataset.n={n_train} exceeds the {len(x)} training images of {cfg.name}")
+        else:
+            keep = balanced_subset(len(x), labels, int(n_train), int(cfg.dataset.get("subset_seed", 0) or 0))
+        x = x[keep]
+        labels = labels[keep] if labels is not None else None
     if cfg.n is not None:
         if cfg.n > len(x):
             raise DataError(f"points.n={cfg.n} exceeds the {len(x)} {split} images of {cfg.name}")
