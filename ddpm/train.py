@@ -464,7 +464,11 @@ class Trainer:
             writer = SummaryWriter(str(self.run_dir / "tb"))
         bar = tqdm(
             total=tc.max_steps if tc.time_budget_min is None else None,
-            initial=self.step, desc="train", unit="step", disable=not (tc.progress and rt.is_main), dynamic_ncols=True
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not (tc.progress and rt.is_main),
+            dynamic_ncols=True,
         )
         window_loss = torch.zeros((), device=rt.device)
         window_steps, window_t = 0, time.perf_counter()

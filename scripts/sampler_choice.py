@@ -24,6 +24,7 @@ from hydra import compose, initialize_config_module
 from ddpm.evaluate.sample_quality import SampleScorer
 from ddpm.generate import generate
 from ddpm.pretrained import load_pretrained
+from ddpm.sample.config import register as register_sample_config
 from ddpm.samplers import build_sampler, make_eps_fn
 
 COLUMNS = ("evals", "fid", "kid", "class_entropy", "confidence", "confident_fraction", "blob_fraction", "seconds")
@@ -42,6 +43,7 @@ def main() -> None:
     args = p.parse_args()
 
     torch.set_grad_enabled(False)
+    register_sample_config()
     ckpt = Path(args.ckpt)
     ckpt = ckpt / "checkpoints" / "last.pt" if ckpt.is_dir() else ckpt
     pre = load_pretrained(ckpt, torch.device("cpu"), use_ema=True)
@@ -56,7 +58,9 @@ def main() -> None:
             t0 = time.perf_counter()
             x = generate(eps_fn, sampler, pre.shape, args.samples, args.seed, args.batch_size, torch.device("cpu"))
             seconds = time.perf_counter() - t0
-            rows.append({"label": label.strip(), "overrides": rest, "evals": sampler.num_evaluations, "seconds": seconds, **scorer.score(x)})
+            rows.append(
+                {"label": label.strip(), "overrides": rest, "evals": sampler.num_evaluations, "seconds": seconds, **scorer.score(x)}
+            )
             print(f"{label}: FID {rows[-1]['fid']:.2f}", flush=True)
     print(f"\n{args.samples} samples of {ckpt}\n")
     print("| sampler | " + " | ".join(COLUMNS) + " |")

@@ -293,7 +293,9 @@ def test_one_step_starts_from_the_noise(name: str, spacing: str) -> None:
     sampler = build_sampler(cfg, diff)
     assert sampler.timesteps == [99]
     seen: list[int] = []
-    sampler.sample(gaussian_eps(diff), torch.zeros(1, 1, 2, 2), StackedRandomGenerator(CPU, [0]), callback=lambda i, k, x, x0: seen.append(k))
+    sampler.sample(
+        gaussian_eps(diff), torch.zeros(1, 1, 2, 2), StackedRandomGenerator(CPU, [0]), callback=lambda i, k, x, x0: seen.append(k)
+    )
     assert seen == [99]
 
 

@@ -179,7 +179,7 @@ class Sampler(ABC):
         return len(self.timesteps)
 
     def x0_from_eps(self, x: torch.Tensor, abar: float, eps: torch.Tensor) -> torch.Tensor:
-        x0 = (x - (1 - abar) ** 0.5 * eps) / abar**0.5
+        x0 = GaussianDiffusion.x0_at(x, eps, abar)
         return x0.clamp(-1, 1) if self.clip_denoised else x0
 
     @abstractmethod

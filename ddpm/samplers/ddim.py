@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ddpm.diffusion import GaussianDiffusion
 from ddpm.samplers.base import Sampler, StackedRandomGenerator
 
 
@@ -22,10 +23,8 @@ class DDIMSampler(Sampler):
         self.stochastic = self.eta > 0
 
     def step(self, i: int, x: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, rng: StackedRandomGenerator | None) -> torch.Tensor:
-        abar = self.abar[i]
         abar_prev = self.abar[i - 1] if i > 0 else 1.0
-        sigma = self.eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)) ** 0.5
-        out = abar_prev**0.5 * x0 + max(1 - abar_prev - sigma**2, 0.0) ** 0.5 * eps
-        if sigma > 0:
-            out = out + sigma * rng.randn(x.shape[1:])
+        out, var = GaussianDiffusion.respaced_step(x0, eps, self.abar[i], abar_prev, self.eta)
+        if var > 0:
+            out = out + var**0.5 * rng.randn(x.shape[1:])
         return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError
 from ddpm.samplers.base import Sampler, StackedRandomGenerator
 
@@ -27,22 +28,20 @@ class DDPMSampler(Sampler):
 
     stochastic = True
 
-    def __init__(self, diffusion, steps=None, spacing="leading", clip_denoised=True, max_step=None, variance: str = "small", **grid) -> None:
+    def __init__(
+        self, diffusion, steps=None, spacing="leading", clip_denoised=True, max_step=None, variance: str = "small", **grid
+    ) -> None:
         super().__init__(diffusion, steps, spacing, clip_denoised, max_step, **grid)
         if variance not in VARIANCES:
             raise ConfigError(f"unknown sampler.variance {variance!r}; choose one of {', '.join(VARIANCES)}")
         self.variance = variance
 
     def step(self, i: int, x: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, rng: StackedRandomGenerator | None) -> torch.Tensor:
-        abar = self.abar[i]
-        abar_prev = self.abar[i - 1] if i > 0 else 1.0
-        alpha = abar / abar_prev
-        beta = 1 - alpha
-        # Posterior q(x_prev | x, x0) of the (respaced) chain.
-        c0 = beta * abar_prev**0.5 / (1 - abar)
-        ck = (1 - abar_prev) * alpha**0.5 / (1 - abar)
-        mean = c0 * x0 + ck * x
+        abar, abar_prev = self.abar[i], (self.abar[i - 1] if i > 0 else 1.0)
+        # The posterior q(x_prev | x, x̂_0) of the (respaced) chain; ε is consistent with x̂_0 (see Sampler.sample).
+        mean, var = GaussianDiffusion.respaced_step(x0, eps, abar, abar_prev, eta=1.0)
         if i == 0:
             return mean
-        var = beta if self.variance == "large" else beta * (1 - abar_prev) / (1 - abar)
+        if self.variance == "large":
+            var = 1 - abar / abar_prev
         return mean + var**0.5 * rng.randn(x.shape[1:])
