@@ -13,7 +13,7 @@ from ddpm.data import ImageData, load_dataset, to_model_range
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError, ConfigError
 from ddpm.export.format import SUFFIX as EXPORT_SUFFIX
-from ddpm.export.format import is_export, read_export
+from ddpm.export.format import is_export, read_export, subset_from_json
 from ddpm.models import UNet, build_model
 from ddpm.runtime import Runtime, resolve_memory_format, setup_runtime
 from ddpm.schedules import NoiseSchedule
@@ -82,7 +82,7 @@ def load_pretrained(
         weights, meta = read_export(path)
         if meta.get("weights") != part:
             raise CheckpointError(f"{path} holds the {meta.get('weights')!r} weights, not the {part!r} ones asked for (use_ema={use_ema})")
-        state = {"config": meta["config"], "step": meta["step"]}
+        state = {"config": meta["config"], "step": meta["step"], "data_subset": subset_from_json(meta.get("data_subset"))}
     else:
         state = load_checkpoint(path)
         weights = state.get(part)

@@ -40,7 +40,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ema = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in raw.items()}
     # channels_last conv weights, as a CPU training run stores them
     ema = {k: v.to(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in ema.items()}
-    state = {"step": 7, "model": raw, "ema": ema, "config": OmegaConf.to_container(cfg, resolve=True)}
+    subset = {"n": 3, "seed": 5, "total": 10, "sha256": "0" * 64, "indices": torch.tensor([1, 4, 7], dtype=torch.int32)}
+    state = {"step": 7, "model": raw, "ema": ema, "config": OmegaConf.to_container(cfg, resolve=True), "data_subset": subset}
     save_checkpoint(state, root / "checkpoints", 7, keep=1)
     return root
 
@@ -80,6 +81,9 @@ def test_round_trip_gives_identical_weights_and_samples(run_dir: Path, tmp_path:
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert b.step == a.step == 7 and OmegaConf.to_container(b.cfg) == OmegaConf.to_container(a.cfg)
     assert b.diffusion.T == a.diffusion.T == 50
+    # the training-subset record (dataset.n) travels in the JSON, its indices back as int32
+    assert {k: v for k, v in b.data_subset.items() if k != "indices"} == {k: v for k, v in a.data_subset.items() if k != "indices"}
+    assert b.data_subset["indices"].dtype == torch.int32 and torch.equal(b.data_subset["indices"], a.data_subset["indices"])
     images = []
     for pre in (a, b):
         sampler = build_sampler(pre.cfg.sampler, pre.diffusion)

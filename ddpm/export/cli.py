@@ -46,6 +46,7 @@ def export(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         "ema" if cfg.use_ema else "model",
         weights_path,
         str(pre.path),
+        pre.data_subset,
     )
     log.info("exported %s (step %d) -> %s and %s", pre.path, pre.step, weights_path, cfg_path)
     return {"weights": str(weights_path), "config": str(cfg_path), "step": pre.step}

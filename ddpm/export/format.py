@@ -61,7 +61,15 @@ def atomic_write_bytes(data: bytes, path: Path) -> None:
         raise
 
 
-def write_export(weights: dict[str, torch.Tensor], config: dict[str, Any], step: int, part: str, path: str | Path, source: str) -> Path:
+def write_export(
+    weights: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    step: int,
+    part: str,
+    path: str | Path,
+    source: str,
+    data_subset: dict[str, Any] | None = None,
+) -> Path:
     """Write ``weights`` to ``path`` (``.safetensors``) and the JSON beside it; returns the JSON's path.
 
     Args:
@@ -71,6 +79,7 @@ def write_export(weights: dict[str, torch.Tensor], config: dict[str, Any], step:
         part: ``ema`` or ``model``: which weights of the checkpoint these are.
         path: the ``.safetensors`` file to write.
         source: the checkpoint they were exported from (recorded in the JSON).
+        data_subset: the checkpoint's training-subset record (``dataset.n``), None when it trained on every image.
     """
     from safetensors.torch import save
 
@@ -89,12 +98,32 @@ def write_export(weights: dict[str, torch.Tensor], config: dict[str, Any], step:
         "step": int(step),
         "source": source,
         "config": config,
+        "data_subset": _subset_to_json(data_subset),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(data, path)
     cfg_path = config_path(path)
     atomic_write_bytes((json.dumps(meta, indent=2) + "\n").encode(), cfg_path)
     return cfg_path
+
+
+def _subset_to_json(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A subset record with its index tensor as a list (JSON holds no tensors)."""
+    if record is None:
+        return None
+    return {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in record.items()}
+
+
+def subset_from_json(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The subset record of an export's JSON with its indices back as the int32 tensor a checkpoint holds.
+
+    Args:
+        record: the JSON's ``data_subset`` entry.
+    """
+    if not isinstance(record, dict):
+        return None
+    indices = record.get("indices")
+    return {**record, "indices": None if indices is None else torch.tensor(indices, dtype=torch.int32)}
 
 
 def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
