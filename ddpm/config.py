@@ -50,6 +50,9 @@ class ModelConfig:
     # GroupNorm groups hold at least this many channels (32 groups at most). Checkpoints written
     # before the key existed used one channel per group at <= 32 channels: they load with 1.
     norm_min_group_channels: int = 4
+    # Class conditioning: null = unconditional, auto = the dataset's classes, or a count. A class
+    # embedding (plus a learned null class for dropped labels) is added to the time embedding.
+    num_classes: Any = None
 
 
 @dataclass
@@ -100,6 +103,7 @@ class TrainSection:
     warmup_steps: int = 500
     lr_schedule: str = "constant"  # constant or cosine (after warmup)
     grad_clip: float = 1.0  # max global grad norm; 0 disables
+    cond_drop_prob: float = 0.1  # conditional models: share of labels replaced by the null class (classifier-free guidance)
     ema_decay: float = 0.9999
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     objective: str = "eps"  # eps, x0, v
@@ -167,6 +171,7 @@ def _check(ok: bool, msg: str) -> None:
 MAX_T = 1_000_000  # schedule steps (per-step tables of ᾱ, posterior, ...)
 MAX_IMAGE_SIZE = 4096
 MAX_MODEL_CHANNELS = 4096
+MAX_DATASET_N = 100_000_000  # training images of a subset (dataset.n)
 
 
 def check_schedule(s: Any, where: str = "schedule") -> None:
@@ -196,7 +201,7 @@ def check_dataset(d: Any, where: str = "dataset") -> None:
         f"{where}.background must be 3 values in 0..255, got {list(d.background)}",
     )
     n = d.get("n")
-    _check(n is None or n >= 1, f"{where}.n must be >= 1 or null (all images), got {n}")
+    _check(n is None or 1 <= n <= MAX_DATASET_N, f"{where}.n must be >= 1 and <= {MAX_DATASET_N} or null (all images), got {n}")
 
 
 def check_model(m: Any) -> None:
@@ -210,6 +215,9 @@ def check_model(m: Any) -> None:
     _check(m.num_heads >= 1, f"model.num_heads must be >= 1, got {m.num_heads}")
     _check(0.0 <= m.dropout < 1.0, f"model.dropout must lie in [0, 1), got {m.dropout}")
     _check(m.norm_min_group_channels >= 1, f"model.norm_min_group_channels must be >= 1, got {m.norm_min_group_channels}")
+    from ddpm.conditioning import check_num_classes
+
+    check_num_classes(m.get("num_classes"))
 
 
 def validate_train(cfg: Any) -> None:
@@ -245,6 +253,7 @@ def validate_train(cfg: Any) -> None:
     _check(t.eval_samples >= 2, f"train.eval_samples must be >= 2 (FID needs a covariance), got {t.eval_samples}")
     _check(t.max_bad_steps >= 1, f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}")
     _check(t.grad_accum_steps >= 1, f"train.grad_accum_steps must be >= 1, got {t.grad_accum_steps}")
+    _check(0.0 <= t.cond_drop_prob < 1.0, f"train.cond_drop_prob must lie in [0, 1), got {t.cond_drop_prob}")
     check_runtime(cfg.runtime)
     for key in ("lr", "weight_decay", "p_mean", "p_std"):  # NaN fails the range checks above; inf needs its own
         _check(math.isfinite(t[key]), f"train.{key} must be finite, got {t[key]}")

@@ -7,11 +7,14 @@ from ddpm.samplers.base import Sampler, StackedRandomGenerator, make_eps_fn, tim
 from ddpm.samplers.ddim import DDIMSampler
 from ddpm.samplers.ddpm import DDPMSampler
 from ddpm.samplers.dpm_solver import DPMSolverSampler
+from ddpm.samplers.exact_score import ExactScoreSampler
+from ddpm.samplers.sde import EulerMaruyamaSampler, ProbabilityFlowSampler
 
 SAMPLERS: dict[str, type[Sampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler, "dpm_solver": DPMSolverSampler}
+SAMPLERS.update({"euler_maruyama": EulerMaruyamaSampler, "pf_ode": ProbabilityFlowSampler, "exact_score": ExactScoreSampler})
 
 
-def build_sampler(cfg, diffusion, max_step: int | None = None) -> Sampler:
+def build_sampler(cfg, diffusion, max_step: int | None = None, points=None) -> Sampler:
     """Build the sampler named by a ``sampler`` config node.
 
     Args:
@@ -19,6 +22,7 @@ def build_sampler(cfg, diffusion, max_step: int | None = None) -> Sampler:
         diffusion: the model's :class:`~ddpm.diffusion.GaussianDiffusion`.
         max_step: start the reverse process at this schedule step instead of T-1 (denoising
             from a noised image); ``steps`` then counts evaluations within 0..max_step.
+        points: ``exact_score`` only: the training points (model range) whose exact score it samples with.
     """
     from ddpm.errors import ConfigError
 
@@ -37,10 +41,12 @@ def build_sampler(cfg, diffusion, max_step: int | None = None) -> Sampler:
     elif cfg.eta != 0:  # a noise scale the sampler would silently ignore
         raise ConfigError(f"sampler.eta applies to the ddim sampler only, not to {cfg.name!r}")
     variance = cfg.get("variance", "small")
-    if cfg.name == "ddpm":
+    if cfg.name in ("ddpm", "exact_score"):
         kwargs["variance"] = variance
     elif variance != "small":
         raise ConfigError(f"sampler.variance applies to the ddpm sampler only, not to {cfg.name!r}")
+    if cfg.name == "exact_score":
+        kwargs["points"] = points
     return SAMPLERS[cfg.name](diffusion, **kwargs)
 
 
@@ -54,4 +60,7 @@ __all__ = [
     "DDIMSampler",
     "DDPMSampler",
     "DPMSolverSampler",
+    "EulerMaruyamaSampler",
+    "ProbabilityFlowSampler",
+    "ExactScoreSampler",
 ]
