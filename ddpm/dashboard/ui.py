@@ -10,7 +10,6 @@ import streamlit as st
 import yaml
 
 from ddpm.dashboard import launch
-from ddpm.dashboard.paths import inside
 from ddpm.dashboard.runs import LAUNCH_LOG, loss_curve, read_config, run_info, tail
 from ddpm.errors import ConfigError
 
@@ -34,13 +33,29 @@ def show_error(exc: Exception) -> None:
 
 
 def render_run(root: Path, name: str) -> None:
-    """Status, progress, loss curve, latest grid, checkpoints and Stop/Resume of one run; re-read
-    every :data:`REFRESH_S` seconds while it trains."""
+    """Stop/Resume, status, progress, loss curve, latest grid and checkpoints of one run; re-read
+    every :data:`REFRESH_S` seconds while it trains.
+
+    The buttons belong to the whole page, not to the refreshing part: a click then reruns the page
+    (a click on a button inside the fragment can be lost while the page itself reruns)."""
     try:
-        live = launch.is_live(inside(root, name))
+        run = run_info(root, name)
     except ConfigError as exc:
         show_error(exc)
         return
+    live = launch.is_live(run.path)
+    b1, _ = st.columns([1, 5])
+    if live and b1.button("Stop training", key=f"stop-{name}", help="SIGTERM: the run finishes its step and writes a checkpoint"):
+        launch.stop(root, name, wait_s=0.5)
+        st.info("stop requested: the run writes a checkpoint and exits")
+    resumable = not live and run.status == "stopped" and bool(run.checkpoints)
+    if resumable and b1.button("Resume training", key=f"resume-{name}", help="relaunch with resume=latest"):
+        try:
+            launch.resume(root, name)
+        except ConfigError as exc:
+            show_error(exc)
+        else:
+            st.rerun()
 
     @st.fragment(run_every=REFRESH_S if live else None)
     def body() -> None:
@@ -68,24 +83,6 @@ def render_run(root: Path, name: str) -> None:
                 st.image(str(run.grids[-1]), caption=f"latest grid: {run.grids[-1].name}")
             else:
                 st.caption("no sample grid yet")
-        b1, _ = st.columns([1, 5])
-        if started_here and b1.button(
-            "Stop training", key=f"stop-{name}", help="SIGTERM: the run finishes its step and writes a checkpoint"
-        ):
-            launch.stop(root, name, wait_s=0.5)
-            st.info("stop requested: the run writes a checkpoint and exits")
-        if (
-            not started_here
-            and run.status == "stopped"
-            and run.checkpoints
-            and b1.button("Resume training", key=f"resume-{name}", help="relaunch with resume=latest")
-        ):
-            try:
-                launch.resume(root, name)
-                st.success("resumed")
-                st.rerun()
-            except ConfigError as exc:
-                show_error(exc)
         if run.checkpoints:
             st.caption("checkpoints: " + ", ".join(p.name for p in run.checkpoints))
         with st.expander("config"):
@@ -95,6 +92,6 @@ def render_run(root: Path, name: str) -> None:
             with st.expander("log", expanded=status == "stopped" and not run.checkpoints):
                 st.code(log_text)
         if live != started_here:
-            st.rerun()  # started or ended: switch the automatic refresh on or off
+            st.rerun()  # the whole page: the buttons change and the refresh switches on or off
 
     body()
