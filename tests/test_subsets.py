@@ -145,3 +145,23 @@ def test_dataset_n_range_is_checked() -> None:
 
     with pytest.raises(ConfigError, match="dataset.n must be >= 1 and <= 100000000 or null"):
         validate_train(compose_config("train", ["dataset.n=0"]))
+
+
+def test_exact_score_sampling_copies_the_training_subset(subset_ckpt: Path, data_dir: Path, tmp_path: Path) -> None:
+    """``ddpm-sample sampler=exact_score`` samples with the exact score of the network's 40 images:
+    every saved sample is one of them, and the GIF is written."""
+    import numpy as np
+    from PIL import Image
+
+    from ddpm.checkpoint import load_checkpoint
+    from ddpm.sample import sample
+
+    over = [f"ckpt={subset_ckpt}", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path / 'cache'}", "runtime.num_threads=1"]
+    over += ["sampler=exact_score", "num_samples=6", "batch_size=6", "save_images=true", "gif.num_images=4"]
+    sample(compose_config("sample", over), tmp_path / "run")
+    full = load_dataset(compose_config("train", ["dataset.image_size=8", "dataset.resize=true"]).dataset, data_dir, tmp_path / "c", "train")
+    train = full.images[load_checkpoint(subset_ckpt)["data_subset"]["indices"].long()].flatten(1).int()
+    for j in range(6):
+        img = torch.from_numpy(np.asarray(Image.open(tmp_path / "run" / "images" / f"{j:06d}.png").convert("L")).copy()).flatten().int()
+        assert int((train - img).abs().max(1).values.min()) <= 1, j  # a copy, up to the uint8 rounding
+    assert (tmp_path / "run" / "sampling.gif").is_file()

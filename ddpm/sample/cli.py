@@ -108,7 +108,9 @@ def sample(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     check_outputs(run_dir, OUTPUTS, bool(cfg.overwrite))
     pre, rt = load_for_inference(cfg)
     diffusion = pre.diffusion
-    sampler = build_sampler(cfg.sampler, diffusion)
+    from ddpm.pretrained import exact_score_points  # sampler=exact_score samples with the training images' exact score
+
+    sampler = build_sampler(cfg.sampler, diffusion, points=exact_score_points(cfg, pre, rt.device))
     n_eval = sampler.num_evaluations
     g = cfg.gif
     gif_n = min(int(g.num_images), int(cfg.num_samples))

@@ -56,8 +56,9 @@ class ExactScoreSampler(DDPMSampler):
         rng: StackedRandomGenerator | None = None,
         callback: Callback | None = None,
         progress=None,
+        **kwargs,
     ) -> torch.Tensor:
-        """Run the chain from ``x_T`` with the exact score; ``eps_fn`` is not called."""
+        """Run the chain from ``x_T`` with the exact score; ``eps_fn`` is not called (other keywords pass through)."""
         if x_T[0].numel() != self.score.d:
             raise ConfigError(f"sampler=exact_score: samples have {x_T[0].numel()} values but the training points {self.score.d}")
-        return super().sample(self.exact_eps, x_T, rng, callback, progress)
+        return super().sample(self.exact_eps, x_T, rng, callback, progress, **kwargs)
