@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import torch
@@ -21,6 +22,7 @@ def generate(
     device: torch.device,
     progress: bool = False,
     callback: Callback | None = None,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Return ``num_samples`` samples (float32 in model range, on CPU).
 
@@ -37,14 +39,18 @@ def generate(
         device: where to run.
         progress: show a tqdm bar over network evaluations.
         callback: forwarded to :meth:`Sampler.sample` (called per batch, per step).
+        labels: (num_samples,) class of each sample for a conditional network (None: unconditional).
     """
+    if labels is not None and len(labels) != num_samples:
+        raise ValueError(f"{len(labels)} labels for {num_samples} samples")
     out = []
     bar = tqdm(total=sampler.num_evaluations * -(-num_samples // batch_size), desc="sampling", unit="eval", disable=not progress)
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)
         rng = StackedRandomGenerator(device, range(seed + start, seed + start + n))
         x_T = rng.randn(shape)
-        x = sampler.sample(eps_fn, x_T, rng, callback=callback, progress=bar).cpu()
+        fn = eps_fn if labels is None else functools.partial(eps_fn, y=labels[start : start + n].to(device))
+        x = sampler.sample(fn, x_T, rng, callback=callback, progress=bar).cpu()
         _refuse_nonfinite(x, start)
         out.append(x)
     bar.close()

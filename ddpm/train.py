@@ -9,6 +9,7 @@ process with batch N*B computes, and a resumed run continues the same random str
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ import ddpm
 from ddpm.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from ddpm.checkpoint import atomic_save, clean_partial_writes, find_latest, load_checkpoint, save_checkpoint
 from ddpm.cli import hydra_main
+from ddpm.conditioning import drop_labels, resolve_num_classes, round_robin_labels
 from ddpm.config import validate_train
 from ddpm.data import to_model_range
 from ddpm.data.subset import load_training_set
@@ -202,6 +204,10 @@ class Trainer:
         self.images = data.images.to(self.rt.device)  # uint8 in memory; scaled per batch on device
         self.data_source = data.source
         self.data_subset = data.subset  # recorded in every checkpoint (None: all images)
+        # model.num_classes=auto becomes the dataset's class count here, so that checkpoints store the number.
+        self.num_classes = resolve_num_classes(cfg.model.get("num_classes"), cfg.dataset, data.labels)
+        cfg.model.num_classes = self.num_classes
+        self.labels = data.labels.to(self.rt.device) if self.num_classes else None
         self.shape = tuple(self.images.shape[1:])
         self.accum = int(cfg.train.grad_accum_steps)
         self.global_batch = tc.batch_size * self.accum * self.rt.world_size
@@ -310,8 +316,8 @@ class Trainer:
             self._perm_epoch = epoch
         return self._perm
 
-    def global_batch_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x_0, k and ε for the whole global batch of the current step (identical on all ranks)."""
+    def global_batch_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """x_0, k, ε and the labels (None: unconditional) for the whole global batch of the current step (identical on all ranks)."""
         epoch, pos = divmod(self.step, self.steps_per_epoch)
         idx = self._epoch_perm(epoch)[pos * self.global_batch : (pos + 1) * self.global_batch]
         x0 = to_model_range(self.images[idx])
@@ -321,13 +327,17 @@ class Trainer:
         flip = torch.rand(G, generator=g, device=dev) < 0.5
         if self.cfg.dataset.hflip:
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        return x0, k, noise
+        y = None
+        if self.labels is not None:  # drawn after the others: an unconditional run keeps its random stream
+            y = drop_labels(self.labels[idx], self.cfg.train.cond_drop_prob, self.num_classes, g)
+        return x0, k, noise, y
 
     # ------------------------------------------------------------------ one optimizer step
-    def _net_call(self, xk: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """The training network on x_k in its memory format, under autocast (the loss stays float32)."""
+    def _net_call(self, xk: torch.Tensor, k: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The training network on x_k (labels ``y`` if conditional) in its memory format, under autocast (the loss stays float32)."""
         with self.rt.autocast():
-            return self.net(xk.to(memory_format=self.memory_format), k)
+            xk = xk.to(memory_format=self.memory_format)
+            return self.net(xk, k) if y is None else self.net(xk, k, y)
 
     def progress(self, step: int) -> float:
         """Share of the run done after warm-up at ``step``: of max_steps, or of the time budget if further along."""
@@ -340,7 +350,7 @@ class Trainer:
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward/backward over all micro-batches, then one optimizer step. Returns (loss, grad norm)."""
-        x0, k, noise = self.global_batch_tensors()
+        x0, k, noise, y = self.global_batch_tensors()
         B, W, r = self.cfg.train.batch_size, self.rt.world_size, self.rt.rank
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.rt.device)
@@ -349,7 +359,8 @@ class Trainer:
             last = m == self.accum - 1
             sync = nullcontext() if last or not self.rt.distributed else self.net.no_sync()
             with sync:
-                loss = self.diffusion.loss(self._net_call, x0[rows], k[rows], noise[rows]) / self.accum
+                net = self._net_call if y is None else functools.partial(self._net_call, y=y[rows])
+                loss = self.diffusion.loss(net, x0[rows], k[rows], noise[rows]) / self.accum
                 if self._nan_steps and any(lo <= self.step <= hi for lo, hi in self._nan_steps):
                     loss = loss * float("nan")  # injected fault: NaN loss and gradients
                 self.scaler.scale(loss).backward()
@@ -399,16 +410,20 @@ class Trainer:
         grid = (self.ema_samples(tc.num_sample_images) + 1) / 2
         path = self.run_dir / "samples" / f"step_{self.step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(grid, path, nrow=int(math.ceil(math.sqrt(len(grid)))))
+        # conditional: sample i is of class i % C, so each column of a C-wide grid is one class
+        nrow = self.num_classes or int(math.ceil(math.sqrt(len(grid))))
+        save_image(grid, path, nrow=nrow)
         if writer is not None:
             from torchvision.utils import make_grid
 
-            writer.add_image("samples", make_grid(grid, nrow=int(math.ceil(math.sqrt(len(grid))))), self.step)
+            writer.add_image("samples", make_grid(grid, nrow=nrow), self.step)
         return path
 
     def ema_samples(self, n: int, seed: int = 0) -> torch.Tensor:
-        """``n`` samples of the EMA network with the run's sampler (``sampler`` group), model range."""
+        """``n`` samples of the EMA network with the run's sampler (``sampler`` group), model range;
+        a conditional network draws sample i for class i % num_classes (no guidance)."""
         model = self.ema.module.eval()
+        labels = round_robin_labels(n, self.num_classes) if self.num_classes else None
         try:
             return generate(
                 make_eps_fn(model, self.diffusion, self.rt.autocast),
@@ -418,6 +433,7 @@ class Trainer:
                 seed=seed,
                 batch_size=max(self.cfg.train.batch_size, 64),
                 device=self.rt.device,
+                labels=labels,
             )
         finally:
             model.train()
@@ -447,7 +463,9 @@ class Trainer:
         rt = self.rt
         return (
             f"dataset {self.cfg.dataset.name}: {len(self.images)} images {self.shape} from {self.data_source}\n"
-            f"model {self.cfg.model.name}: {n_params:,} parameters\n"
+            f"model {self.cfg.model.name}: {n_params:,} parameters"
+            + (f", conditional on {self.num_classes} classes (cond_drop_prob {self.cfg.train.cond_drop_prob})" if self.num_classes else "")
+            + "\n"
             f"schedule {self.cfg.schedule.name}: T={self.diffusion.T}, t_T={float(self.diffusion.schedule.ou_times[-1]):.4f}\n"
             f"device {rt.device}, precision {rt.precision}, "
             f"{'channels_last' if self.memory_format == torch.channels_last else 'contiguous'} memory format, world size {rt.world_size}, "

@@ -142,6 +142,8 @@ class UNet(nn.Module):
         dropout: dropout rate inside residual blocks.
         scale_shift_norm: inject the time embedding as a scale-shift of the normalisation.
         norm_min_group_channels: fewest channels per GroupNorm group (see :func:`norm_groups`).
+        num_classes: class count of a conditional network (None: unconditional). Label
+            ``num_classes`` is the learned null class (classifier-free guidance).
     """
 
     def __init__(
@@ -156,6 +158,7 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         scale_shift_norm: bool = True,
         norm_min_group_channels: int = 4,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         if channels <= 0 or num_res_blocks <= 0 or not channel_mult or min(channel_mult) <= 0:
@@ -172,6 +175,11 @@ class UNet(nn.Module):
         emb_dim = 4 * channels
         self.base_channels = channels
         self.time_mlp = nn.Sequential(nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if num_classes is not None and num_classes < 1:
+            raise ConfigError(f"model.num_classes must be >= 1 or null, got {num_classes}")
+        self.num_classes = num_classes
+        # One row per class plus the null class; added to the time embedding.
+        self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
         self.stem = nn.Conv2d(in_channels, channels, 3, padding=1)
 
         group = norm_min_group_channels
@@ -219,8 +227,15 @@ class UNet(nn.Module):
             h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
         return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """ε (or x_0, v) of ``x`` at steps ``t``; ``y``: (B,) class labels of a conditional network (None: the null class)."""
         emb = self.time_mlp(timestep_embedding(t, self.base_channels))
+        if self.class_emb is not None:
+            if y is None:
+                y = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
+            emb = emb + self.class_emb(y)
+        elif y is not None:
+            raise ValueError("class labels passed to an unconditional network")
         h = self.stem(x)
         hs = [h]
         for layers in self.down:
@@ -246,4 +261,15 @@ def build_model(model_cfg, image_size: int, in_channels: int) -> UNet:
         scale_shift_norm=bool(model_cfg.scale_shift_norm),
         # Checkpoints from before the key existed were trained with one channel per group.
         norm_min_group_channels=int(model_cfg.get("norm_min_group_channels", 1)),
+        # Checkpoints from before conditioning existed are unconditional.
+        num_classes=_num_classes(model_cfg.get("num_classes")),
     )
+
+
+def _num_classes(value: object) -> int | None:
+    """``model.num_classes`` as built: None or an int (``auto`` is resolved from the data before building)."""
+    if value is None:
+        return None
+    if value == "auto":
+        raise ConfigError("model.num_classes=auto must be resolved from the dataset's labels before the model is built")
+    return int(value)

@@ -6,6 +6,10 @@ images of the checkpoint's dataset, same frame count and the same schedule steps
 ``images/000000.png ...`` with ``save_images=true``, and ``sample.json`` (what was run, how long
 it took). Sample i starts from a generator seeded ``seed + i``: it is the same image whatever
 ``batch_size`` is.
+
+A class-conditional checkpoint samples ``class_label`` (with classifier-free guidance
+``guidance_scale``), or, without one, sample i of class i % classes with one row per class in
+``samples.png``.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from tqdm.auto import tqdm
 
 import ddpm
 from ddpm.cli import check_outputs, hydra_main
+from ddpm.conditioning import class_rows, round_robin_labels
 from ddpm.data import from_model_range
+from ddpm.errors import ConfigError
 from ddpm.generate import generate
 from ddpm.gifs import frame_indices, grid_frame, save_grid, write_gif
-from ddpm.pretrained import load_for_inference, network, real_images
+from ddpm.pretrained import Pretrained, load_for_inference, network, real_images
 from ddpm.sample.config import register, validate_sample
 from ddpm.samplers import Sampler, StackedRandomGenerator, build_sampler, make_eps_fn
 
@@ -101,6 +107,30 @@ def save_png(x: torch.Tensor, path: Path) -> None:
     img.save(path)
 
 
+def sample_labels(cfg: DictConfig, pre: Pretrained) -> tuple[torch.Tensor | None, int]:
+    """The class of every sample and the samples per row of a one-row-per-class grid (0: a plain grid).
+
+    Args:
+        cfg: the ``sample`` config (``class_label``, ``guidance_scale``, ``num_samples``, ``grid_images``).
+        pre: the loaded checkpoint.
+    """
+    n, classes = int(cfg.num_samples), pre.model.num_classes
+    if not classes:
+        if cfg.class_label is not None or float(cfg.guidance_scale) != 1.0:
+            raise ConfigError(f"class_label and guidance_scale need a class-conditional checkpoint; {pre.path} is unconditional")
+        return None, 0
+    if float(cfg.guidance_scale) != 1.0 and not OmegaConf.select(pre.cfg, "train.cond_drop_prob", default=0.0):
+        log.warning("guidance_scale=%s: %s was trained without label dropout, its null class is untrained", cfg.guidance_scale, pre.path)
+    if cfg.class_label is not None:
+        if not 0 <= int(cfg.class_label) < classes:
+            raise ConfigError(f"class_label={cfg.class_label} is outside the checkpoint's classes 0..{classes - 1}")
+        return torch.full((n,), int(cfg.class_label), dtype=torch.long), 0
+    if n < classes:
+        log.warning("num_samples=%d is fewer than the %d classes: samples.png shows classes 0..%d in one grid", n, classes, n - 1)
+        return round_robin_labels(n, classes), 0
+    return round_robin_labels(n, classes), max(1, min(int(cfg.grid_images), n) // classes)
+
+
 def sample(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Generate ``cfg.num_samples`` images into ``run_dir``; returns the summary written to sample.json."""
     validate_sample(cfg)
@@ -140,7 +170,10 @@ def sample(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         img_dir.mkdir(exist_ok=True)
         for old in img_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"):  # overwrite=true: no stale samples of a bigger earlier run
             old.unlink()
-    eps_fn = make_eps_fn(network(pre, cfg.runtime), diffusion, rt.autocast)
+    labels, per_row = sample_labels(cfg, pre)
+    # one row per class: sample i is of class i % C, so the first C x per_row samples fill the rows
+    grid_n = per_row * pre.model.num_classes if per_row else int(cfg.grid_images)
+    eps_fn = make_eps_fn(network(pre, cfg.runtime), diffusion, rt.autocast, guidance_scale=float(cfg.guidance_scale))
     n, bs, seed = int(cfg.num_samples), int(cfg.batch_size), int(cfg.seed)
     bar = tqdm(total=n_eval * -(-n // bs), desc=f"{cfg.sampler.name} x{n_eval}", unit="eval", disable=not cfg.progress, dynamic_ncols=True)
     rec = TrajectoryRecorder(sampler, states, gif_n, bar)
@@ -149,17 +182,22 @@ def sample(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     with torch.inference_mode():
         for start in range(0, n, bs):
             m = min(bs, n - start)
-            x = generate(eps_fn, sampler, pre.shape, m, seed + start, m, rt.device, callback=rec)
+            batch_labels = None if labels is None else labels[start : start + m]
+            x = generate(eps_fn, sampler, pre.shape, m, seed + start, m, rt.device, callback=rec, labels=batch_labels)
             rec.finish(x)
-            if start < cfg.grid_images:
-                grid.append(x[: int(cfg.grid_images) - start])
+            if start < grid_n:
+                grid.append(x[: grid_n - start])
             if cfg.save_images:
                 for j, img in enumerate(x):
                     save_png(img, img_dir / f"{start + j:06d}.png")
     bar.close()
     seconds = time.perf_counter() - t0
 
-    save_grid(torch.cat(grid), run_dir / "samples.png")
+    if per_row:
+        shown = torch.cat(grid)
+        save_grid(class_rows(shown, labels[: len(shown)], pre.model.num_classes, per_row), run_dir / "samples.png", nrow=per_row)
+    else:
+        save_grid(torch.cat(grid), run_dir / "samples.png")
     outputs = ["samples.png"]
     steps = state_steps(sampler, states)
     if n_frames:
@@ -185,6 +223,10 @@ def sample(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         "num_samples": n,
         "batch_size": bs,
         "seed": seed,
+        "num_classes": pre.model.num_classes,
+        "class_label": None if cfg.class_label is None else int(cfg.class_label),
+        "guidance_scale": float(cfg.guidance_scale) if pre.model.num_classes else None,
+        "grid_rows": "one per class" if per_row else "plain",
         "device": str(rt.device),
         "precision": rt.precision,
         "seconds": round(seconds, 3),

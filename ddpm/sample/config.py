@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,8 @@ from omegaconf import MISSING
 
 from ddpm.config import PathsConfig, RuntimeConfig, SamplerConfig, check_runtime, register_configs
 from ddpm.errors import ConfigError
+
+MAX_GUIDANCE = 100.0  # far beyond useful scales (1-10): a larger one is a typo
 
 
 @dataclass
@@ -34,6 +37,10 @@ class SampleConfig:
     save_images: bool = False  # one PNG per sample in images/ (e.g. for FID)
     grid_images: int = 64  # samples shown in samples.png
     gif: GifConfig = field(default_factory=GifConfig)
+    # Conditional checkpoints: every sample of this class; null = sample i of class i % classes, and
+    # samples.png shows one row per class. guidance_scale s: ε_∅ + s (ε_y - ε_∅) (1: conditional, 0: unconditional).
+    class_label: int | None = None
+    guidance_scale: float = 1.0
     overwrite: bool = False  # allow replacing the outputs of an earlier run in the same run dir
     progress: bool = True
 
@@ -64,3 +71,8 @@ def validate_sample(cfg: Any) -> None:
     _check(0 < g.fps <= 100, f"gif.fps must lie in (0, 100] (GIF frame delays are whole hundredths of a second), got {g.fps}")
     _check(g.num_images >= 1, f"gif.num_images must be >= 1, got {g.num_images}")
     _check(1 <= g.scale <= 64, f"gif.scale must lie in 1..64, got {g.scale}")
+    _check(cfg.class_label is None or cfg.class_label >= 0, f"class_label must be >= 0 or null, got {cfg.class_label}")
+    _check(
+        math.isfinite(cfg.guidance_scale) and 0 <= cfg.guidance_scale <= MAX_GUIDANCE,
+        f"guidance_scale must lie in [0, {MAX_GUIDANCE}], got {cfg.guidance_scale}",
+    )

@@ -114,18 +114,51 @@ class StackedRandomGenerator:
         return torch.stack([torch.randn(tuple(shape), generator=g, device=self.device) for g in self.generators])
 
 
-def make_eps_fn(model: torch.nn.Module, diffusion: GaussianDiffusion, autocast=None) -> EpsFn:
-    """Wrap a network into ε̂(x_k, k) in float32, whatever the training objective and precision."""
+def make_eps_fn(model: torch.nn.Module, diffusion: GaussianDiffusion, autocast=None, guidance_scale: float = 1.0) -> EpsFn:
+    """Wrap a network into ε̂(x_k, k, y=None) in float32, whatever the training objective and precision.
+
+    Args:
+        model: the network (a conditional one takes labels ``y``; without them it predicts for the null class).
+        diffusion: its schedule and objective.
+        autocast: context manager factory of the runtime's precision.
+        guidance_scale: classifier-free guidance s when labels are given: ε_∅ + s (ε_y - ε_∅). s = 1 is
+            one conditional evaluation and s = 0 one unconditional evaluation, exactly; any other s
+            evaluates both halves in one batch.
+    """
     import contextlib
 
-    ctx = autocast or contextlib.nullcontext
+    from ddpm.conditioning import guided
 
-    def eps_fn(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    ctx = autocast or contextlib.nullcontext
+    scale = float(guidance_scale)
+
+    def eps_fn(x: torch.Tensor, k: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if y is None or scale == 0.0:
+            with ctx():
+                out = model(x, k)
+            return diffusion.eps_from_output(x, k, out)
+        if scale == 1.0:
+            with ctx():
+                out = model(x, k, y)
+            return diffusion.eps_from_output(x, k, out)
+        null = torch.full_like(y, _num_classes(model))
+        xx, kk = torch.cat([x, x]), torch.cat([k, k])
         with ctx():
-            out = model(x, k)
-        return diffusion.eps_from_output(x, k, out)
+            out = model(xx, kk, torch.cat([y, null]))
+        eps_cond, eps_uncond = diffusion.eps_from_output(xx, kk, out).chunk(2)
+        return guided(eps_uncond, eps_cond, scale)
 
     return eps_fn
+
+
+def _num_classes(model: torch.nn.Module) -> int:
+    """The class count (= the null label) of a network, through torch.compile and DDP wrappers."""
+    base = getattr(model, "_orig_mod", model)
+    base = getattr(base, "module", base)
+    n = getattr(base, "num_classes", None)
+    if not n:
+        raise ValueError("class labels and guidance need a conditional network (model.num_classes)")
+    return int(n)
 
 
 class Sampler(ABC):
