@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -266,7 +265,7 @@ def train_step_fn(
     model: torch.nn.Module, variant: Variant, diffusion: GaussianDiffusion, batch: int, shape: tuple, device: torch.device
 ) -> Callable[[], None]:
     """One optimizer step exactly as ``ddpm-train`` takes it (minus data loading, which is an
-    index into an in-memory tensor there): q_sample, forward, MSE, backward, clip, AdamW, EMA."""
+    index into an in-memory tensor there): GaussianDiffusion.loss, backward, clip, AdamW, EMA."""
     model = model.to(memory_format=variant.memory_format).train()
     ema = make_ema(model, 0.9999)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -276,13 +275,14 @@ def train_step_fn(
     g = torch.Generator(device).manual_seed(0)
     x0 = torch.rand((batch, *shape), generator=g, device=device) * 2 - 1
 
+    def call(xk: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            return net(xk.to(memory_format=variant.memory_format), k)
+
     def step() -> None:
         k = diffusion.sample_timesteps(batch, g, device)
         noise = torch.randn(x0.shape, generator=g, device=device)
-        xk = diffusion.q_sample(x0, k, noise).to(memory_format=variant.memory_format)
-        with autocast():
-            out = net(xk, k)
-        loss = F.mse_loss(out.float(), noise)
+        loss = diffusion.loss(call, x0, k, noise)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
