@@ -116,6 +116,8 @@ class TrainSection:
     budget_clock: str = "wall"  # wall, or process (CPU time of this process: fair on a shared machine)
     eval_every: int = 0  # domain FID of eval_samples samples every N steps (0: off); keeps checkpoints/best.pt
     eval_samples: int = 256
+    regimes_every: int = 0  # memorised fraction and ε-gap to the exact score at t_S, t_C every N steps (0: off; ddpm/regimes/monitor.py)
+    regimes_samples: int = 16  # samples whose memorised fraction is logged
     seed: int = 0
     log_every: int = 50
     sample_every: int = 1000  # 0 disables sample grids
@@ -172,6 +174,7 @@ MAX_T = 1_000_000  # schedule steps (per-step tables of ᾱ, posterior, ...)
 MAX_IMAGE_SIZE = 4096
 MAX_MODEL_CHANNELS = 4096
 MAX_DATASET_N = 100_000_000  # training images of a subset (dataset.n)
+MAX_REGIMES_SAMPLES = 100_000  # samples drawn at each train.regimes_every
 
 
 def check_schedule(s: Any, where: str = "schedule") -> None:
@@ -241,7 +244,10 @@ def validate_train(cfg: Any) -> None:
     for key in ("log_every", "sample_every", "ckpt_every", "num_sample_images", "keep_checkpoints"):
         _check(t[key] >= 0, f"train.{key} must be >= 0, got {t[key]}")
     _check(t.loss_weighting in ("none", "min_snr", "edm"), f"train.loss_weighting must be none, min_snr or edm, got {t.loss_weighting!r}")
-    _check(t.timestep_sampling in ("uniform", "lognormal"), f"train.timestep_sampling must be uniform or lognormal, got {t.timestep_sampling!r}")
+    _check(
+        t.timestep_sampling in ("uniform", "lognormal"),
+        f"train.timestep_sampling must be uniform or lognormal, got {t.timestep_sampling!r}",
+    )
     _check(t.min_snr_gamma > 0, f"train.min_snr_gamma must be > 0, got {t.min_snr_gamma}")
     _check(t.p_std > 0, f"train.p_std must be > 0, got {t.p_std}")
     _check(
@@ -251,6 +257,11 @@ def validate_train(cfg: Any) -> None:
     _check(t.budget_clock in ("wall", "process"), f"train.budget_clock must be wall or process, got {t.budget_clock!r}")
     _check(t.eval_every >= 0, f"train.eval_every must be >= 0, got {t.eval_every}")
     _check(t.eval_samples >= 2, f"train.eval_samples must be >= 2 (FID needs a covariance), got {t.eval_samples}")
+    _check(t.get("regimes_every", 0) >= 0, f"train.regimes_every must be >= 0, got {t.get('regimes_every')}")
+    _check(
+        1 <= t.get("regimes_samples", 16) <= MAX_REGIMES_SAMPLES,
+        f"train.regimes_samples must lie in 1..{MAX_REGIMES_SAMPLES}, got {t.get('regimes_samples')}",
+    )
     _check(t.max_bad_steps >= 1, f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}")
     _check(t.grad_accum_steps >= 1, f"train.grad_accum_steps must be >= 1, got {t.grad_accum_steps}")
     _check(0.0 <= t.cond_drop_prob < 1.0, f"train.cond_drop_prob must lie in [0, 1), got {t.cond_drop_prob}")

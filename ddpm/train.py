@@ -531,6 +531,10 @@ class Trainer:
                     self.sample_grid(writer)
                 if tc.eval_every and self.step % tc.eval_every == 0:
                     self.evaluate(writer)
+                if tc.regimes_every and self.step % tc.regimes_every == 0 and rt.is_main:
+                    from ddpm.regimes.monitor import log_regimes  # memorised fraction, ε-gap at t_S and t_C
+
+                    log_regimes(self, writer)
                 bar.update(1)
         bar.close()
         if stop.signum is not None:
