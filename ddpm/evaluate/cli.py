@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import ddpm
 from ddpm.cli import hydra_main
+from ddpm.conditioning import per_class_accuracy, round_robin_labels
 from ddpm.data import from_model_range, load_dataset, to_model_range
 from ddpm.errors import ConfigError
 from ddpm.evaluate.config import register, validate_evaluate
@@ -100,6 +101,36 @@ def _fidelity(
     return res
 
 
+def _class_accuracy(
+    clf, fake: torch.Tensor, labels: torch.Tensor, classes: int, dataset_cfg: DictConfig, device: torch.device, warnings: list[str]
+) -> dict | None:
+    """Per-class accuracy of a conditional model's samples under the domain classifier (None, with a warning, without one).
+
+    Args:
+        clf: the domain classifier, or None when the dataset has no labels.
+        fake: the samples, uint8.
+        labels: the class each sample was generated for.
+        classes: the model's class count.
+        dataset_cfg: the checkpoint's dataset node (for messages).
+        device: where the classifier runs.
+        warnings: collects the reason when nothing is measured.
+    """
+    from ddpm.evaluate.coverage import class_probabilities
+
+    if clf is None:
+        reason = f"class accuracy skipped: dataset {dataset_cfg.name} has no domain classifier"
+    else:
+        probs = class_probabilities(clf.model, fake, device=device)
+        if probs.shape[1] == classes:
+            acc = per_class_accuracy(probs, labels, classes)
+            acc["classifier"] = f"{dataset_cfg.name}-classifier@{clf.digest}"
+            return acc
+        reason = f"class accuracy skipped: the classifier has {probs.shape[1]} classes, the model {classes}"
+    log.warning(reason)
+    warnings.append(reason)
+    return None
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
@@ -150,18 +181,33 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
         "device": str(device),
         "precision": rt.precision,
     }
-    eps_fn = make_eps_fn(network(pre, cfg.runtime), pre.diffusion, rt.autocast)
+    classes = pre.model.num_classes
+    if not classes and float(cfg.guidance_scale) != 1.0:
+        raise ConfigError(f"guidance_scale needs a class-conditional checkpoint; {pre.path} is unconditional")
+    # conditional: sample i is of class i % classes, whatever num_samples is; denoising uses the null class
+    labels = round_robin_labels(int(cfg.num_samples), classes) if classes else None
+    result.update(num_classes=classes, guidance_scale=float(cfg.guidance_scale) if classes else None)
+    eps_fn = make_eps_fn(network(pre, cfg.runtime), pre.diffusion, rt.autocast, guidance_scale=float(cfg.guidance_scale))
 
     need_samples = any(m in metrics for m in ("fid", "kid", "isc", "coverage", "memorisation"))
     domain_fidelity = fe.kind == "domain" and any(m in metrics for m in ("fid", "kid", "isc"))
-    clf = _classifier(cfg, dataset_cfg, device, required=domain_fidelity) if domain_fidelity or "coverage" in metrics else None
+    want_clf = domain_fidelity or "coverage" in metrics or (classes and need_samples)
+    clf = _classifier(cfg, dataset_cfg, device, required=domain_fidelity) if want_clf else None
 
     fake = None
     if need_samples:
         sampler = build_sampler(cfg.sampler, pre.diffusion)
         t0 = time.time()
         x = generate(
-            eps_fn, sampler, pre.shape, int(cfg.num_samples), int(cfg.seed), int(cfg.batch_size), device, progress=bool(cfg.progress)
+            eps_fn,
+            sampler,
+            pre.shape,
+            int(cfg.num_samples),
+            int(cfg.seed),
+            int(cfg.batch_size),
+            device,
+            progress=bool(cfg.progress),
+            labels=labels,
         )
         result["sampling_seconds"] = round(time.time() - t0, 1)
         fake = from_model_range(x)
@@ -186,6 +232,9 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
                 "generated": coverage(clf.model, fake, device),
                 "real_test_reference": coverage(clf.model, test.images[: int(cfg.num_samples)], device),
             }
+
+    if labels is not None and fake is not None:
+        result["class_accuracy"] = _class_accuracy(clf, fake, labels, classes, dataset_cfg, device, warnings)
 
     if "denoise" in metrics:
         from ddpm.evaluate.denoising import denoising_quality
@@ -212,7 +261,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
     result["warnings"] = warnings
     _write_json(run_dir / "metrics.json", result)
     scalars: dict[str, float] = {}
-    for key in ("fidelity", "coverage", "denoise", "memorisation"):
+    for key in ("fidelity", "coverage", "class_accuracy", "denoise", "memorisation"):
         if key in result:
             _scalars(f"eval/{key}", result[key], scalars)
     from torch.utils.tensorboard import SummaryWriter
@@ -246,6 +295,12 @@ def summary_lines(result: dict) -> str:
         m = result["memorisation"]
         lines.append(
             f"  [memorisation, {m['num_samples']} samples vs {m['num_train']} train] {m['fraction_memorised']:.1%} below ratio {m['threshold']:.3f}"
+        )
+    if result.get("class_accuracy"):
+        a = result["class_accuracy"]
+        per = " ".join(f"{c}:{v['accuracy']:.2f}" for c, v in a["per_class"].items() if v["accuracy"] is not None)
+        lines.append(
+            f"  [class accuracy, {a['num_samples']} samples, guidance {result['guidance_scale']}] {a['accuracy']:.3f} (chance {a['chance']:.3f}); {per}"
         )
     lines += [f"  warning: {w}" for w in result.get("warnings", [])]
     return "\n".join(lines)

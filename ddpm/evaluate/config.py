@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -14,6 +15,7 @@ from ddpm.config import PathsConfig, RuntimeConfig, SamplerConfig, check_runtime
 from ddpm.errors import ConfigError
 from ddpm.evaluate.memorisation import DEFAULT_THRESHOLD
 
+MAX_GUIDANCE = 100.0  # far beyond useful scales (1-10): a larger one is a typo
 METRICS = ("fid", "kid", "isc", "coverage", "denoise", "memorisation")
 
 
@@ -52,6 +54,9 @@ class EvaluateConfig:
     batch_size: int = 250
     seed: int = 0  # sample i starts from seed + i
     use_ema: bool = True
+    # Conditional checkpoints: sample i is of class i % classes, guided with this scale (1: conditional);
+    # metrics.json then holds the per-class accuracy of the samples under the domain classifier.
+    guidance_scale: float = 1.0
     kid_subsets: int = 100
     kid_subset_size: int = 1000  # shrunk to the sample counts when they are smaller
     denoise: DenoiseSection = field(default_factory=DenoiseSection)
@@ -87,6 +92,10 @@ def validate_evaluate(cfg: Any) -> None:
     _check(cfg.num_real is None or cfg.num_real >= 2, f"num_real must be >= 2 or null, got {cfg.num_real}")
     _check(cfg.real_split in ("train", "test"), f"real_split must be train or test, got {cfg.real_split!r}")
     _check(cfg.batch_size > 0, f"batch_size must be > 0, got {cfg.batch_size}")
+    _check(
+        math.isfinite(cfg.guidance_scale) and 0 <= cfg.guidance_scale <= MAX_GUIDANCE,
+        f"guidance_scale must lie in [0, {MAX_GUIDANCE}], got {cfg.guidance_scale}",
+    )
     _check(cfg.kid_subsets >= 1, f"kid_subsets must be >= 1, got {cfg.kid_subsets}")
     _check(cfg.kid_subset_size >= 2, f"kid_subset_size must be >= 2, got {cfg.kid_subset_size}")
     fe = cfg.feature_extractor
