@@ -10,6 +10,12 @@ every scalar of the result JSON (nested objects flattened with dots; lists are s
     python scripts/collect_sweep.py outputs/multirun/train/<date> --result metrics.json --plot loss --x schedule.T --hue schedule
 
 With ``--plot Y --x X [--hue H]`` it also draws Y against X, one line per value of H, next to the CSV.
+
+``--collapse`` reads a ``ddpm-train`` multirun of the collapse study instead (docs/regimes.md): the
+``regimes/<name>/regimes.json`` of every training job become ``collapse.csv`` and three plots
+(memorised fraction against n and against steps; collapse times against n beside the theory).
+
+    python scripts/collect_sweep.py outputs/multirun/train/<date> --collapse
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot", default=None, help="column to plot (e.g. loss); needs --x")
     ap.add_argument("--x", default=None, help="column on the x axis (e.g. schedule.T)")
     ap.add_argument("--hue", default=None, help="column whose values get one line each (e.g. schedule)")
+    ap.add_argument("--collapse", action="store_true", help="a collapse-study training multirun: its jobs' regimes/*/regimes.json")
     args = ap.parse_args(argv)
     if args.plot and not args.x:
         print("error: --plot needs --x", file=sys.stderr)
@@ -81,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.sweep.is_dir():
         print(f"error: {args.sweep} is not a directory", file=sys.stderr)
         return 2
+    if args.collapse:
+        return collect_collapse(args.sweep, args.out)
     keys = [k for k in args.config_keys.split(",") if k]
     rows, missing = collect(args.sweep, args.result, keys)
     if missing:
@@ -110,6 +119,36 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: no column {key!r}; columns: {', '.join(columns)}", file=sys.stderr)
                 return 2
         print(f"plot -> {plot(rows, args.plot, args.x, args.hue, out.with_suffix('.png'))}")
+    return 0
+
+
+def collect_collapse(sweep: Path, out: Path | None) -> int:
+    """The collapse study's table (CSV and printed) and plots; returns the exit code."""
+    from ddpm.regimes.study import COLUMNS, collapse_rows, plot_study
+
+    rows, missing = collapse_rows(sweep)
+    if missing:
+        print(
+            f"warning: {len(missing)} training job(s) without regimes/*/regimes.json: {', '.join(str(m) for m in missing)}", file=sys.stderr
+        )
+    if not rows:
+        print(
+            f"error: no training job under {sweep} has regimes/*/regimes.json (run ddpm-regimes regimes=trained on its checkpoints)",
+            file=sys.stderr,
+        )
+        return 2
+    out = out or sweep / "collapse.csv"
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"{len(rows)} record(s) -> {out}")
+    shown = [c for c in COLUMNS if c not in ("job", "record", "image_size", "t_C_network_q25", "t_C_network_q75", "memorised_se")]
+    print(" | ".join(shown))
+    for row in rows:
+        print(" | ".join(_fmt(row.get(c)) for c in shown))
+    for path in plot_study(rows, out.parent):
+        print(f"plot -> {path}")
     return 0
 
 

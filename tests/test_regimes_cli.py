@@ -118,13 +118,20 @@ def test_mnist_points_are_training_scaled_and_downsampled(data_dir, tmp_path):
         load_points(data_source(bad), bad.paths.data_dir, bad.paths.cache_dir)
 
 
-def test_trained_checkpoint_analysis(tiny_ckpt, data_dir, tmp_path):
+def test_trained_checkpoint_analysis(data_dir, tmp_path):
+    from conftest import tiny_train_overrides
+
+    from ddpm.train import train
+
+    # a network trained on 400 images: the exact score is that of exactly those (points.n must match)
+    over = {"dataset.n": 400, "train.max_steps": 20, "train.ckpt_every": 20, "runtime.num_threads": 1}
+    train(compose_config("train", tiny_train_overrides(data_dir, tmp_path / "cache", **over)), tmp_path / "train")
     rec = _run(
         tmp_path,
         [
             "dataset=mnist",
             "regimes=trained",
-            f"ckpt={tiny_ckpt.parent.parent}",  # a training run dir: its checkpoints/last.pt
+            f"ckpt={tmp_path / 'train'}",  # a training run dir: its checkpoints/last.pt
             "points.n=400",
             f"paths.data_dir={data_dir}",
             f"paths.cache_dir={tmp_path / 'cache'}",
@@ -141,7 +148,7 @@ def test_trained_checkpoint_analysis(tiny_ckpt, data_dir, tmp_path):
         float(NoiseSchedule.from_config(compose_config("train", ["schedule.T=100"]).schedule).ou_times[-1])
     )
     assert 0.0 <= rec["memorised_fraction"] <= 1.0
-    assert rec["ckpt_step"] == 60
+    assert rec["ckpt_step"] == 20
     curves = np.load(tmp_path / "curves.npz")
     assert np.all(curves["gap_train_k"] < 100)
     assert np.all(np.isfinite(curves["gap_train_gap"])) and np.all(curves["gap_train_gap"] > 0)
