@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -119,3 +120,62 @@ def test_sigusr2_under_submitit_checkpoints_then_hands_over(data_dir, tmp_path):
     assert exit_info.value.code == 128 + signal.SIGUSR2
     assert calls == [True]
     assert load_checkpoint(ckpt)["step"] == trainer.step > 0
+
+
+def test_lr_factor_warms_up_then_decays_over_the_run() -> None:
+    from ddpm.train import lr_factor
+
+    assert [lr_factor(s, 4, "cosine", 0.0) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(10, 4, "cosine", 0.5) == pytest.approx(0.5)
+    assert lr_factor(10, 4, "cosine", 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(10, 4, "cosine", 3.0) == pytest.approx(0.0, abs=1e-12)  # past the end: stays at 0
+    assert lr_factor(10, 4, "constant", 0.9) == 1.0
+
+
+def test_time_budget_stops_the_run_with_checkpoint_grid_and_decayed_lr(data_dir, tmp_path, monkeypatch):
+    """A 3-second budget ends a run whose max_steps is out of reach, and the cosine LR decays over
+    the budget, not over max_steps. The clock is made to advance 0.5 s per reading (a step is
+    two readings apart), so the run takes exactly 6 steps whatever the machine's speed."""
+    import itertools
+
+    from ddpm.train import BudgetClock
+
+    ticks = itertools.count()
+    monkeypatch.setattr(BudgetClock, "now", lambda self: 0.5 * next(ticks))
+    over = {
+        "train.max_steps": 100000,
+        "train.time_budget_min": 0.05,
+        "train.lr_schedule": "cosine",
+        "train.sample_every": 0,
+        "train.ckpt_every": 0,
+        "train.num_sample_images": 4,
+    }
+    run_dir, summary = run(tmp_path, "budget", data_dir, **over)
+    assert summary["step"] == 6 and summary["train_seconds"] == pytest.approx(3.0) and summary["budget_clock"] == "wall"
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert state["step"] == 6 and state["budget_spent_s"] == pytest.approx(3.0)
+    assert (run_dir / "samples" / "step_0000006.png").is_file()
+    # The LR of the last update was set when 2.5 of the 3 s were spent (max_steps would give ~1e-3).
+    lr_now = state["optimizer"]["param_groups"][0]["lr"]
+    assert lr_now == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 2.5 / 3.0)), rel=1e-6)
+    # Resuming a spent budget trains no further step.
+    _, again = run(tmp_path, "budget", data_dir, **over, resume="latest")
+    assert again["step"] == 6
+
+
+def test_eval_every_logs_fid_and_keeps_the_best_checkpoint(data_dir, tmp_path):
+    over = {"train.max_steps": 20, "train.eval_every": 10, "train.eval_samples": 16, "train.ckpt_every": 10}
+    run_dir, summary = run(tmp_path, "eval", data_dir, **over)
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert best["eval"]["n"] == 16 and best["step"] in (10, 20)
+    assert summary["best_fid"] == pytest.approx(best["eval"]["fid"])
+    assert best["best_fid"] == pytest.approx(best["eval"]["fid"])
+    assert set(best["eval"]) >= {"fid", "kid", "class_entropy", "confidence", "blob_fraction"}
+    events = list((run_dir / "tb").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    fids = [e.value for e in acc.Scalars("eval/fid")]
+    assert [e.step for e in acc.Scalars("eval/fid")] == [10, 20]
+    assert min(fids) == pytest.approx(best["eval"]["fid"], rel=1e-5)
