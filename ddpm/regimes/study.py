@@ -48,9 +48,17 @@ COLUMNS = (
 
 
 def training_jobs(sweep: Path) -> list[Path]:
-    """Training job folders of a multirun (``.hydra/config.yaml`` and ``checkpoints/``), numeric names in order."""
-    jobs = [p.parent.parent for p in sweep.rglob(".hydra/config.yaml") if (p.parent.parent / "checkpoints").is_dir()]
+    """Training job folders under ``sweep`` (a ``checkpoints/`` folder and the run's ``config.yaml``), numeric names in order."""
+    jobs = [p.parent for p in sweep.rglob("checkpoints") if p.is_dir() and _config_file(p.parent) is not None]
     return sorted(jobs, key=lambda p: (int(p.name) if p.name.isdigit() else math.inf, str(p)))
+
+
+def _config_file(job: Path) -> Path | None:
+    """The training config of a job: Hydra's record, or the ``config.yaml`` ``ddpm-train`` writes."""
+    for path in (job / ".hydra" / "config.yaml", job / "config.yaml"):
+        if path.is_file():
+            return path
+    return None
 
 
 def collapse_rows(sweep: Path) -> tuple[list[dict[str, Any]], list[Path]]:
@@ -58,7 +66,7 @@ def collapse_rows(sweep: Path) -> tuple[list[dict[str, Any]], list[Path]]:
     and the jobs that have none yet."""
     rows, missing = [], []
     for job in training_jobs(sweep):
-        cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
+        cfg = OmegaConf.load(_config_file(job))
         records = sorted((job / "regimes").glob("*/regimes.json"))
         if not records:
             missing.append(job)
@@ -140,8 +148,8 @@ def plot_study(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
             n, [r["t_C_network"] for r in pts], [lo, hi], fmt="o-", color=c, label=f"network trajectories (median, quartiles), d={d}"
         )
         ax.plot(n, [_nan(r["t_C_exact"]) for r in pts], "s--", color=c, label=f"exact score t_C, d={d}")
-        ax.plot(n, [r["t_C_theory"] for r in pts], ":", color=c, label="½ log(1 + σ²/(n^{2/d} − 1))")
-        ax.plot(n, [r["t_C_spectral"] for r in pts], "-.", color=c, alpha=0.6, label="spectral form")
+        ax.plot(n, [r["t_C_theory"] for r in pts], "x:", color=c, label="½ log(1 + σ²/(n^{2/d} − 1))")
+        ax.plot(n, [r["t_C_spectral"] for r in pts], "+-.", color=c, alpha=0.6, label="spectral form")
     ax.set(xscale="log", yscale="log", xlabel="training images n", ylabel="collapse time t (OU)")
     ax.legend(fontsize=6)
     paths.append(_save(fig, out_dir / "collapse_times_vs_n.png"))
