@@ -12,6 +12,7 @@ from conftest import compose_config, tiny_train_overrides
 from omegaconf import OmegaConf
 from PIL import Image
 
+from ddpm.checkpoint import save_checkpoint
 from ddpm.conditioning import class_rows, drop_labels, per_class_accuracy, resolve_num_classes, round_robin_labels
 from ddpm.config import validate_train
 from ddpm.diffusion import GaussianDiffusion
@@ -214,3 +215,28 @@ def test_generate_carries_labels(cond_run: Path) -> None:
     torch.testing.assert_close(whole, split, rtol=0, atol=1e-5)
     other = generate(eps_fn, sampler, pre.shape, 4, 5, 4, torch.device("cpu"), labels=labels.flip(0))
     assert not torch.allclose(whole, other)
+
+
+def test_evaluate_reports_per_class_accuracy(cond_run: Path, data_dir: Path, tmp_path: Path) -> None:
+    from ddpm.evaluate.classifier import get_classifier
+    from ddpm.evaluate.cli import evaluate
+    from ddpm.evaluate.coverage import class_probabilities
+
+    over = [f"ckpt={cond_run}", "metrics=[coverage]", "num_samples=20", "batch_size=20", "sampler.steps=4", "progress=false"]
+    over += [f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path / 'cache'}", "runtime.num_threads=1", "guidance_scale=2.0"]
+    result = evaluate(compose_config("evaluate", over), tmp_path / "eval")
+    acc = result["class_accuracy"]
+    assert result["num_classes"] == 10 and result["guidance_scale"] == 2.0
+    assert [v["num_samples"] for v in acc["per_class"].values()] == [2] * 10  # sample i is of class i % 10
+    # the same numbers from the saved samples, the shipped classifier and the round-robin labels
+    fake = torch.from_numpy(np.load(tmp_path / "eval" / "samples.npz")["images"])
+    clf = get_classifier(load_pretrained(cond_run).cfg.dataset, str(data_dir), tmp_path / "cache")
+    expected = per_class_accuracy(class_probabilities(clf.model, fake), round_robin_labels(20, 10), 10)
+    assert {k: v for k, v in acc.items() if k != "classifier"} == expected
+    # the same run's config made unconditional (random weights: the check comes before any sampling)
+    config = torch.load(cond_run / "checkpoints" / "last.pt", weights_only=True)["config"]
+    config["model"]["num_classes"] = None
+    weights = build_model(OmegaConf.create(config["model"]), 32, 1).state_dict()
+    save_checkpoint({"step": 1, "model": weights, "ema": weights, "config": config}, tmp_path / "uncond" / "checkpoints", 1, keep=1)
+    with pytest.raises(ConfigError, match="guidance_scale needs a class-conditional checkpoint"):
+        evaluate(compose_config("evaluate", [*over[1:], f"ckpt={tmp_path / 'uncond'}"]), tmp_path / "e2")
