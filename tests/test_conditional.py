@@ -14,7 +14,6 @@ from PIL import Image
 
 from ddpm.checkpoint import save_checkpoint
 from ddpm.conditioning import class_rows, drop_labels, per_class_accuracy, resolve_num_classes, round_robin_labels
-from ddpm.config import validate_train
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError, DataError
 from ddpm.generate import generate
@@ -23,6 +22,7 @@ from ddpm.pretrained import load_pretrained
 from ddpm.sample import sample
 from ddpm.samplers import build_sampler, make_eps_fn
 from ddpm.schedules import NoiseSchedule
+from ddpm.train.config import validate_train
 
 
 def random_unet(num_classes: int | None, seed: int = 0) -> UNet:

@@ -69,7 +69,7 @@ def test_regimes_logged_during_training(data_dir: Path, tmp_path: Path) -> None:
 
 
 def test_regimes_keys_are_checked() -> None:
-    from ddpm.config import validate_train
+    from ddpm.train.config import validate_train
 
     with pytest.raises(ConfigError, match="train.regimes_every must be >= 0"):
         validate_train(compose_config("train", ["train.regimes_every=-1"]))

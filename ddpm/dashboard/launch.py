@@ -20,11 +20,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm.cli import CONFIG_MODULE, compose_checked, renamed_key
-from ddpm.config import validate_train
 from ddpm.dashboard.paths import inside
 from ddpm.dashboard.runs import LAUNCH_LOG
 from ddpm.errors import ConfigError
 from ddpm.runlock import held_by_another
+from ddpm.train.config import validate_train
 
 RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 # Keys the dashboard sets itself: the run directory (kept inside the root) and resuming (the Resume button).

@@ -1,4 +1,4 @@
-"""``ddpm-train``: train a U-Net denoiser (DDPM) on an image dataset.
+"""The training loop of ``ddpm-train``: :class:`Trainer` and :func:`train`.
 
 Single process by default; ``torchrun --nproc_per_node=N -m ddpm.train ...`` runs the same code
 with DistributedDataParallel. Every rank draws the random numbers of the whole global batch from
@@ -30,9 +30,7 @@ from tqdm.auto import tqdm
 import ddpm
 from ddpm.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from ddpm.checkpoint import atomic_save, clean_partial_writes, find_latest, load_checkpoint, save_checkpoint
-from ddpm.cli import hydra_main
 from ddpm.conditioning import drop_labels, resolve_num_classes, round_robin_labels
-from ddpm.config import validate_train
 from ddpm.data import to_model_range
 from ddpm.data.subset import load_training_set
 from ddpm.diffusion import GaussianDiffusion
@@ -40,9 +38,10 @@ from ddpm.ema import make_ema
 from ddpm.errors import CheckpointError, ConfigError
 from ddpm.generate import generate
 from ddpm.models import build_model
-from ddpm.runlock import RunDirLocked, RunLock
+from ddpm.runlock import RunLock
 from ddpm.runtime import Runtime, resolve_memory_format, setup_runtime, teardown_runtime
 from ddpm.samplers import build_sampler, make_eps_fn
+from ddpm.train.config import validate_train
 
 log = logging.getLogger("ddpm.train")
 
@@ -601,14 +600,3 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any] | None:
             raise SystemExit(128 + signal.SIGINT) from None
         finally:
             teardown_runtime()
-
-
-@hydra_main(config_name="train", extra_errors=(TrainingDiverged, RunDirLocked))
-def main(cfg: DictConfig, run_dir: Path) -> None:
-    if int(os.environ.get("RANK", "0")) != 0:
-        logging.getLogger().setLevel(logging.WARNING)
-    train(cfg, run_dir)
-
-
-if __name__ == "__main__":
-    main()

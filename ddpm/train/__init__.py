@@ -1,0 +1,26 @@
+"""``ddpm-train``: ``cli`` runs the command, ``trainer`` holds the loop (:class:`Trainer`, :func:`train`),
+``config`` its range checks (its schema ``TrainConfig`` is shared, in :mod:`ddpm.config`)."""
+
+from ddpm.train.cli import main
+from ddpm.train.config import validate_train
+from ddpm.train.trainer import (
+    BudgetClock,
+    Trainer,
+    TrainingDiverged,
+    config_differences,
+    lr_factor,
+    parse_step_ranges,
+    train,
+)
+
+__all__ = [
+    "BudgetClock",
+    "Trainer",
+    "TrainingDiverged",
+    "config_differences",
+    "lr_factor",
+    "main",
+    "parse_step_ranges",
+    "train",
+    "validate_train",
+]
