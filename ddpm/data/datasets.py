@@ -167,8 +167,9 @@ def load_mnist(cfg, data_dir: Path, cache_dir: Path, split: str) -> tuple[torch.
         raise DataError(f"{img_path} holds {images.shape[1]}x{images.shape[2]} images; only square images are supported")
     if len(images) != len(labels):
         raise DataError(f"{img_path} holds {len(images)} images but {lbl_path} holds {len(labels)} labels")
-    if cfg.num_classes and len(labels) and int(labels.max()) >= int(cfg.num_classes):
-        raise DataError(f"{lbl_path} holds label {int(labels.max())}, outside 0..{int(cfg.num_classes) - 1}")
+    num_classes = cfg.get("num_classes")  # absent from the configs of older checkpoints
+    if num_classes and len(labels) and int(labels.max()) >= int(num_classes):
+        raise DataError(f"{lbl_path} holds label {int(labels.max())}, outside 0..{int(num_classes) - 1}")
     return torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64)), str(raw)
 
 
