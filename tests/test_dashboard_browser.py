@@ -145,7 +145,7 @@ def test_browser_trains_watches_stops_resumes_and_samples(chromium: str, data_di
     browser_proc = None
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: http_get(f"{url}/_stcore/health") == "ok", 90, "the dashboard to serve")
+        wait_for(lambda: http_get(f"{url}/_stcore/health") == "ok", 180, "the dashboard to serve")  # slow under load
         browser_proc = subprocess.Popen(
             [
                 chromium,
