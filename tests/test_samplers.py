@@ -182,7 +182,14 @@ def test_build_sampler_rejects_bad_input() -> None:
         base = {"name": "dpm_solver", "steps": 20, "eta": 0.0, "spacing": "linspace", "clip_denoised": True}
         return OmegaConf.create({**base, **kw})
 
-    assert isinstance(build_sampler(cfg(), diff), DPMSolverSampler) and set(SAMPLERS) == {"ddpm", "ddim", "dpm_solver", "euler_maruyama", "pf_ode", "exact_score"}
+    assert isinstance(build_sampler(cfg(), diff), DPMSolverSampler) and set(SAMPLERS) == {
+        "ddpm",
+        "ddim",
+        "dpm_solver",
+        "euler_maruyama",
+        "pf_ode",
+        "exact_score",
+    }
     with pytest.raises(ConfigError, match="unknown sampler"):
         build_sampler(cfg(name="euler"), diff)
     with pytest.raises(ConfigError, match="exceeds"):
