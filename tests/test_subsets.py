@@ -69,26 +69,39 @@ def test_record_restores_and_detects_other_data() -> None:
     assert select_subset(data, None, 0) is data and select_subset(data, 200, 0) is data
 
 
+SUBSET_RUN = {
+    "dataset.n": 40,
+    "dataset.subset_seed": 7,
+    "dataset.image_size": 8,
+    "dataset.resize": "true",
+    "model.channel_mult": "[1]",
+    "model.attention_resolutions": "[]",
+    "train.max_steps": 2,
+    "train.ckpt_every": 2,
+    "train.batch_size": 8,
+    "runtime.num_threads": 1,
+}
+
+
 @pytest.fixture(scope="module")
 def subset_ckpt(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny MNIST network at 8x8 trained 2 steps on 40 seeded images."""
     from ddpm.train import train
 
     run_dir = tmp_path_factory.mktemp("subset_run")
-    extra = {
-        "dataset.n": 40,
-        "dataset.subset_seed": 7,
-        "dataset.image_size": 8,
-        "dataset.resize": "true",
-        "model.channel_mult": "[1]",
-        "model.attention_resolutions": "[]",
-        "train.max_steps": 2,
-        "train.ckpt_every": 2,
-        "train.batch_size": 8,
-        "runtime.num_threads": 1,
-    }
-    train(compose_config("train", tiny_train_overrides(data_dir, run_dir / "cache", **extra)), run_dir)
+    train(compose_config("train", tiny_train_overrides(data_dir, run_dir / "cache", **SUBSET_RUN)), run_dir)
     return run_dir / "checkpoints" / "last.pt"
+
+
+def test_resume_refuses_another_subset(subset_ckpt: Path, data_dir: Path, tmp_path: Path) -> None:
+    """Resuming with another subset_seed would silently train on other images: refused, checkpoint untouched."""
+    from ddpm.train import train
+
+    before = subset_ckpt.read_bytes()
+    extra = dict(SUBSET_RUN, **{"dataset.subset_seed": 8, "train.max_steps": 3, "resume": str(subset_ckpt)})
+    with pytest.raises(CheckpointError, match=r"another subset of the images \(n=40, subset_seed=7\), now n=40, subset_seed=8"):
+        train(compose_config("train", tiny_train_overrides(data_dir, tmp_path / "cache", **extra)), tmp_path / "run")
+    assert subset_ckpt.read_bytes() == before
 
 
 def test_checkpoint_records_the_subset(subset_ckpt: Path, data_dir: Path) -> None:

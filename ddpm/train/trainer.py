@@ -101,6 +101,15 @@ def config_differences(saved: dict, cfg: DictConfig) -> list[str]:
     return diffs
 
 
+def _subset_key(record: dict | None) -> str | None:
+    """What identifies a training subset: the hash of its indices (None: all images)."""
+    return None if record is None else str(record["sha256"])
+
+
+def _describe_subset(record: dict | None) -> str:
+    return "all images" if record is None else f"n={record['n']}, subset_seed={record['seed']}"
+
+
 def lr_factor(step: int, warmup: int, kind: str, progress: float) -> float:
     """LR multiplier: linear warm-up over ``warmup`` steps, then constant or cosine decay to 0.
 
@@ -272,6 +281,12 @@ class Trainer:
         diffs = config_differences(state.get("config", {}), self.cfg)
         if diffs:
             raise CheckpointError(f"checkpoint {path} was trained with another config: " + "; ".join(diffs))
+        saved_subset = _subset_key(state.get("data_subset"))
+        if saved_subset != _subset_key(self.data_subset):
+            raise CheckpointError(
+                f"checkpoint {path} was trained on another subset of the images ({_describe_subset(state.get('data_subset'))}), "
+                f"now {_describe_subset(self.data_subset)}: resume with the run's dataset.n and dataset.subset_seed"
+            )
         try:
             self.model.load_state_dict(state["model"])
             self.ema.module.load_state_dict(state["ema"])
