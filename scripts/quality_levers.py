@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -27,7 +28,7 @@ COLUMNS = ("step", "fid", "kid", "class_entropy", "confidence", "confident_fract
 
 
 def run_variant(label: str, overrides: list[str], args: argparse.Namespace, workdir: Path) -> dict:
-    run_dir = workdir / label.replace(" ", "_").replace("/", "_")
+    run_dir = workdir / re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")  # Hydra's override grammar rejects (), =, ...
     cmd = [
         sys.executable,
         "-m",
