@@ -29,18 +29,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Scalars of a nested dict as {"a.b.c": value}; lists and the embedded ``config`` are skipped."""
-    out: dict[str, Any] = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if not prefix and k == "config":
-                continue
-            out.update(flatten(v, f"{prefix}{k}."))
-    elif not isinstance(obj, list):
-        out[prefix[:-1]] = obj
-    return out
+from ddpm.tables import flatten, format_cell
 
 
 def job_dirs(sweep: Path) -> list[Path]:
@@ -110,9 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     varying = [c for c in columns if c != "job" and len({str(r.get(c)) for r in rows}) > 1 and "/" not in str(rows[0].get(c))]
     numeric = [c for c in columns if c not in varying and c != "job" and all(isinstance(r.get(c), (int, float)) for r in rows)]
     shown = varying + numeric[:8]
-    print(" | ".join(shown))
-    for row in rows:
-        print(" | ".join(_fmt(row.get(c)) for c in shown))
+    print_table(rows, shown)
     if args.plot:
         for key in (args.plot, args.x, args.hue):
             if key and key not in columns:
@@ -144,16 +131,17 @@ def collect_collapse(sweep: Path, out: Path | None) -> int:
         writer.writerows(rows)
     print(f"{len(rows)} record(s) -> {out}")
     shown = [c for c in COLUMNS if c not in ("job", "record", "image_size", "t_C_network_q25", "t_C_network_q75", "memorised_se")]
-    print(" | ".join(shown))
-    for row in rows:
-        print(" | ".join(_fmt(row.get(c)) for c in shown))
+    print_table(rows, shown)
     for path in plot_study(rows, out.parent):
         print(f"plot -> {path}")
     return 0
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.5g}" if isinstance(value, float) else str(value)
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """The comparison table on stdout: a header line, then one line per row, cells joined by " | "."""
+    print(" | ".join(columns))
+    for row in rows:
+        print(" | ".join(format_cell(row.get(c), ".5g") for c in columns))
 
 
 def _num(value: Any) -> Any:

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from ddpm.checkpoint import STEP_RE
 from ddpm.dashboard.paths import inside
 from ddpm.runlock import held_by_another
+from ddpm.tables import flatten
 
 # Folders a run writes inside itself: never runs of their own, not worth walking.
 _SKIP = {"checkpoints", "samples", "tb", ".hydra", "images", "__pycache__", ".git"}
@@ -164,19 +165,6 @@ def tail(path: Path, lines: int = 20) -> str:
     if not plain(path):
         return ""
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Scalars of nested dicts as ``{"a.b": value}``; lists and an embedded ``config`` are left out."""
-    out: dict[str, Any] = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if not prefix and k == "config":
-                continue
-            out.update(flatten(v, f"{prefix}{k}."))
-    elif not isinstance(obj, list):
-        out[prefix[:-1]] = obj
-    return out
 
 
 def results(root: str | Path, name: str) -> list[tuple[str, dict[str, Any]]]:
