@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ddpm.tables import markdown_table
+
 if TYPE_CHECKING:  # torch is imported where it is used, so argument errors come back at once
     import torch
 
@@ -343,17 +345,24 @@ def real_reference(args: argparse.Namespace, cfg, scorer) -> dict[str, Any]:
 
 def markdown(rows: list[dict[str, Any]], real: dict[str, Any]) -> str:
     """The table of the recipes, and last the test images scored the same way (the floor of each score at this count)."""
-    head = "| recipe | steps | images | train s | FID | KID | entropy | confidence | confident % | blobs/64 |"
-    lines = [head, "|---|" + "---:|" * 9]
+    header = ["recipe", "steps", "images", "train s", "FID", "KID", "entropy", "confidence", "confident %", "blobs/64"]
+    table = []
     for r in [*rows, real]:
         s = r["scores"]
-        trained = f"{r['steps']:,} | {r['images']:,} | {r['train_seconds']:.1f}" if "steps" in r else "- | - | -"
-        lines.append(
-            f"| {r['name']} | {trained} | {s['fid']:.2f} | {s['kid']:.3g} | "
-            f"{s['class_entropy']:.3f} | {s['confidence']:.3f} | {100 * s['confident_fraction']:.1f} | "
-            f"{r['blobs_in_grid']}/{r['grid_images']} |"
+        trained = [f"{r['steps']:,}", f"{r['images']:,}", f"{r['train_seconds']:.1f}"] if "steps" in r else ["-", "-", "-"]
+        table.append(
+            [
+                r["name"],
+                *trained,
+                f"{s['fid']:.2f}",
+                f"{s['kid']:.3g}",
+                f"{s['class_entropy']:.3f}",
+                f"{s['confidence']:.3f}",
+                f"{100 * s['confident_fraction']:.1f}",
+                f"{r['blobs_in_grid']}/{r['grid_images']}",
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table(header, table, align_right=True)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from ddpm.tables import markdown_table
+
 COLUMNS = ("step", "fid", "kid", "class_entropy", "confidence", "confident_fraction", "blob_fraction")
 
 
@@ -72,10 +74,7 @@ def main() -> None:
         rows.append(run_variant(label.strip(), shlex.split(rest), args, args.workdir))
         print(f"{label}: step {rows[-1]['step']} FID {rows[-1]['fid']:.2f}", flush=True)
     print(f"\n{args.minutes} min ({args.clock} clock, {args.threads} thread(s)) per variant; base: {' '.join(args.base)}\n")
-    print("| variant | " + " | ".join(COLUMNS) + " |")
-    print("|---" * (len(COLUMNS) + 1) + "|")
-    for r in rows:
-        print(f"| {r['label']} | " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS) + " |")
+    print(markdown_table(["variant", *COLUMNS], [[r["label"], *(r[c] for c in COLUMNS)] for r in rows]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": shlex.join(sys.argv), "rows": rows}, indent=2))
 

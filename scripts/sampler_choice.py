@@ -26,6 +26,7 @@ from ddpm.generate import generate
 from ddpm.pretrained import load_pretrained
 from ddpm.sample.config import register as register_sample_config
 from ddpm.samplers import build_sampler, make_eps_fn
+from ddpm.tables import markdown_table
 
 COLUMNS = ("evals", "fid", "kid", "class_entropy", "confidence", "confident_fraction", "blob_fraction", "seconds")
 
@@ -63,10 +64,7 @@ def main() -> None:
             )
             print(f"{label}: FID {rows[-1]['fid']:.2f}", flush=True)
     print(f"\n{args.samples} samples of {ckpt}\n")
-    print("| sampler | " + " | ".join(COLUMNS) + " |")
-    print("|---" * (len(COLUMNS) + 1) + "|")
-    for r in rows:
-        print(f"| {r['label']} | " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS) + " |")
+    print(markdown_table(["sampler", *COLUMNS], [[r["label"], *(r[c] for c in COLUMNS)] for r in rows]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": shlex.join(sys.argv), "ckpt": str(ckpt), "rows": rows}, indent=2))
 

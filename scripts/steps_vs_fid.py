@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from ddpm.tables import markdown_table
+
 EVALUATE = Path(sys.executable).with_name("ddpm-evaluate")
 
 
@@ -60,16 +62,15 @@ def run_one(ckpt: Path, sampler: str, steps: int | None, num_samples: int, out: 
 
 
 def markdown(rows: list[dict], steps: list[int], reference: dict | None) -> str:
-    head = "| sampler | " + " | ".join(f"{s} evals" for s in steps) + " |"
-    lines = [head, "|" + "---|" * (len(steps) + 1)]
+    table = []
     for sampler in sorted({r["sampler"] for r in rows}):
         by = {r["evaluations"]: r["fid"] for r in rows if r["sampler"] == sampler}
-        lines.append(f"| {sampler} | " + " | ".join(f"{by[s]:.2f}" if s in by else "-" for s in steps) + " |")
+        table.append([sampler, *(f"{by[s]:.2f}" if s in by else "-" for s in steps)])
     if reference is not None:
         col = reference["evaluations"] if reference["evaluations"] in steps else steps[-1]
         label = f"ddpm ancestral ({reference['evaluations']} evals, reference)"
-        lines.append(f"| {label} | " + " | ".join(f"{reference['fid']:.2f}" if s == col else "-" for s in steps) + " |")
-    return "\n".join(lines)
+        table.append([label, *(f"{reference['fid']:.2f}" if s == col else "-" for s in steps)])
+    return markdown_table(["sampler", *(f"{s} evals" for s in steps)], table)
 
 
 def main(argv: list[str] | None = None) -> None:
