@@ -14,8 +14,9 @@ import pickle
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -65,20 +66,22 @@ class _PausingWriter:
         self._f.flush()
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` through a temp file + fsync + rename; the old file survives any failure.
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write a file through a temp file + fsync + rename; the old file survives any failure.
+
+    The temp file (``.<name>.<random>.tmp``) lies beside the target, so the rename stays on one file
+    system; the folder is fsynced after it so that the rename itself survives a power cut.
 
     Args:
-        obj: what to save (tensors and plain containers only, so that the safe loader reads it).
         path: the target file; its folder is created if needed.
+        write: writes the content into the open binary file it is given.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    pause = float(os.environ.get(SLOW_WRITE_ENV) or 0)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, _PausingWriter(f, pause) if pause > 0 else f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -87,6 +90,17 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to ``path`` through :func:`atomic_write`; the old file survives any failure.
+
+    Args:
+        obj: what to save (tensors and plain containers only, so that the safe loader reads it).
+        path: the target file; its folder is created if needed.
+    """
+    pause = float(os.environ.get(SLOW_WRITE_ENV) or 0)
+    return atomic_write(path, lambda f: torch.save(obj, _PausingWriter(f, pause) if pause > 0 else f))
 
 
 def clean_partial_writes(ckpt_dir: str | Path) -> list[Path]:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ddpm.checkpoint import atomic_write
 from ddpm.errors import CheckpointError
 
 EXPORT_FORMAT = "ddpm-export-v1"
@@ -40,25 +39,6 @@ def is_export(path: str | Path) -> bool:
         path: a ``ckpt=`` value.
     """
     return Path(path).suffix == SUFFIX
-
-
-def atomic_write_bytes(data: bytes, path: Path) -> None:
-    """Write ``data`` to ``path`` through a temp file + fsync + rename: the old file survives any failure.
-
-    Args:
-        data: the bytes.
-        path: the target; its folder must exist.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_export(
@@ -100,10 +80,10 @@ def write_export(
         "config": config,
         "data_subset": _subset_to_json(data_subset),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(data, path)
+    atomic_write(path, lambda f: f.write(data))
     cfg_path = config_path(path)
-    atomic_write_bytes((json.dumps(meta, indent=2) + "\n").encode(), cfg_path)
+    text = (json.dumps(meta, indent=2) + "\n").encode()
+    atomic_write(cfg_path, lambda f: f.write(text))
     return cfg_path
 
 
