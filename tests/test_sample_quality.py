@@ -158,3 +158,15 @@ def test_bad_inputs_are_one_line_config_errors(scorer: SampleScorer, data_dir: P
     cifar = compose_config("train", ["dataset=cifar10"]).dataset
     with pytest.raises(ConfigError, match="no domain classifier for cifar10"):
         SampleScorer(cifar, data_dir, tmp_path)
+
+
+def test_native_28px_digits_are_scored_padded_like_the_loader(scorer: SampleScorer, data_dir: Path, cache_dir: Path, test_split) -> None:
+    """A network trained on MNIST at its native 28 px is scored by the 32 px classifier on its samples
+    centred on black, against the same (32 px) reference: the scores equal those of the padded digits."""
+    cfg28 = compose_config("train", [f"paths.data_dir={data_dir}", "dataset.image_size=28"]).dataset
+    scorer28 = SampleScorer(cfg28, data_dir, cache_dir, num_reference=NUM_REFERENCE)
+    assert scorer28.cache_path == scorer.cache_path  # one reference, at the classifier's size
+    padded = to_model_range(test_split.images[:200])
+    assert scorer28.score(padded[..., 2:30, 2:30]) == scorer.score(padded)
+    with pytest.raises(ConfigError, match=r"expected images of shape \(N, 1, 32, 32\)"):
+        scorer28.score(torch.zeros(4, 1, 27, 27))

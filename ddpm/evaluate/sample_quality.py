@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from ddpm.errors import ConfigError
 
@@ -251,6 +252,14 @@ class SampleScorer:
         self.classifier = get_classifier(dataset_cfg, data_dir, cache_dir, train_if_missing=train_if_missing, device=self.device)
         self.model = self.classifier.model
         self.shape = (self.model.channels, self.model.image_size, self.model.image_size)
+        # A network trained below the classifier's size (MNIST at its native 28 px) is scored as
+        # the loader pads MNIST: centred on black. The reference is taken at the classifier's size.
+        margin = self.model.image_size - int(dataset_cfg.image_size)
+        self.pad = margin // 2
+        if margin > 0 and margin % 2 == 0 and not dataset_cfg.get("resize"):
+            self.dataset_cfg = dataset_cfg = OmegaConf.merge(dataset_cfg, {"image_size": self.model.image_size})
+        else:
+            self.pad = 0
         self.cache_path = (
             Path(cache_dir).expanduser()
             / "sample_quality"
@@ -315,6 +324,8 @@ class SampleScorer:
     def _to_uint8(self, images: torch.Tensor) -> torch.Tensor:
         from ddpm.data import from_model_range
 
+        if self.pad and images.dim() == 4 and images.shape[-1] + 2 * self.pad == self.shape[-1]:
+            images = F.pad(images, (self.pad,) * 4, value=-1.0)  # black in the model's range
         if images.dim() != 4 or tuple(images.shape[1:]) != self.shape:
             raise ConfigError(f"expected images of shape (N, {', '.join(map(str, self.shape))}), got {tuple(images.shape)}")
         if not images.is_floating_point():
