@@ -34,6 +34,11 @@ class DatasetConfig:
     num_classes: int | None = None
     n: int | None = None  # train on a seeded subset of n images, class-balanced where labels exist (null: all)
     subset_seed: int = 0  # seed of that subset (subsets of one seed nest: n=64 lies inside n=128)
+    # auto: in memory when images x channels x image_size² bytes <= in_memory_max_gb GiB, else streamed
+    # by loader workers (folders, tars, shards only; ddpm/data/residency.py); true / false force it.
+    in_memory: Any = "auto"
+    in_memory_max_gb: float = 4.0
+    workers: int | None = None  # streaming: loader worker processes per rank (null: one per core, at most 8)
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 Small image datasets fit in memory (MNIST: 60,000 x 1 x 32 x 32 bytes = 61 MB), so training
 slices batches out of a tensor on the training device: no worker processes, no loader stalls.
-Files are only read, never written, under the data root; decoded archives are cached under
-``paths.cache_dir``.
+Folders and tars too large for that stream instead (:mod:`ddpm.data.streaming`, chosen by
+``dataset.in_memory``); both decode an image with :func:`decode_image`. Files are only read,
+never written, under the data root; decoded archives are cached under ``paths.cache_dir``.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ddpm.data.residency import check_residency
+from ddpm.data.sources import IMAGE_SOURCES, IMAGE_SUFFIXES, TAR_ERRORS, decode_channels, is_image, list_folder
+from ddpm.data.sources import missing as _missing
+from ddpm.data.sources import one_line_reason as _one_line_reason
 from ddpm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 SPLITS = ("train", "test")
 
 
@@ -57,10 +61,6 @@ class ImageData:
         return self.images.shape[0]
 
 
-def _missing(name: str, looked: Path, fix: str) -> DataError:
-    return DataError(f"{name} dataset not found: looked for {looked}. {fix}")
-
-
 # ---------------------------------------------------------------- downloads
 # A socket timeout for torchvision's downloads: without one, a network that drops packets (rather
 # than refusing them) makes urlopen wait for ever.
@@ -82,10 +82,6 @@ def _download_reason(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith("Tried ")]
     reason = lines[-1] if lines else type(exc).__name__
     return re.sub(r"^<urlopen error (.*)>$", r"\1", reason)
-
-
-def _one_line_reason(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # ---------------------------------------------------------------- MNIST (IDX files)
@@ -213,19 +209,33 @@ def _open_image(data: bytes | Path, where: str) -> Image.Image:
     return img
 
 
-def _decode(data: bytes | Path, channels: int, size: int, resize: bool, where: str) -> np.ndarray:
+# Bumped whenever decoding changes what an image becomes, so that caches of the old pixels are not reused.
+DECODE_VERSION = 2  # 2: non-square images are centre-cropped before the resize (1 distorted them)
+
+
+def decode_image(data: bytes | Path, channels: int, size: int, resize: bool, where: str) -> np.ndarray:
+    """One image as uint8 (channels, size, size): centre-cropped to a square, then resized (Lanczos).
+
+    Args:
+        data: the encoded image, or its path.
+        channels: 1 (grey) or 3 (RGB).
+        size: the side of the output.
+        resize: allow images of another size (else they are a DataError naming ``where``).
+        where: the file (or archive member) for messages.
+    """
     img = _open_image(data, where)
     if not resize and img.size != (size, size):
         raise DataError(f"{where} is {img.size[0]}x{img.size[1]}, expected {size}x{size} (set dataset.resize=true to resize)")
     img = img.convert("L" if channels == 1 else "RGB")
+    w, h = img.size
+    if w != h:  # crop first: resizing a non-square image to a square would distort it
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
     if img.size != (size, size):
         img = img.resize((size, size), Image.LANCZOS)
     arr = np.asarray(img)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
-
-
-# What a torn or foreign archive makes tarfile (and the gzip/bz2/lzma layers below it) raise.
-TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
 
 
 def _read_tar(source: Path, channels: int, size: int, resize: bool) -> list[np.ndarray]:
@@ -239,7 +249,7 @@ def _read_tar(source: Path, channels: int, size: int, resize: bool) -> list[np.n
     with tar:
         try:
             members = sorted(
-                (m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES)),
+                (m for m in tar.getmembers() if m.isfile() and is_image(m.name)),
                 key=lambda m: m.name,
             )
         except TAR_ERRORS as exc:
@@ -250,19 +260,23 @@ def _read_tar(source: Path, channels: int, size: int, resize: bool) -> list[np.n
                 data = tar.extractfile(m).read()
             except TAR_ERRORS as exc:
                 raise DataError(f"cannot read {where} from the archive (truncated or corrupt): {_one_line_reason(exc)}") from exc
-            arrays.append(_decode(data, channels, size, resize, where))
+            arrays.append(decode_image(data, channels, size, resize, where))
     return arrays
 
 
 def _read_images(source: Path, channels: int, size: int, resize: bool) -> np.ndarray:
-    """Decode every image in a folder (recursively) or a tar archive, in sorted name order."""
+    """Decode every image in a folder (recursively), a tar archive or a folder of tar shards, in
+    the order of :mod:`ddpm.data.sources` (sorted paths; members by name)."""
     if source.is_file():
         if source.suffix.lower() in IMAGE_SUFFIXES:
             raise DataError(f"{source} is a single image; give a folder or a .tar of images")
         arrays = _read_tar(source, channels, size, resize)
     else:
-        paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        arrays = [_decode(p, channels, size, resize, str(p)) for p in paths]
+        images, shards = list_folder(source)
+        if images:
+            arrays = [decode_image(source / p, channels, size, resize, str(source / p)) for p in images]
+        else:  # a folder of shards
+            arrays = [a for shard in shards for a in _read_tar(source / shard, channels, size, resize)]
     if not arrays:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {source}")
     return np.stack(arrays)
@@ -271,7 +285,8 @@ def _read_images(source: Path, channels: int, size: int, resize: bool) -> np.nda
 def _cached_images(source: Path, cache_dir: Path, channels: int, size: int, resize: bool) -> torch.Tensor:
     """Decode once, then reuse a .npy cache keyed by the source's path, size and mtime."""
     stat = source.stat()
-    key = hashlib.sha1(f"{source.resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{channels}|{size}|{resize}".encode()).hexdigest()[:16]
+    fingerprint = f"{source.resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{channels}|{size}|{resize}|decode{DECODE_VERSION}"
+    key = hashlib.sha1(fingerprint.encode()).hexdigest()[:16]
     cache = cache_dir / f"{source.name}-{key}.npy"
     if cache.is_file():
         try:
@@ -289,29 +304,13 @@ def _cached_images(source: Path, cache_dir: Path, channels: int, size: int, resi
     return torch.from_numpy(arr)
 
 
-def load_cats(cfg, data_dir: Path, cache_dir: Path, split: str) -> tuple[torch.Tensor, None, str]:
-    base = data_dir / cfg.root
-    for candidate in (base / "afhq_cat_64.tar", base / "afhq_cat_64", base):
-        if candidate.is_file() or (candidate.is_dir() and candidate != base):
-            return _cached_images(candidate, cache_dir, 3, cfg.image_size, cfg.resize), None, str(candidate)
-    if base.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in base.iterdir()):
-        return _cached_images(base, cache_dir, 3, cfg.image_size, cfg.resize), None, str(base)
-    raise _missing(
-        "cats",
-        base / "afhq_cat_64.tar",
-        "Set paths.data_dir (or DDPM_DATA_DIR) to the folder holding cats/afhq_cat_64.tar or an image folder cats/.",
-    )
+def load_image_source(cfg, data_dir: Path, cache_dir: Path, split: str) -> tuple[torch.Tensor, None, str]:
+    """Every image of a dataset read from files (``cats``, ``folder``: :data:`ddpm.data.sources.IMAGE_SOURCES`)."""
+    source = IMAGE_SOURCES[cfg.name][0](cfg, data_dir)
+    return _cached_images(source, cache_dir, decode_channels(cfg), cfg.image_size, cfg.resize), None, str(source)
 
 
-def load_folder(cfg, data_dir: Path, cache_dir: Path, split: str) -> tuple[torch.Tensor, None, str]:
-    if not cfg.path:
-        raise ConfigError("dataset=folder needs dataset.path=/path/to/images (a folder or a .tar of images)")
-    source = Path(cfg.path).expanduser()
-    if not source.is_absolute():
-        source = data_dir / source
-    if not source.exists():
-        raise _missing("folder", source, "Pass dataset.path=<a folder or .tar of images>.")
-    return _cached_images(source, cache_dir, cfg.channels, cfg.image_size, cfg.resize), None, str(source)
+load_cats = load_folder = load_image_source
 
 
 def _check_cifar(root: Path, split: str) -> None:
@@ -384,6 +383,20 @@ def _fit_size(images: torch.Tensor, size: int, resize: bool, name: str) -> torch
     )
 
 
+def heldout_split(total: int, test_fraction: float, split: str) -> torch.Tensor:
+    """Sorted indices of ``split`` for a dataset without an official test split: a seeded
+    ``test_fraction`` of the ``total`` images is the test split, the rest the train split.
+
+    Args:
+        total: images of the whole dataset.
+        test_fraction: ``dataset.test_fraction``.
+        split: ``train`` or ``test``.
+    """
+    perm = torch.randperm(total, generator=torch.Generator().manual_seed(0))
+    n_test = int(round(total * test_fraction))
+    return (perm[:n_test] if split == "test" else perm[n_test:]).sort().values
+
+
 def load_dataset(cfg, data_dir: str | Path, cache_dir: str | Path, split: str = "train") -> ImageData:
     """Load one split of the dataset described by a ``dataset`` config node.
 
@@ -396,6 +409,7 @@ def load_dataset(cfg, data_dir: str | Path, cache_dir: str | Path, split: str = 
     """
     if cfg.name not in DATASETS:
         raise ConfigError(f"unknown dataset {cfg.name!r}; choose one of {', '.join(DATASETS)}")
+    check_residency(cfg)
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     data_dir, cache_dir = Path(data_dir).expanduser(), Path(cache_dir).expanduser()
@@ -407,10 +421,7 @@ def load_dataset(cfg, data_dir: str | Path, cache_dir: str | Path, split: str = 
     if images.shape[1] != cfg.channels:
         raise ConfigError(f"{cfg.name} images have {images.shape[1]} channels but dataset.channels={cfg.channels}")
     if cfg.name not in OFFICIAL_SPLITS:
-        perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-        n_test = int(round(len(images) * float(cfg.test_fraction)))
-        keep = perm[:n_test] if split == "test" else perm[n_test:]
-        keep = keep.sort().values
+        keep = heldout_split(len(images), float(cfg.test_fraction), split)
         images = images[keep]
         labels = labels[keep] if labels is not None else None
     if len(images) == 0:

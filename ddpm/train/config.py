@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ddpm.config import MAX_REGIMES_SAMPLES, _check, check_dataset, check_model, check_runtime, check_schedule
+from ddpm.data.residency import check_residency
 
 
 def validate_train(cfg: Any) -> None:
@@ -57,4 +58,5 @@ def validate_train(cfg: Any) -> None:
         _check(math.isfinite(t[key]), f"train.{key} must be finite, got {t[key]}")
     check_schedule(cfg.schedule)
     check_dataset(cfg.dataset)
+    check_residency(cfg.dataset)  # dataset.in_memory, in_memory_max_gb, workers
     check_model(cfg.model)

@@ -32,6 +32,7 @@ from ddpm.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from ddpm.checkpoint import atomic_save, clean_partial_writes, find_latest, load_checkpoint, save_checkpoint
 from ddpm.conditioning import drop_labels, resolve_num_classes, round_robin_labels
 from ddpm.data import to_model_range
+from ddpm.data.streaming import epoch_permutation, open_stream
 from ddpm.data.subset import load_training_set
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.ema import make_ema
@@ -208,21 +209,40 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.rt: Runtime = setup_runtime(cfg.runtime)
         tc = cfg.train
-        data = load_training_set(cfg.dataset, cfg.paths.data_dir, cfg.paths.cache_dir)  # dataset.n: a seeded subset
-        self.images = data.images.to(self.rt.device)  # uint8 in memory; scaled per batch on device
+        self.accum = int(cfg.train.grad_accum_steps)
+        # dataset.in_memory: a training set too large for memory streams through loader workers (None: in memory)
+        self.stream = open_stream(
+            cfg.dataset,
+            cfg.paths.data_dir,
+            seed=tc.seed,
+            batch_size=tc.batch_size,
+            accum=self.accum,
+            rank=self.rt.rank,
+            world_size=self.rt.world_size,
+            device=self.rt.device,
+        )
+        if self.stream is not None and tc.get("regimes_every", 0):
+            raise ConfigError(
+                "train.regimes_every needs the training images in memory; set dataset.in_memory=true or train.regimes_every=0"
+            )
+        if self.stream is None:
+            data = load_training_set(cfg.dataset, cfg.paths.data_dir, cfg.paths.cache_dir)  # dataset.n: a seeded subset
+            self.images = data.images.to(self.rt.device)  # uint8 in memory; scaled per batch on device
+        else:
+            data, self.images = self.stream, None
+        self.num_images = len(data)
         self.data_source = data.source
         self.data_subset = data.subset  # recorded in every checkpoint (None: all images)
         # model.num_classes=auto becomes the dataset's class count here, so that checkpoints store the number.
         self.num_classes = resolve_num_classes(cfg.model.get("num_classes"), cfg.dataset, data.labels)
         cfg.model.num_classes = self.num_classes
         self.labels = data.labels.to(self.rt.device) if self.num_classes else None
-        self.shape = tuple(self.images.shape[1:])
-        self.accum = int(cfg.train.grad_accum_steps)
+        self.shape = tuple(data.shape) if self.stream is not None else tuple(self.images.shape[1:])
         self.global_batch = tc.batch_size * self.accum * self.rt.world_size
-        self.steps_per_epoch = len(self.images) // self.global_batch
+        self.steps_per_epoch = self.num_images // self.global_batch
         if self.steps_per_epoch == 0:
             raise ConfigError(
-                f"global batch {self.global_batch} (train.batch_size x ranks x train.grad_accum_steps) exceeds the {len(self.images)} training images"
+                f"global batch {self.global_batch} (train.batch_size x ranks x train.grad_accum_steps) exceeds the {self.num_images} training images"
             )
 
         self.diffusion = GaussianDiffusion.from_config(cfg.schedule, tc)
@@ -275,6 +295,7 @@ class Trainer:
             "version": ddpm.__version__,
             "data_source": self.data_source,
             "data_subset": self.data_subset,
+            "data_position": None if self.stream is None else self.stream.state_dict(),  # a stream's next batch
         }
 
     def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
@@ -300,6 +321,8 @@ class Trainer:
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.clock.spent = float(state.get("budget_spent_s", 0.0))
         self.best_fid = float(state.get("best_fid", math.inf))
+        if self.stream is not None:  # the loader continues at the checkpoint's batch
+            self.stream.load_state_dict(state.get("data_position"), self.step, path)
         self.noise_gen.set_state(state["rng"]["noise"].cpu() if self.rt.device.type == "cpu" else state["rng"]["noise"])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.rt.device.type == "cuda":
@@ -325,21 +348,24 @@ class Trainer:
     # ------------------------------------------------------------------ data
     def _epoch_perm(self, epoch: int) -> torch.Tensor:
         if epoch != self._perm_epoch:
-            g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(len(self.images), generator=g).to(self.rt.device)
+            self._perm = epoch_permutation(self.cfg.train.seed, epoch, len(self.images)).to(self.rt.device)
             self._perm_epoch = epoch
         return self._perm
 
     def global_batch_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """x_0, k, ε and the labels (None: unconditional) for the whole global batch of the current step (identical on all ranks)."""
-        epoch, pos = divmod(self.step, self.steps_per_epoch)
-        idx = self._epoch_perm(epoch)[pos * self.global_batch : (pos + 1) * self.global_batch]
-        x0 = to_model_range(self.images[idx])
+        """x_0, k, ε and the labels (None: unconditional) for the whole global batch of the current step (identical on all ranks);
+        a streamed x_0 holds this rank's rows only, in the same order (its micro-batches one after the other)."""
+        if self.stream is not None:  # the same images as in memory, flipped by the loader's workers
+            x0 = to_model_range(self.stream.next())
+        else:
+            epoch, pos = divmod(self.step, self.steps_per_epoch)
+            idx = self._epoch_perm(epoch)[pos * self.global_batch : (pos + 1) * self.global_batch]
+            x0 = to_model_range(self.images[idx])
         G, dev, g = self.global_batch, self.rt.device, self.noise_gen
         k = self.diffusion.sample_timesteps(G, g, dev)
         noise = torch.randn((G, *self.shape), generator=g, device=dev)
-        flip = torch.rand(G, generator=g, device=dev) < 0.5
-        if self.cfg.dataset.hflip:
+        flip = torch.rand(G, generator=g, device=dev) < 0.5  # drawn when streaming too: the noise stream stays the same
+        if self.cfg.dataset.hflip and self.stream is None:
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         y = None
         if self.labels is not None:  # drawn after the others: an unconditional run keeps its random stream
@@ -374,7 +400,8 @@ class Trainer:
             sync = nullcontext() if last or not self.rt.distributed else self.net.no_sync()
             with sync:
                 net = self._net_call if y is None else functools.partial(self._net_call, y=y[rows])
-                loss = self.diffusion.loss(net, x0[rows], k[rows], noise[rows]) / self.accum
+                x = x0[m * B : (m + 1) * B] if self.stream is not None else x0[rows]  # a stream holds this rank's rows only
+                loss = self.diffusion.loss(net, x, k[rows], noise[rows]) / self.accum
                 if self._nan_steps and any(lo <= self.step <= hi for lo, hi in self._nan_steps):
                     loss = loss * float("nan")  # injected fault: NaN loss and gradients
                 self.scaler.scale(loss).backward()
@@ -476,7 +503,9 @@ class Trainer:
         n_params = sum(p.numel() for p in self.model.parameters())
         rt = self.rt
         return (
-            f"dataset {self.cfg.dataset.name}: {len(self.images)} images {self.shape} from {self.data_source}\n"
+            f"dataset {self.cfg.dataset.name}: {self.num_images} images {self.shape} from {self.data_source}"
+            + (f", {self.stream.describe()}" if self.stream is not None else "")
+            + "\n"
             f"model {self.cfg.model.name}: {n_params:,} parameters"
             + (f", conditional on {self.num_classes} classes (cond_drop_prob {self.cfg.train.cond_drop_prob})" if self.num_classes else "")
             + "\n"
