@@ -170,3 +170,15 @@ def test_native_28px_digits_are_scored_padded_like_the_loader(scorer: SampleScor
     assert scorer28.score(padded[..., 2:30, 2:30]) == scorer.score(padded)
     with pytest.raises(ConfigError, match=r"expected images of shape \(N, 1, 32, 32\)"):
         scorer28.score(torch.zeros(4, 1, 27, 27))
+
+
+def test_classifier_pads_native_28px_digits_like_the_loader(scorer: SampleScorer, test_split) -> None:
+    """The classifier behind FID/KID/IS and class accuracy reads 28 px digits as the loader's 32 px ones."""
+    from ddpm.evaluate.classifier import centre_pad
+
+    x32 = to_model_range(test_split.images[:16])
+    feats, logits = scorer.model.features_and_logits(x32)
+    feats28, logits28 = scorer.model.features_and_logits(x32[..., 2:30, 2:30])
+    assert torch.equal(feats28, feats) and torch.equal(logits28, logits)
+    assert centre_pad(torch.zeros(1, 1, 27, 27), 32, -1.0).shape[-1] == 27  # odd margin: left as it is
+    assert centre_pad(torch.zeros(1, 1, 28, 30), 32, -1.0).shape[-2:] == (28, 30)  # not square

@@ -26,6 +26,22 @@ FEATURE_DIM = 128
 CLASSIFIER_VERSION = 1  # bump when the architecture or recipe changes: old caches are retrained
 
 
+def centre_pad(x: torch.Tensor, side: int, value: float) -> torch.Tensor:
+    """Square images smaller than ``side`` by an even margin, centred on ``value`` (as the MNIST
+    loader pads 28 px to 32); any other shape is returned unchanged.
+
+    Args:
+        x: images (..., H, W).
+        side: the side to pad to.
+        value: the fill (-1.0 for black in the model range, 0 in uint8).
+    """
+    h, w = x.shape[-2:]
+    margin = side - h
+    if h != w or margin <= 0 or margin % 2:
+        return x
+    return F.pad(x, (margin // 2,) * 4, value=value)
+
+
 class DomainClassifier(nn.Module):
     """Three conv blocks (BatchNorm, max-pool) and a 128-d feature layer before the logits.
 
@@ -54,8 +70,9 @@ class DomainClassifier(nn.Module):
         return x.float() / 127.5 - 1.0
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The 128-d embedding (before its ReLU) and the class logits of float images in [-1, 1]."""
-        feats = self.embed(self.body(x))
+        """The 128-d embedding (before its ReLU) and the class logits of float images in [-1, 1]
+        (images of a smaller side, e.g. MNIST at its native 28 px, are centre-padded with black)."""
+        feats = self.embed(self.body(centre_pad(x, self.image_size, -1.0)))
         return feats, self.head(feats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

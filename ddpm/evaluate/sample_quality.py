@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from ddpm.errors import ConfigError
+from ddpm.evaluate.classifier import centre_pad
 
 log = logging.getLogger(__name__)
 
@@ -324,8 +325,8 @@ class SampleScorer:
     def _to_uint8(self, images: torch.Tensor) -> torch.Tensor:
         from ddpm.data import from_model_range
 
-        if self.pad and images.dim() == 4 and images.shape[-1] + 2 * self.pad == self.shape[-1]:
-            images = F.pad(images, (self.pad,) * 4, value=-1.0)  # black in the model's range
+        if self.pad and images.dim() == 4:
+            images = centre_pad(images, self.shape[-1], -1.0)  # black in the model's range
         if images.dim() != 4 or tuple(images.shape[1:]) != self.shape:
             raise ConfigError(f"expected images of shape (N, {', '.join(map(str, self.shape))}), got {tuple(images.shape)}")
         if not images.is_floating_point():
