@@ -1,4 +1,4 @@
-"""Datasets as in-memory uint8 tensors, plus the pixel scaling the models train on."""
+"""Datasets: in-memory uint8 tensors, or streamed from files when too large (`ddpm.data.streaming`); the pixel scaling the models train on."""
 
 from ddpm.data.datasets import DATASETS, ImageData, load_dataset
 from ddpm.data.scaling import from_model_range, to_model_range

@@ -2,7 +2,7 @@
 
 ``auto`` keeps a dataset in memory when its decoded size, images x channels x image_size² bytes
 (uint8), is at most ``dataset.in_memory_max_gb`` GiB (default 4: cats64 is 0.06 GiB, CelebA at 64
-is 2.3 GiB; LSUN bedrooms at 64, 3 million images, is 34 GiB and streams). The count is that of
+is 2.3 GiB; LSUN bedrooms at 64, 3 million images, is 35 GiB and streams). The count is that of
 the image files (:mod:`ddpm.data.sources`), read without decoding. The in-memory path keeps the
 uint8 images on the training device and, while decoding, about twice their size in host memory.
 
@@ -16,6 +16,7 @@ import math
 import os
 from typing import Any
 
+from ddpm.data.sources import IMAGE_SOURCES
 from ddpm.errors import ConfigError
 
 AUTO = "auto"
@@ -34,6 +35,11 @@ def check_residency(d: Any) -> None:
     value = d.get("in_memory", AUTO)
     if not (value == AUTO or isinstance(value, bool)):
         raise ConfigError(f"dataset.in_memory must be auto, true or false, got {value!r}")
+    if value is False and d.get("name") not in IMAGE_SOURCES:
+        raise ConfigError(
+            f"dataset.in_memory=false streams image folders and tars (dataset=folder or cats); {d.get('name')} is read whole, "
+            "use dataset.in_memory=auto or true"
+        )
     limit = d.get("in_memory_max_gb", DEFAULT_MAX_GB)
     if isinstance(limit, bool) or not isinstance(limit, int | float) or not (math.isfinite(limit) and 0 < limit <= MAX_MAX_GB):
         raise ConfigError(f"dataset.in_memory_max_gb must be a number of GiB > 0 and <= {MAX_MAX_GB:g}, got {limit!r}")
@@ -57,14 +63,9 @@ def keep_in_memory(d: Any, images: int | None) -> bool:
         images: image files of the dataset (counted without decoding), or None for a dataset that
             cannot stream (not read from image files).
     """
-    check_residency(d)
+    check_residency(d)  # refuses in_memory=false for a dataset that cannot stream
     value = d.get("in_memory", AUTO)
     if images is None:
-        if value is False:
-            raise ConfigError(
-                f"dataset.in_memory=false streams image folders and tars (dataset=folder or cats); {d.name} is read whole, "
-                "use dataset.in_memory=auto or true"
-            )
         return True
     if value != AUTO:
         return bool(value)

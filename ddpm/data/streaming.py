@@ -354,8 +354,7 @@ def open_stream(
     """
     check_residency(d)
     if d.name not in IMAGE_SOURCES:
-        keep_in_memory(d, None)  # in_memory=false is refused for datasets that cannot stream
-        return None
+        return None  # read whole (check_residency refused in_memory=false)
     if d.get("in_memory", AUTO) is True:
         return None
     full = index_source(IMAGE_SOURCES[d.name][0](d, Path(data_dir).expanduser()))
@@ -374,7 +373,7 @@ def open_stream(
         d.name,
         len(full),
         gib,
-        d.get("in_memory", AUTO),
+        str(d.get("in_memory", AUTO)).lower(),
         d.get("in_memory_max_gb", DEFAULT_MAX_GB),
         full.source,
         n_workers,

@@ -1,0 +1,251 @@
+#!/usr/bin/env python
+"""Images/s of the two ways ``ddpm-train`` reads a training set, measured in one process on one dataset.
+
+- **in memory** (``dataset.in_memory=true``): decoding every image once (``load_dataset`` with an
+  empty cache, in this one process, as the first run of ``ddpm-train`` does), then the trainer's
+  batches: a slice of the epoch permutation taken from the uint8 tensor, scaled to [-1, 1] and
+  flipped, with ``--threads`` torch threads;
+- **streamed** (``dataset.in_memory=false``): :func:`ddpm.data.streaming.open_stream` with
+  ``--workers`` loader workers, read as the trainer reads it (each batch scaled to [-1, 1]; the
+  workers decoded, cropped, resized and flipped it): the wait for the first batch (the workers
+  start), then batches after ``--warmup`` of them.
+
+Besides wall-clock images/s the script reports CPU milliseconds per image, summed over this process
+and its loader workers (they are reaped, then counted by ``getrusage``): on a machine shared with
+other jobs the wall clock measures the other jobs, the CPU time what the reading costs.
+
+Usage::
+
+    python scripts/bench_loader.py --dataset cats                       # $DDPM_DATA_DIR/cats/afhq_cat_64.tar
+    python scripts/bench_loader.py --folder /data/bedrooms --image-size 64 --resize
+    python scripts/bench_loader.py --make-folder /tmp/synth100k --images 100000 --delete   # writes, measures, deletes
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from ddpm.data import load_dataset, to_model_range
+from ddpm.data.residency import decoded_bytes
+from ddpm.data.sources import IMAGE_SOURCES, index_source
+from ddpm.data.streaming import epoch_permutation, open_stream
+
+
+def synthetic_image(i: int, side: int, fmt: str) -> bytes:
+    """A smooth random picture (8x8 colours, upsampled, light noise) encoded as ``fmt``: compresses like a photo, not like noise."""
+    rng = np.random.default_rng(i)
+    coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((side, side), Image.BICUBIC)
+    arr = np.clip(np.asarray(coarse, dtype=np.int16) + rng.integers(-8, 9, (side, side, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG" if fmt == "jpg" else "PNG", quality=90)
+    return buf.getvalue()
+
+
+def _write_chunk(args: tuple[Path, int, int, int, str]) -> int:
+    root, start, stop, side, fmt = args
+    for i in range(start, stop):
+        path = root / f"{i // 1000:04d}" / f"{i:07d}.{fmt}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(synthetic_image(i, side, fmt))
+    return stop - start
+
+
+def make_folder(root: Path, images: int, side: int, fmt: str, processes: int) -> float:
+    """Write ``images`` synthetic pictures into ``root`` (1,000 per sub-folder); returns seconds taken."""
+    t0 = time.perf_counter()
+    chunks = [(root, s, min(s + 1000, images), side, fmt) for s in range(0, images, 1000)]
+    with multiprocessing.Pool(processes) as pool:
+        done = sum(pool.imap_unordered(_write_chunk, chunks))
+    assert done == images
+    return time.perf_counter() - t0
+
+
+def dataset_node(args: argparse.Namespace, source: str | None, in_memory: bool) -> Any:
+    return OmegaConf.create(
+        {
+            "name": args.dataset,
+            "root": "cats",
+            "image_size": args.image_size,
+            "channels": 3,
+            "hflip": True,
+            "resize": args.resize,
+            "download": False,
+            "background": [99, 133, 150],
+            "path": source,
+            "test_fraction": 0.1,
+            "num_classes": None,
+            "in_memory": in_memory,
+            "workers": args.workers,
+        }
+    )
+
+
+def cpu_now() -> float:
+    """CPU seconds of this process and of its reaped children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def bench_memory(args: argparse.Namespace, data_dir: str, source: str | None, cache_dir: Path, files: int) -> dict[str, float]:
+    cfg = dataset_node(args, source, True)
+    t0, c0 = time.perf_counter(), cpu_now()
+    data = load_dataset(cfg, data_dir, cache_dir, "train")
+    decode_s, decode_cpu = time.perf_counter() - t0, cpu_now() - c0
+    images, n, b = data.images, len(data.images), args.batch
+    gen = torch.Generator().manual_seed(0)
+    steps = n // b
+    perm = epoch_permutation(0, 0, n)
+
+    def batch(step: int) -> torch.Tensor:
+        idx = perm[(step % steps) * b : (step % steps + 1) * b]
+        x0 = to_model_range(images[idx])
+        flip = torch.rand(b, generator=gen) < 0.5
+        return torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+
+    for s in range(args.warmup):
+        batch(s)
+    t0, c0 = time.perf_counter(), cpu_now()
+    for s in range(args.memory_batches):
+        batch(s)
+    wall, cpu = time.perf_counter() - t0, cpu_now() - c0
+    seen = args.memory_batches * b
+    return {
+        "train_images": n,
+        "decoded_images": files,  # both splits: the whole set is decoded (and cached), then split
+        "decode_s": decode_s,
+        "decode_img_s": files / decode_s,
+        "decode_cpu_ms_per_img": 1000 * decode_cpu / files,
+        "batch_img_s": seen / wall,
+        "batch_cpu_ms_per_img": 1000 * cpu / seen,
+        "resident_bytes": images.numel(),
+    }
+
+
+def bench_stream(args: argparse.Namespace, data_dir: str, source: str | None) -> dict[str, float]:
+    cfg = dataset_node(args, source, False)
+    t0 = time.perf_counter()
+    s = open_stream(cfg, data_dir, seed=0, batch_size=args.batch, workers=args.workers)
+    index_s = time.perf_counter() - t0
+    assert s is not None
+    c0 = cpu_now()
+    t0 = time.perf_counter()
+    to_model_range(s.next())  # what the trainer does with a streamed batch (the workers flipped it)
+    first_s = time.perf_counter() - t0
+    for _ in range(args.warmup - 1):
+        to_model_range(s.next())
+    t0 = time.perf_counter()
+    for _ in range(args.stream_batches):
+        to_model_range(s.next())
+    wall = time.perf_counter() - t0
+    s.close()  # joins the workers, so that getrusage counts their CPU time
+    cpu = cpu_now() - c0
+    read = (args.warmup + args.stream_batches) * args.batch
+    return {
+        "train_images": len(s),
+        "index_s": index_s,
+        "first_batch_s": first_s,
+        "img_s": args.stream_batches * args.batch / wall,
+        "cpu_ms_per_img": 1000 * cpu / read,
+        "workers": args.workers,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dataset", choices=["cats"], help="a dataset under --data-dir")
+    where.add_argument("--folder", type=Path, help="a folder, .tar or folder of .tar shards")
+    where.add_argument("--make-folder", type=Path, help="write --images synthetic pictures here first")
+    p.add_argument("--data-dir", default=os.environ.get("DDPM_DATA_DIR", "data"))
+    p.add_argument("--images", type=int, default=100_000)
+    p.add_argument("--format", choices=["jpg", "png"], default="jpg")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--resize", action="store_true", help="dataset.resize=true")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2, help="loader workers of the streamed path")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the in-memory path")
+    p.add_argument("--warmup", type=int, default=5, help="batches before timing")
+    p.add_argument("--stream-batches", type=int, default=100)
+    p.add_argument("--memory-batches", type=int, default=200)
+    p.add_argument("--skip-memory", action="store_true", help="measure streaming only (a set that does not fit)")
+    p.add_argument("--delete", action="store_true", help="delete the --make-folder folder afterwards")
+    p.add_argument("--json", type=Path, help="write the results here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    made_s = None
+    if args.make_folder:
+        if args.make_folder.exists() and any(args.make_folder.iterdir()):
+            sys.exit(f"{args.make_folder} is not empty; give a new folder")
+        made_s = make_folder(args.make_folder, args.images, args.image_size, args.format, processes=max(1, args.workers))
+        print(
+            f"wrote {args.images} {args.image_size}x{args.image_size} {args.format} files into {args.make_folder} in {made_s:.0f} s",
+            flush=True,
+        )
+    source = None if args.dataset else str(args.folder or args.make_folder)
+    args.dataset = args.dataset or "folder"
+    load = os.getloadavg()[0]
+    result: dict[str, Any] = {
+        "source": source or f"{args.data_dir}/cats",
+        "image_size": args.image_size,
+        "batch": args.batch,
+        "threads": args.threads,
+        "workers": args.workers,
+        "cpus": os.cpu_count(),
+        "load_average_at_start": load,
+        "torch": torch.__version__,
+    }
+    node = dataset_node(args, source, False)
+    files = len(index_source(IMAGE_SOURCES[node.name][0](node, Path(args.data_dir))))
+    result["files"] = files
+    result["decoded_gib"] = decoded_bytes(files, 3, args.image_size) / 2**30
+    try:
+        result["streamed"] = bench_stream(args, args.data_dir, source)
+        print(f"streamed: {json.dumps(result['streamed'])}", flush=True)
+        if not args.skip_memory:
+            with tempfile.TemporaryDirectory(prefix="bench_loader_cache_") as cache:
+                result["in_memory"] = bench_memory(args, args.data_dir, source, Path(cache), files)
+            print(f"in memory: {json.dumps(result['in_memory'])}", flush=True)
+    finally:
+        if args.make_folder and args.delete:
+            shutil.rmtree(args.make_folder)
+    result["load_average_at_end"] = os.getloadavg()[0]
+    st = result["streamed"]
+    print(
+        f"\n{result['source']}: {files} images ({st['train_images']} in the train split), {result['decoded_gib']:.2f} GiB decoded; "
+        f"load average {load:.1f} -> {result['load_average_at_end']:.1f}"
+    )
+    print("| path | img/s (wall) | CPU ms/img | note |\n|---|---|---|---|")
+    print(
+        f"| streamed, {args.workers} workers | {st['img_s']:.0f} | {st['cpu_ms_per_img']:.2f} | index {st['index_s']:.1f} s, first batch {st['first_batch_s']:.1f} s |"
+    )
+    if "in_memory" in result:
+        m = result["in_memory"]
+        print(
+            f"| in memory: decoding once, 1 process | {m['decode_img_s']:.0f} | {m['decode_cpu_ms_per_img']:.2f} | {m['decode_s']:.0f} s before the first step |"
+        )
+        print(
+            f"| in memory: batches, {args.threads} threads | {m['batch_img_s']:.0f} | {m['batch_cpu_ms_per_img']:.3f} | {m['resident_bytes'] / 2**20:.0f} MiB resident |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
