@@ -312,7 +312,7 @@ def test_subset_n_streams_the_in_memory_subset(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- ddpm-train
-def train_cfg(root: Path, folder: Path, **over: object) -> DictConfig:
+def train_overrides(root: Path, folder: Path, **over: object) -> list[str]:
     base = {
         "dataset": "folder",
         "dataset.path": str(folder),
@@ -334,7 +334,11 @@ def train_cfg(root: Path, folder: Path, **over: object) -> DictConfig:
         "runtime.num_threads": 1,  # two threads on a busy 2-core machine wait on each other
     }
     base.update(over)
-    return compose_config("train", [f"{k}={v}" for k, v in base.items()])
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def train_cfg(root: Path, folder: Path, **over: object) -> DictConfig:
+    return compose_config("train", train_overrides(root, folder, **over))
 
 
 def params(trainer: Trainer) -> list[torch.Tensor]:
@@ -375,3 +379,32 @@ def test_train_under_a_memory_cap_streams(tmp_path: Path) -> None:
     assert "streamed by 1 loader worker per rank" in trainer.describe()
     with pytest.raises(ConfigError, match="^train.regimes_every needs the training images in memory"):
         Trainer(train_cfg(tmp_path, folder, **{"dataset.in_memory": False, "train.regimes_every": 5}), tmp_path / "q")
+
+
+@pytest.mark.slow
+def test_two_ranks_streaming_match_one_process_in_memory(tmp_path: Path) -> None:
+    """torchrun with 2 ranks (gloo), each streaming its half of every batch, trains what one in-memory process trains."""
+    import json
+    import subprocess
+    import sys
+
+    from ddpm.train import train
+
+    folder = make_folder(tmp_path / "imgs", 40, side=16)
+    common = {"train.max_steps": 6, "train.ckpt_every": 6, "train.log_every": 3, "train.grad_accum_steps": 1}
+    single = tmp_path / "single"
+    train(train_cfg(tmp_path, folder, **{**common, "train.batch_size": 8, "dataset.in_memory": True}), single)
+    ddp = tmp_path / "ddp"
+    overrides = train_overrides(tmp_path, folder, **{**common, "train.batch_size": 4, "dataset.in_memory": False}) + [
+        f"hydra.run.dir={ddp}"
+    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ddpm.train", *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (single, ddp))
+    assert b["step"] == 6 and b["data_position"] == {"epoch": 1, "offset": 16, "images": 36, "global_batch": 8, "seed": 0}
+    losses = [json.loads((d / "metrics.json").read_text())["loss"] for d in (single, ddp)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    for name, value in a["model"].items():  # gradients summed in another order: within a tenth of an Adam step
+        torch.testing.assert_close(b["model"][name], value, rtol=0, atol=1e-4, msg=name)
+    assert "streamed by 1 loader worker per rank" in (ddp / "train.log").read_text()
