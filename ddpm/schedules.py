@@ -15,6 +15,9 @@ import torch
 from ddpm.errors import ConfigError
 
 SCHEDULES = ("linear", "cosine", "quadratic")
+# Beyond this offset the cosine schedule no longer changes (ᾱ_k -> (1 - (k+1)/T)², β_0 -> 2/T) and
+# rounding takes over: at 1e12 the β_k are no longer increasing, from 1e15 on they are all 0.
+MAX_COSINE_S = 1000.0
 
 
 def make_betas(
@@ -37,6 +40,8 @@ def make_betas(
     """
     if not isinstance(T, int) or T <= 0:
         raise ConfigError(f"schedule.T must be a positive integer, got {T!r}")
+    if not 0.0 < cosine_s <= MAX_COSINE_S:  # every schedule node carries it: a typo is refused whatever the name
+        raise ConfigError(f"schedule.cosine_s must lie in (0, {MAX_COSINE_S:g}], got {cosine_s}")
     if name in ("linear", "quadratic"):
         if not (0.0 < beta_start < 1.0 and 0.0 < beta_end < 1.0):
             raise ConfigError(f"schedule betas must lie in (0, 1), got beta_start={beta_start}, beta_end={beta_end}")

@@ -77,6 +77,13 @@ BAD_INPUTS: list[BadInput] = [
     BadInput("T = 0", _T, ["schedule.T=0"], "schedule.T must be > 0"),
     BadInput("beta out of range", _T, ["schedule.beta_end=2.0"], "beta"),
     BadInput("unknown schedule", _T, ["schedule.name=foo"], "unknown schedule"),
+    BadInput("huge cosine offset", _T, ["schedule=cosine", "schedule.cosine_s=1e6"], "schedule.cosine_s must lie in (0, 1000]"),
+    BadInput(
+        "p_mean beyond the schedule",
+        _T,
+        ["train.timestep_sampling=lognormal", "train.p_mean=8"],
+        "train.p_mean must lie within the schedule's ln σ range",
+    ),
     BadInput("channels not 1 or 3", _T, ["dataset.channels=2"], "dataset.channels"),
     BadInput("channels mismatch", _T, ["dataset.channels=3"], "channels"),
     BadInput("heads do not divide", _T, ["model.num_heads=3", "model.attention_resolutions=[16]"], "num_heads"),
@@ -137,18 +144,32 @@ BAD_INPUTS: list[BadInput] = [
     BadInput("regimes: too few points", "ddpm-regimes", ["collapse.points=0"], "collapse.points"),
     BadInput("regimes: trained without checkpoint", "ddpm-regimes", ["regimes=trained"], "needs a checkpoint"),
     BadInput("regimes: one training point", "ddpm-regimes", ["synthetic=gaussian", "points.n=1"], "points.n must be >= 2"),
+    BadInput("regimes: collapse grid beyond t=40", "ddpm-regimes", ["collapse.t_max=1e6"], "collapse.t_max must be <= 40"),
+    BadInput(
+        "regimes: speciation beyond the schedule", "ddpm-regimes", ["speciation.t_max=100"], "speciation.t_max must be <= the last time"
+    ),
+    BadInput(
+        "regimes: speciation beyond the checkpoint's schedule",
+        "ddpm-regimes",
+        ["ckpt={ckpt}", "speciation.t_min=2.0"],
+        "speciation.t_min must lie below the last time of the schedule of",
+    ),
+    BadInput("regimes: huge image subset", "ddpm-regimes", ["points.n=1000000000000"], "points.n must be >= 2 and <= 100000000"),
+    BadInput(
+        "regimes: synthetic points beyond memory",
+        "ddpm-regimes",
+        ["synthetic=gaussian", "points.n=100000000", "synthetic.d=64"],
+        "values exceed the 1073741824",
+    ),
 ]
-# The subset a --quick drill runs as real processes (the test suite runs all of them in-process).
+# The subset a --quick drill runs as real processes, one batch of four (the test suite runs all of
+# them in-process): a bad value, a pickle carrying code, a checkpoint that loads but cannot work, and
+# a time beyond a checkpoint's schedule.
 QUICK_BAD = (
-    "wrong type",
     "zero lr",
-    "images of wrong size",
     "pickle carrying code",
-    "checkpoint of another model",
-    "sample: zero samples",
-    "offline MNIST download",
-    "truncated cats tar",
     "sample: weights of another shape",
+    "regimes: speciation beyond the checkpoint's schedule",
 )
 
 

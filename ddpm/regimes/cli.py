@@ -23,7 +23,7 @@ from ddpm.errors import ConfigError
 from ddpm.pretrained import network
 from ddpm.regimes import plots, theory
 from ddpm.regimes.collapse import measure_collapse
-from ddpm.regimes.config import SYNTHETIC, register, validate_regimes
+from ddpm.regimes.config import SYNTHETIC, check_times, register, validate_regimes
 from ddpm.regimes.data import Points, data_source, load_points
 from ddpm.regimes.score import ExactScore
 from ddpm.regimes.seeds import generator
@@ -83,6 +83,7 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
         pre = load_pretrained(cfg.ckpt, device, use_ema=cfg.trained.use_ema, channels_last=cfg.runtime.channels_last)
         schedule = pre.diffusion.schedule
+        check_times(cfg, schedule, f"the schedule of {pre.path}")
         # The exact score must be that of the network's training set, at the network's resolution.
         with open_dict(data_cfg):
             data_cfg.dataset = pre.cfg.dataset

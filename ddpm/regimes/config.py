@@ -12,6 +12,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from ddpm.config import (
+    MAX_DATASET_N,
     DatasetConfig,
     PathsConfig,
     RuntimeConfig,
@@ -23,9 +24,15 @@ from ddpm.config import (
 )
 from ddpm.errors import ConfigError
 from ddpm.evaluate.memorisation import DEFAULT_THRESHOLD
+from ddpm.schedules import NoiseSchedule
 
 SYNTHETIC = ("gaussian", "gaussian_spectrum", "mixture")
 ANALYSES = ("spectrum", "speciation", "collapse", "tracking", "trained")
+# Latest OU time of the collapse grid: beyond it the data's weight e^{-t} in x_t (< 5e-18) is below
+# float64's resolution next to the noise, so every later grid point is pure noise.
+MAX_OU_TIME = 40.0
+# Synthetic points are drawn in float64 in memory (n x d values): 2^30 of them take 8 GiB.
+MAX_SYNTHETIC_VALUES = 2**30
 
 
 @dataclass
@@ -150,12 +157,17 @@ def validate_regimes(cfg: Any) -> None:
         # the memorisation ratio compares each end point's nearest and second-nearest training point
         _check(p.n is not None and p.n >= 2, f"points.n must be >= 2 for synthetic data, got {p.n}")
         _check(d.d >= 1, f"synthetic.d must be >= 1, got {d.d}")
+        _check(
+            p.n * d.d <= MAX_SYNTHETIC_VALUES,
+            f"points.n x synthetic.d = {p.n} x {d.d} values exceed the {MAX_SYNTHETIC_VALUES} (8 GiB of float64) "
+            "that synthetic data may hold in memory",
+        )
         _check(d.sigma2 > 0 and d.sigma > 0, f"synthetic.sigma2 and synthetic.sigma must be > 0, got {d.sigma2}, {d.sigma}")
         for key in ("sigma2", "sigma", "power", "mu"):
             _check(math.isfinite(d[key]), f"synthetic.{key} must be finite, got {d[key]}")
         _check(d.classes >= 2, f"synthetic.classes must be >= 2, got {d.classes}")
     else:
-        _check(p.n is None or p.n >= 2, f"points.n must be >= 2 or null (all images), got {p.n}")
+        _check(p.n is None or 2 <= p.n <= MAX_DATASET_N, f"points.n must be >= 2 and <= {MAX_DATASET_N} or null (all images), got {p.n}")
         _check(p.downsample >= 1, f"points.downsample must be >= 1, got {p.downsample}")
         check_dataset(cfg.dataset, "dataset")
     check_schedule(cfg.schedule)
@@ -167,6 +179,10 @@ def validate_regimes(cfg: Any) -> None:
     _check(cfg.kernel.chunk_size >= 1, f"kernel.chunk_size must be >= 1, got {cfg.kernel.chunk_size}")
     c = cfg.collapse
     _check(0 < c.t_min < c.t_max < math.inf, f"collapse needs 0 < t_min < t_max < inf, got {c.t_min}, {c.t_max}")
+    _check(
+        c.t_max <= MAX_OU_TIME,
+        f"collapse.t_max must be <= {MAX_OU_TIME:g} (beyond it x_t holds under 5e-18 of the data: pure noise), got {c.t_max}",
+    )
     _check(
         c.points >= 3 and c.queries >= 1 and c.batch >= 1 and c.refine >= 0, "collapse.points >= 3, queries >= 1, batch >= 1, refine >= 0"
     )
@@ -191,3 +207,23 @@ def validate_regimes(cfg: Any) -> None:
     )
     _check(cfg.eigenvalues >= 0, f"eigenvalues must be >= 0, got {cfg.eigenvalues}")
     _check(0 < t.memorised_ratio < 1, f"trained.memorised_ratio must lie in (0, 1), got {t.memorised_ratio}")
+    if not cfg.ckpt:  # with a checkpoint, its schedule counts: run_regimes checks the times once it loads
+        check_times(cfg, NoiseSchedule.from_config(cfg.schedule), "schedule")
+
+
+def check_times(cfg: Any, schedule: NoiseSchedule, source: str) -> None:
+    """The speciation grid against the schedule it runs on: its cloning runs branch at schedule steps,
+    so a time beyond the schedule's last one has no step (the grid's default end is that time).
+
+    Args:
+        cfg: the composed ``regimes`` config.
+        schedule: the schedule the analyses use (``cfg.schedule`` or the checkpoint's).
+        source: where it comes from, for the message (``schedule`` or the checkpoint's path).
+    """
+    if "speciation" not in cfg.regimes.analyses:
+        return
+    s, T = cfg.speciation, schedule.T
+    t_end = float(schedule.ou_times[-1])
+    where = f"the last time of {source} (t_{T - 1}={t_end:.4g}, T={T})"
+    _check(s.t_min < t_end, f"speciation.t_min must lie below {where}, got {s.t_min}")
+    _check(s.t_max is None or s.t_max <= t_end, f"speciation.t_max must be <= {where} or null (that time), got {s.t_max}")

@@ -9,6 +9,7 @@ from typing import Any
 
 from ddpm.config import MAX_REGIMES_SAMPLES, _check, check_dataset, check_model, check_runtime, check_schedule
 from ddpm.data.residency import check_residency
+from ddpm.schedules import NoiseSchedule
 
 
 def validate_train(cfg: Any) -> None:
@@ -57,6 +58,15 @@ def validate_train(cfg: Any) -> None:
     for key in ("lr", "weight_decay", "p_mean", "p_std"):  # NaN fails the range checks above; inf needs its own
         _check(math.isfinite(t[key]), f"train.{key} must be finite, got {t[key]}")
     check_schedule(cfg.schedule)
+    schedule = NoiseSchedule.from_config(cfg.schedule)  # its own checks (betas, cosine_s) before any work
+    if t.timestep_sampling == "lognormal":
+        # ln σ_k of the steps: a mean outside them maps (nearly) every sampled σ to the first or last step
+        log_sigma = (-0.5 * schedule.log_snr).tolist()
+        lo, hi = log_sigma[0], log_sigma[-1]
+        _check(
+            lo <= t.p_mean <= hi,
+            f"train.p_mean must lie within the schedule's ln σ range [{lo:.4g}, {hi:.4g}] (timestep_sampling=lognormal), got {t.p_mean}",
+        )
     check_dataset(cfg.dataset)
     check_residency(cfg.dataset)  # dataset.in_memory, in_memory_max_gb, workers
     check_model(cfg.model)
