@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +143,8 @@ def test_ddpm_evaluate_end_to_end_with_the_mnist_extractor(tiny_ckpt, data_dir, 
     assert fid["extractor_id"] == f"mnist-classifier@{quick_classifier.digest}"
     assert fid["classifier_test_accuracy"] == pytest.approx(quick_classifier.test_accuracy)
     assert fid["fid"] > 0 and np.isfinite(fid["kid_mean"]) and 1.0 <= fid["isc_mean"] <= 10.0
-    assert any("40 generated samples" in w for w in saved["warnings"])
+    assert len(saved["warnings"]) == 2 and "40 generated samples" in saved["warnings"][0]
+    assert saved["warnings"][1] == "kid_subset_size=1000 exceeds the 40 generated or 400 real images: KID uses subsets of 40"
 
     cov = saved["coverage"]
     assert sum(cov["generated"]["histogram"]) == 40 and sum(cov["real_test_reference"]["histogram"]) == 40
@@ -171,6 +174,41 @@ def test_ddpm_evaluate_end_to_end_with_the_mnist_extractor(tiny_ckpt, data_dir, 
     assert res2["fidelity"]["mnist"]["fid"] == pytest.approx(fid["fid"], rel=1e-6)
     assert [p.stat().st_mtime_ns for p in sorted((cache / "fidelity").iterdir())] == mtimes
     assert set(res2) >= {"fidelity"} and "coverage" not in res2 and "memorisation" not in res2
+
+
+def test_evaluate_clamps_print_a_warning(tiny_ckpt, data_dir, tmp_path, caplog, monkeypatch):
+    """Each count ddpm-evaluate clamps says so in one warning line (log and metrics.json), and the numbers
+    are those of the clamped counts."""
+    import ddpm.evaluate.cli as cli
+
+    def six_test_images(*args, **kwargs):  # a test split of 6 images
+        data = load_dataset(*args, **kwargs)
+        return dataclasses.replace(data, images=data.images[:6], labels=data.labels[:6]) if args[3] == "test" else data
+
+    monkeypatch.setattr(cli, "load_dataset", six_test_images)
+    over = {"metrics": "[kid,coverage,denoise,memorisation]", "num_samples": 8, "num_real": 20, "real_split": "test", "batch_size": 8}
+    over.update({"denoise.steps": "[2]", "denoise.num_images": 256, "memorisation.grid": 16, "feature_extractor.min_samples": 0})
+    cfg = compose_config("evaluate", _evaluate_overrides(tiny_ckpt, data_dir, tmp_path / "cache", "null", **over))
+    with caplog.at_level(logging.WARNING, logger="ddpm.evaluate"):
+        res = cli.evaluate(cfg, tmp_path / "run")
+    expected = [
+        "num_real=20 exceeds the 6 images of the test split: FID/KID use 6",
+        "kid_subset_size=1000 exceeds the 8 generated or 6 real images: KID uses subsets of 6",
+        "num_samples=8 exceeds the 6 test images: coverage's real reference holds 6",
+        "denoise.num_images=256 exceeds the 6 test images: denoising 6",
+        "sampler.steps=5 exceeds the 3 steps from k=2 down to 0: denoise.steps k=2 uses 3 evaluations",
+        "memorisation.grid=16 exceeds num_samples=8: the grid shows 8 pairs",
+    ]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == expected
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["warnings"] == expected
+    kid = res["fidelity"]["mnist"]
+    assert (kid["num_generated"], kid["num_real"], kid["kid_subset_size"]) == (8, 6, 6)
+    assert res["coverage"]["real_test_reference"]["num_samples"] == 6 and res["coverage"]["generated"]["num_samples"] == 8
+    assert res["denoise"]["num_images"] == 6 and res["denoise"]["steps"]["2"]["evaluations"] == 3
+    # 8 pairs of 32-px images with 2-px padding: (8 x 34 + 2) x (2 x 34 + 2)
+    from PIL import Image
+
+    assert Image.open(tmp_path / "run" / "memorisation.png").size == (8 * 34 + 2, 2 * 34 + 2)
 
 
 def test_ddpm_evaluate_rejects_an_unknown_metric_before_any_work(tmp_path):

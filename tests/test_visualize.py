@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -14,7 +16,9 @@ from conftest import compose_config
 from omegaconf import OmegaConf
 from PIL import Image
 
+import ddpm.pretrained
 from ddpm.config import SamplerConfig
+from ddpm.data import load_dataset
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError
 from ddpm.generate import denoise_from, noise_to_step
@@ -101,14 +105,22 @@ def vis_cfg(ckpt: Path, data_dir: Path, cache: Path, **extra):
     return compose_config("visualize", [f"{k}={v}" for k, v in base.items()])
 
 
-def test_visualize_end_to_end(tiny_ckpt: Path, data_dir: Path, tmp_path: Path) -> None:
+def test_visualize_end_to_end(tiny_ckpt: Path, data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "vis"
     cfg = vis_cfg(tiny_ckpt, data_dir, tmp_path / "cache")
-    result = visualize(cfg, out)
+    with caplog.at_level(logging.WARNING, logger="ddpm.visualize"):
+        result = visualize(cfg, out)
     pre = load_pretrained(tiny_ckpt)
     sched = pre.diffusion.schedule
     k_t = int(sched.time_to_step(0.2))
     steps = sorted({5, 40, k_t})
+    # sampler.steps=10 is capped at the k + 1 steps below each start, with a warning for each start it caps
+    capped = [
+        f"sampler.steps=10 exceeds the {k + 1} steps from k={k} down to 0: that start is denoised in {k + 1} evaluations"
+        for k in steps
+        if k + 1 < 10
+    ]
+    assert capped and [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == capped
     assert [r["step"] for r in result["rows"]] == steps
     for r in result["rows"]:
         assert r["ou_time"] == pytest.approx(float(sched.ou_times[r["step"]]))
@@ -144,6 +156,35 @@ def test_visualize_end_to_end(tiny_ckpt: Path, data_dir: Path, tmp_path: Path) -
     assert [e.step for e in events] == steps
     assert [e.value for e in events] == pytest.approx([r["mse_denoised"] for r in result["rows"]], rel=1e-6)
     assert "plots/x0_strip" in acc.Tags()["images"]
+
+
+def test_visualize_clamps_print_a_warning(
+    tiny_ckpt: Path, data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each value ddpm-visualize clamps (or merges) says so in one warning line, and the run goes on."""
+
+    def two_test_images(*args: object, **kwargs: object):  # a test split of 2 images
+        data = load_dataset(*args, **kwargs)
+        return dataclasses.replace(data, images=data.images[:2], labels=data.labels[:2]) if args[3] == "test" else data
+
+    monkeypatch.setattr(ddpm.pretrained, "load_dataset", two_test_images)
+    t3 = float(load_pretrained(tiny_ckpt).diffusion.schedule.ou_times[3])  # lands on step 3
+    over = {"steps": "[3,3]", "times": f"[{t3!r}]", "num_images": 3, "strip_images": 5, "strip_frames": 10}
+    cfg = vis_cfg(tiny_ckpt, data_dir, tmp_path / "cache", tensorboard=False, schedules="[linear]", **over)
+    with caplog.at_level(logging.WARNING, logger="ddpm.visualize"):
+        result = visualize(cfg, tmp_path / "vis")
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "steps=[3, 3] holds k=3 twice: that start is denoised once",
+        f"time t={t3:g} lands on step k=3 (t_k={t3:.4f}), as does k=3 of steps=[3, 3]: that start is denoised once",
+        "sampler.steps=10 exceeds the 4 steps from k=3 down to 0: that start is denoised in 4 evaluations",
+        "num_images=3 exceeds the 2 images of the test split: using 2",
+        "strip_images=5 exceeds the 2 images: the x̂_0 strip shows 2",
+        "strip_frames=10 exceeds the 4 evaluations from k=3: the x̂_0 strip shows 4 frames",
+    ]
+    assert result["num_images"] == 2 and [(r["step"], r["evaluations"], r["requested_time"]) for r in result["rows"]] == [(3, 4, t3)]
+    assert len(result["per_image"]["3"]["mse_denoised"]) == 2
+    # the strip: 2 images x (x_k, x̂_0) = 4 rows of 4 frames, at 0.9 inch (90 px) per image plus labels
+    assert Image.open(tmp_path / "vis" / "x0_strip.png").size == (160 + 90 * 4, 40 + 90 * 4 + 30)
 
 
 def test_visualize_rejects_bad_starts(tiny_ckpt: Path, data_dir: Path, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import ddpm
+from ddpm.checkpoint import atomic_write
 from ddpm.cli import hydra_main
 from ddpm.conditioning import per_class_accuracy, round_robin_labels
 from ddpm.data import from_model_range, load_dataset, to_model_range
@@ -36,6 +37,12 @@ from ddpm.pretrained import load_for_inference, network
 from ddpm.samplers import build_sampler, make_eps_fn
 
 log = logging.getLogger(__name__)
+
+
+def _warn(warnings: list[str], msg: str) -> None:
+    """Log ``msg`` and keep it for metrics.json's ``warnings``."""
+    log.warning(msg)
+    warnings.append(msg)
 
 
 def _classifier(cfg: DictConfig, dataset_cfg: DictConfig, device: torch.device, required: bool):
@@ -72,13 +79,22 @@ def _fidelity(
     else:
         weights, extractor = str(clf.path), register_domain_extractor()
         tag = f"{dataset_cfg.name}-classifier@{clf.digest}"
+    from ddpm.evaluate.fidelity import kid_subset_size
+
     real_all = load_dataset(dataset_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, cfg.real_split).images
     n_real = len(real_all) if cfg.num_real is None else min(int(cfg.num_real), len(real_all))
     real = real_all[:n_real]
+    if cfg.num_real is not None and n_real < cfg.num_real:
+        _warn(warnings, f"num_real={cfg.num_real} exceeds the {n_real} images of the {cfg.real_split} split: FID/KID use {n_real}")
     if len(fake) < fe.min_samples:
         msg = f"FID/KID from {len(fake)} generated samples (< {fe.min_samples} recommended for feature_extractor={fe.name}) are biased upwards and noisy; compare only numbers with the same sample count"
-        log.warning(msg)
-        warnings.append(msg)
+        _warn(warnings, msg)
+    subset = kid_subset_size(len(fake), n_real, int(cfg.kid_subset_size))
+    if "kid" in wanted and subset < cfg.kid_subset_size:
+        _warn(
+            warnings,
+            f"kid_subset_size={cfg.kid_subset_size} exceeds the {len(fake)} generated or {n_real} real images: KID uses subsets of {subset}",
+        )
     cache_root = Path(cfg.paths.cache_dir).expanduser() / "fidelity"
     cache_name = f"{dataset_cfg.name}-{dataset_cfg.image_size}px-{cfg.real_split}-{n_real}-{tag.replace('@', '-').replace('.', '_')}"
     t0 = time.time()
@@ -126,15 +142,18 @@ def _class_accuracy(
             acc["classifier"] = f"{dataset_cfg.name}-classifier@{clf.digest}"
             return acc
         reason = f"class accuracy skipped: the classifier has {probs.shape[1]} classes, the model {classes}"
-    log.warning(reason)
-    warnings.append(reason)
+    _warn(warnings, reason)
     return None
 
 
+def _write(path: Path, data: bytes | str) -> None:
+    """Write one output through a temp file and a rename: a failed write (a full disk) leaves no torn
+    file, and the file of an earlier run under that name stays as it was."""
+    atomic_write(path, lambda f: f.write(data.encode() if isinstance(data, str) else data))
+
+
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    _write(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _scalars(prefix: str, obj: Any, out: dict[str, float]) -> None:
@@ -153,7 +172,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
     validate_evaluate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    _write(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     fe = cfg.feature_extractor
     metrics = list(cfg.metrics)
     inception_weights = None
@@ -211,21 +230,24 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
         )
         result["sampling_seconds"] = round(time.time() - t0, 1)
         fake = from_model_range(x)
-        save_image(fake[:64].float() / 255.0, run_dir / "samples.png", nrow=8)
-        np.savez_compressed(run_dir / "samples.npz", images=fake.numpy())
+        atomic_write(run_dir / "samples.png", lambda f: save_image(fake[:64].float() / 255.0, f, nrow=8, format="PNG"))
+        atomic_write(run_dir / "samples.npz", lambda f: np.savez_compressed(f, images=fake.numpy()))
 
     if any(m in metrics for m in ("fid", "kid", "isc")):
         result["fidelity"] = {fe.name: _fidelity(cfg, dataset_cfg, fake, clf, inception_weights, device, warnings)}
 
     if "coverage" in metrics:
         if clf is None:
-            msg = f"coverage skipped: dataset {dataset_cfg.name} has no class labels"
-            log.warning(msg)
-            warnings.append(msg)
+            _warn(warnings, f"coverage skipped: dataset {dataset_cfg.name} has no class labels")
         else:
             from ddpm.evaluate.coverage import coverage
 
             test = load_dataset(dataset_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, "test")
+            if len(test) < cfg.num_samples:
+                _warn(
+                    warnings,
+                    f"num_samples={cfg.num_samples} exceeds the {len(test)} test images: coverage's real reference holds {len(test)}",
+                )
             result["coverage"] = {
                 "classifier": f"{dataset_cfg.name}-classifier@{clf.digest}",
                 "classifier_test_accuracy": clf.test_accuracy,
@@ -241,9 +263,11 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
 
         test = load_dataset(dataset_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, "test")
         x0 = to_model_range(test.images[: int(cfg.denoise.num_images)]).to(device)
+        if len(x0) < cfg.denoise.num_images:
+            _warn(warnings, f"denoise.num_images={cfg.denoise.num_images} exceeds the {len(x0)} test images: denoising {len(x0)}")
         t0 = time.time()
         result["denoise"] = denoising_quality(
-            eps_fn, pre.diffusion, cfg.sampler, x0, list(cfg.denoise.steps), int(cfg.seed), int(cfg.batch_size)
+            eps_fn, pre.diffusion, cfg.sampler, x0, list(cfg.denoise.steps), int(cfg.seed), int(cfg.batch_size), warnings
         )
         result["denoise"]["seconds"] = round(time.time() - t0, 1)
 
@@ -254,6 +278,11 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
         train = training_set(cfg, pre).images  # the network's training subset (dataset.n), not the whole split
         mem = memorisation(fake, train, float(cfg.memorisation.threshold), device)
         result["memorisation"] = mem.summary(len(train))
+        if cfg.memorisation.grid > len(fake):
+            _warn(
+                warnings,
+                f"memorisation.grid={cfg.memorisation.grid} exceeds num_samples={len(fake)}: the grid shows {len(fake)} pairs",
+            )
         if cfg.memorisation.grid > 0:
             grid = save_memorisation_grid(fake, train, mem, run_dir / "memorisation.png", int(cfg.memorisation.grid))
             result["memorisation"]["grid"] = grid.name

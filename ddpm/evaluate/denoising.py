@@ -6,6 +6,8 @@ This measures how much of an image the model can recover from x_k: at small k ne
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -14,8 +16,12 @@ from ddpm.generate import denoise_from, noise_to_step
 from ddpm.quality import mse_per_image, ssim_per_image
 from ddpm.samplers import build_sampler
 
+log = logging.getLogger(__name__)
 
-def denoising_quality(eps_fn, diffusion, sampler_cfg, x0: torch.Tensor, steps: list[int], seed: int, batch_size: int = 256) -> dict:
+
+def denoising_quality(
+    eps_fn, diffusion, sampler_cfg, x0: torch.Tensor, steps: list[int], seed: int, batch_size: int = 256, warnings: list[str] | None = None
+) -> dict:
     """MSE and SSIM between ``x0`` and its reconstruction from x_k, for each k in ``steps``.
 
     Args:
@@ -27,6 +33,7 @@ def denoising_quality(eps_fn, diffusion, sampler_cfg, x0: torch.Tensor, steps: l
         steps: schedule steps k (0 <= k < T) to noise to.
         seed: image i is noised (and denoised) with generator seed ``seed + i``.
         batch_size: images per sampler call.
+        warnings: collects (besides the log) the starts whose evaluations are capped at k + 1.
     """
     from omegaconf import OmegaConf
 
@@ -36,6 +43,11 @@ def denoising_quality(eps_fn, diffusion, sampler_cfg, x0: torch.Tensor, steps: l
         if not 0 <= k < diffusion.T:
             raise ConfigError(f"denoise.steps contains {k}, outside the schedule's 0..{diffusion.T - 1}")
         cfg = OmegaConf.merge(sampler_cfg, {"spacing": "trailing", "steps": min(int(sampler_cfg.steps or k + 1), k + 1)})
+        if sampler_cfg.steps is not None and sampler_cfg.steps > k + 1:
+            msg = f"sampler.steps={sampler_cfg.steps} exceeds the {k + 1} steps from k={k} down to 0: denoise.steps k={k} uses {k + 1} evaluations"
+            log.warning(msg)
+            if warnings is not None:
+                warnings.append(msg)
         sampler = build_sampler(cfg, diffusion, max_step=k)
         mse, ssim = [], []
         for i in range(0, len(x0), batch_size):

@@ -122,9 +122,12 @@ def save_memorisation_grid(samples: torch.Tensor, train: torch.Tensor, result: M
     """
     from torchvision.utils import save_image
 
+    from ddpm.checkpoint import atomic_write
+
     order = np.argsort(result.ratio, kind="stable")[: min(count, len(result.ratio))]
     top = samples[torch.as_tensor(order)].float() / 255.0
     bottom = train[torch.as_tensor(result.nearest[order])].float() / 255.0
     path = Path(path)
-    save_image(torch.cat([top, bottom]), path, nrow=len(order), padding=2, pad_value=0.5)
+    grid = torch.cat([top, bottom])
+    atomic_write(path, lambda f: save_image(grid, f, nrow=len(order), padding=2, pad_value=0.5, format="PNG"))  # no torn file
     return path

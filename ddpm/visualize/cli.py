@@ -89,11 +89,16 @@ def resolve_starts(steps: list[int], times: list[float], schedule: NoiseSchedule
     for k in steps:
         if not 0 <= int(k) < T:
             raise ConfigError(f"step {k} is outside the schedule's 0..{T - 1}")
+        if int(k) in found:
+            log.warning("steps=%s holds k=%d twice: that start is denoised once", list(steps), int(k))
         found[int(k)] = Start(int(k), float(ou[int(k)]))
     for t in times:
         if t > float(ou[-1]) + 1e-9:
             raise ConfigError(f"time t={t} lies beyond the schedule's end t_{T - 1}={float(ou[-1]):.4f}")
         k = int(schedule.time_to_step(float(t)))
+        if k in found:  # a step grid is coarse at small k: nearby times land on one step
+            other = f"time t={found[k].requested_time:g}" if found[k].requested_time is not None else f"k={k} of steps={list(steps)}"
+            log.warning("time t=%g lands on step k=%d (t_k=%.4f), as does %s: that start is denoised once", t, k, float(ou[k]), other)
         found.setdefault(k, Start(k, float(ou[k])))
         found[k].requested_time = float(t)
     return [found[k] for k in sorted(found)]
@@ -154,15 +159,36 @@ def visualize(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     pre, rt = load_for_inference(cfg)
     diffusion, sched = pre.diffusion, pre.diffusion.schedule
     starts = resolve_starts(list(cfg.steps), list(cfg.times), sched)
-    samplers = {
-        s.step: build_sampler(sampler_config(cfg.sampler, s.step), diffusion, max_step=s.step) for s in starts
-    }  # fail before any work
+    samplers = {}
+    for st in starts:  # fail before any work
+        samplers[st.step] = build_sampler(sampler_config(cfg.sampler, st.step), diffusion, max_step=st.step)
+        if cfg.sampler.steps is not None and cfg.sampler.steps > st.step + 1:
+            log.warning(
+                "sampler.steps=%d exceeds the %d steps from k=%d down to 0: that start is denoised in %d evaluations",
+                int(cfg.sampler.steps),
+                st.step + 1,
+                st.step,
+                samplers[st.step].num_evaluations,
+            )
     x0 = real_images(cfg, pre, int(cfg.num_images), cfg.split, int(cfg.seed)).to(rt.device)
+    if len(x0) < int(cfg.num_images):
+        log.warning("num_images=%d exceeds the %d images of the %s split: using %d", int(cfg.num_images), len(x0), cfg.split, len(x0))
     eps_fn = make_eps_fn(network(pre, cfg.runtime), diffusion, rt.autocast)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed, ou, abar, log_snr = int(cfg.seed), sched.ou_times, sched.alphas_cumprod, sched.log_snr
     strip_start = starts[-1].step
     strip_n = min(int(cfg.strip_images), len(x0))
+    if strip_n < int(cfg.strip_images):
+        log.warning("strip_images=%d exceeds the %d images: the x̂_0 strip shows %d", int(cfg.strip_images), len(x0), strip_n)
+    strip_eval = samplers[strip_start].num_evaluations
+    if int(cfg.strip_frames) > strip_eval:
+        log.warning(
+            "strip_frames=%d exceeds the %d evaluations from k=%d: the x̂_0 strip shows %d frames",
+            int(cfg.strip_frames),
+            strip_eval,
+            strip_start,
+            strip_eval,
+        )
 
     rows, per_image, traj, noised, denoised = [], {}, {}, {}, {}
     bar = tqdm(
