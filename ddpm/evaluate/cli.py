@@ -69,7 +69,7 @@ def _fidelity(
     device: torch.device,
     warnings: list[str],
 ) -> dict:
-    from ddpm.evaluate.fidelity import INCEPTION_NAME, fidelity_metrics, register_domain_extractor
+    from ddpm.evaluate.fidelity import INCEPTION_NAME, fidelity_metrics, kid_subset_size, register_domain_extractor
 
     fe = cfg.feature_extractor
     wanted = [m for m in ("fid", "kid", "isc") if m in cfg.metrics]
@@ -79,8 +79,6 @@ def _fidelity(
     else:
         weights, extractor = str(clf.path), register_domain_extractor()
         tag = f"{dataset_cfg.name}-classifier@{clf.digest}"
-    from ddpm.evaluate.fidelity import kid_subset_size
-
     real_all = load_dataset(dataset_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, cfg.real_split).images
     n_real = len(real_all) if cfg.num_real is None else min(int(cfg.num_real), len(real_all))
     real = real_all[:n_real]
