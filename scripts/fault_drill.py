@@ -284,17 +284,20 @@ class Drill:
         ck = run / "checkpoints"
         before = step_files(ck)
         if fault in ("truncated newest checkpoint", "garbage last.pt", "last.pt carrying code"):
-            if len(before) < 2:
+            # the run that resumes next skips the files corrupted earlier too (two corruptions may
+            # follow each other without a new checkpoint in between)
+            good = {n: v for n, v in before.items() if _ident(ck / n) not in INJECTED}
+            if len(good) < 2:
                 return
-            newest = max(before, key=lambda n: before[n][0])
+            newest = max(good, key=lambda n: good[n][0])
             if fault == "truncated newest checkpoint":
                 path = ck / newest
                 size = path.stat().st_size
                 with path.open("r+b") as f:  # in place: last.pt, a hard link to it, is torn too
                     f.truncate(size // 2)
                 INJECTED.add(_ident(path))
-                second = sorted(before, key=lambda n: before[n][0])[-2]
-                pending.append((fault, f"resumed from {ck / second} at step {before[second][0]}", None))
+                second = sorted(good, key=lambda n: good[n][0])[-2]
+                pending.append((fault, f"resumed from {ck / second} at step {good[second][0]}", None))
             elif fault == "garbage last.pt":
                 (ck / "last.pt").unlink(missing_ok=True)
                 (ck / "last.pt").write_bytes(os.urandom(4096))
