@@ -197,7 +197,7 @@ def test_browser_trains_watches_stops_resumes_and_samples(chromium: str, data_di
         stopped_at = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
         assert stopped_at >= 10
         b.click("Resume training")
-        b.wait_text("train/browser · running", 120)
+        b.wait_text("train/browser · running", 240)  # a new process: imports and data load, slow under load
         wait_for(lambda: runs.run_info(outputs, "train/browser").step >= stopped_at + 10, 240, "the resumed run to train on")
         shown = re.compile(rf"step (\d+) / {MAX_STEPS}")
         wait_for(lambda: (m := shown.search(b.text())) and int(m.group(1)) >= stopped_at + 10, 60, "the page to follow the run")

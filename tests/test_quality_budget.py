@@ -51,7 +51,7 @@ def test_budget_run_of_ours_and_diffusers_writes_scored_rows(data_dir: Path, tmp
         assert 0 <= s["class_entropy"] <= 1 and 0 <= s["blob_fraction"] <= 1 and 0.1 <= s["confidence"] <= 1
         assert row["grid_images"] == 16 and 0 <= row["blobs_in_grid"] <= 16
         grid = Path(row["grid"])
-        assert grid.is_file() and Image.open(grid).size == (8 * 34 + 2, 2 * 34 + 2)  # 16 tiles of 32 px, 8 per row
+        assert grid.is_file() and Image.open(grid).size == (8 * 30 + 2, 2 * 30 + 2)  # 16 tiles of 28 px (mnist_cpu), 8 per row
     ours, theirs = result["rows"]
     assert ours["recipe"]["model"] == "tiny" and ours["recipe"]["train"]["batch_size"] == 16 and ours["batch"] == 16
     assert ours["recipe"]["train"]["time_budget_min"] == MINUTES and ours["recipe"]["schedule"]["T"] == 100
