@@ -20,7 +20,7 @@ train: venv
 	$(BIN)/ddpm-train experiment=quickstart hydra.run.dir=outputs/quickstart
 
 test: venv
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -ra -m "not slow"
