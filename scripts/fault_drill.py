@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -173,7 +174,7 @@ class Drill:
     Args:
         work: scratch folder for all run directories.
         data_dir: the data root holding ``MNIST/raw``.
-        quick: the short version (each fault once: 4 kills; 4 bad inputs as processes).
+        quick: the short version (each fault once: 4 kills; 2 bad inputs as processes).
         seed: seeds the random kill times.
     """
 
@@ -182,6 +183,7 @@ class Drill:
         self.rng = random.Random(seed)
         self.rows: dict[str, Row] = {}
         self.launches = 0
+        self.lock = threading.Lock()  # the NaN run and the bad inputs run beside the chain, in a thread
         self.env = {
             **os.environ,
             "DDPM_DATA_DIR": str(data_dir),
@@ -202,14 +204,15 @@ class Drill:
         return self.rows.setdefault(fault, Row(fault))
 
     def record(self, fault: str, ok: bool, lost: int = 0, note: str = "") -> None:
-        r = self.row(fault)
-        r.runs += 1
-        r.survived += int(ok and lost == 0)
-        r.lost += lost
-        if note:
-            r.notes.append(note)
-        status = "ok  " if ok and lost == 0 else "FAIL"
-        print(f"  [{status}] {fault}: {note}", flush=True)
+        with self.lock:
+            r = self.row(fault)
+            r.runs += 1
+            r.survived += int(ok and lost == 0)
+            r.lost += lost
+            if note:
+                r.notes.append(note)
+            status = "ok  " if ok and lost == 0 else "FAIL"
+            print(f"  [{status}] {fault}: {note}", flush=True)
 
     def launch(
         self,
@@ -220,10 +223,12 @@ class Drill:
         cmd: str = "ddpm-train",
         base: bool = True,
     ) -> Proc:
-        self.launches += 1
+        with self.lock:
+            self.launches += 1
+            n = self.launches
         logs = self.work / "logs"
         logs.mkdir(exist_ok=True)
-        out, err = logs / f"{self.launches:03d}.out", logs / f"{self.launches:03d}.err"
+        out, err = logs / f"{n:03d}.out", logs / f"{n:03d}.err"
         args = [str(BIN / cmd)]
         if base:
             args += drill_train_overrides(
@@ -476,9 +481,10 @@ class Drill:
             flush=True,
         )
         if rc != 0 or diff > 1e-6 or problems or left:
-            for r in self.rows.values():  # the chain's faults only count as survived if the run ends right
-                if r.fault not in ("NaN losses", "bad input"):
-                    r.survived = 0
+            with self.lock:  # the chain's faults only count as survived if the run ends right
+                for r in self.rows.values():
+                    if r.fault not in ("NaN losses", "bad input"):
+                        r.survived = 0
             print(f"  chain FAILED: {final.stderr.strip()[-500:]} {left}", flush=True)
 
     # ------------------------------------------------------------------ NaN
@@ -633,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="short version: each fault once (4 SIGKILLs) and 4 bad inputs as processes (full: 12 SIGKILLs, all bad inputs, full disks of sample and evaluate)",
+        help="short version: each fault once (4 SIGKILLs, 2 bad inputs as processes; full: 12 SIGKILLs, all bad inputs, full disks of sample and evaluate)",
     )
     ap.add_argument("--out", type=Path, default=None, help="where results.json goes (default: the work folder)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temp folder, removed at the end)")
@@ -659,10 +665,29 @@ def main(argv: list[str] | None = None) -> int:
     source = source_digest()
     try:
         ref = drill.reference()
-        drill.nan()
-        drill.chain(steps, ref)
-        drill.bad_inputs(ref)
+
+        # The chain's runs are single-threaded: the NaN run (and in quick mode the bad inputs, two
+        # processes) use the second core meanwhile, in their own run directories.
+        failed: list[BaseException] = []
+
+        def beside() -> None:
+            try:
+                drill.nan()
+                if args.quick:
+                    drill.bad_inputs(ref)
+            except BaseException as exc:  # raised again in the main thread
+                failed.append(exc)
+
+        side = threading.Thread(target=beside)
+        side.start()
+        try:
+            drill.chain(steps, ref)
+        finally:
+            side.join()
+        if failed:
+            raise failed[0]
         if not args.quick:
+            drill.bad_inputs(ref)
             drill.output_faults(ref)
     finally:
         if not keep:
