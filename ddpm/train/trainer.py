@@ -601,6 +601,10 @@ class Trainer:
             log.info("time budget of %.2f min spent (%s clock) after step %d", tc.time_budget_min, tc.budget_clock, self.step)
         if writer is not None:
             writer.close()
+        if dist.is_initialized():
+            # Every rank waits for the main rank's last checkpoint, grid and evaluation: a rank that
+            # tore down its process group while the main rank still worked aborted at exit.
+            dist.barrier()
         summary = {
             "step": self.step,
             "loss": last_loss,
