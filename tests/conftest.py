@@ -76,3 +76,16 @@ def tiny_ckpt(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = compose_config("train", tiny_train_overrides(data_dir, run_dir / "cache", **{"train.max_steps": 60, "train.ckpt_every": 60}))
     train(cfg, run_dir)
     return run_dir / "checkpoints" / "last.pt"
+
+
+def write_tar(path: Path, members: dict[str, bytes]) -> Path:
+    """A plain tar at ``path`` holding ``members`` (name -> bytes)."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

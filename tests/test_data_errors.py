@@ -9,7 +9,6 @@ import io
 import os
 import subprocess
 import sys
-import tarfile
 import urllib.error
 import zipfile
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_tar
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
@@ -218,32 +218,26 @@ def test_cryptopunks_single_punk(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- cats tar
-def write_tar(root: Path, members: dict[str, bytes]) -> Path:
+def write_cats_tar(root: Path, members: dict[str, bytes]) -> Path:
     (root / "cats").mkdir(parents=True, exist_ok=True)
-    path = root / "cats" / "afhq_cat_64.tar"
-    with tarfile.open(path, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
+    return write_tar(root / "cats" / "afhq_cat_64.tar", members)
 
 
 def test_cats_tar_loads_mixed_modes(tmp_path: Path) -> None:
-    write_tar(tmp_path, {f"{i}.png": png_bytes(16, m) for i, m in enumerate(("RGB", "L", "RGBA", "P"))})
+    write_cats_tar(tmp_path, {f"{i}.png": png_bytes(16, m) for i, m in enumerate(("RGB", "L", "RGBA", "P"))})
     data = load_dataset(dataset_cfg("cats", test_fraction=0.0), tmp_path, tmp_path / "cache")
     assert tuple(data.images.shape) == (4, 3, 16, 16)
 
 
 def test_cats_tar_truncated(tmp_path: Path) -> None:
-    f = write_tar(tmp_path, {f"{i}.png": png_bytes() for i in range(3)})
+    f = write_cats_tar(tmp_path, {f"{i}.png": png_bytes() for i in range(3)})
     f.write_bytes(f.read_bytes()[: 512 + 300])  # the first member's header and part of its data
     msg = one_line(DataError, dataset_cfg("cats"), tmp_path)
     assert msg == f"{f} is truncated or corrupt: unexpected end of data"
 
 
 def test_cats_tar_corrupt_and_foreign(tmp_path: Path) -> None:
-    f = write_tar(tmp_path, {})
+    f = write_cats_tar(tmp_path, {})
     f.write_bytes(os.urandom(4096))
     assert one_line(DataError, dataset_cfg("cats"), tmp_path).startswith(f"{f} is not a readable tar archive")
     with zipfile.ZipFile(f, "w") as z:  # a zip under the tar name
@@ -252,26 +246,26 @@ def test_cats_tar_corrupt_and_foreign(tmp_path: Path) -> None:
 
 
 def test_cats_tar_empty(tmp_path: Path) -> None:
-    f = write_tar(tmp_path, {})
+    f = write_cats_tar(tmp_path, {})
     f.write_bytes(b"")
     assert one_line(DataError, dataset_cfg("cats"), tmp_path) == f"{f} is empty (0 bytes); expected a .tar of images"
-    write_tar(tmp_path, {"README.txt": b"no images here"})
+    write_cats_tar(tmp_path, {"README.txt": b"no images here"})
     assert one_line(DataError, dataset_cfg("cats"), tmp_path).startswith(
         f"no images (.png, .jpg, .jpeg, .bmp, .webp, .gif, .tif, .tiff) found in {f}"
     )
 
 
 def test_cats_tar_bad_members(tmp_path: Path) -> None:
-    f = write_tar(tmp_path, {"a.png": png_bytes(), "b.png": png_bytes(20)})
+    f = write_cats_tar(tmp_path, {"a.png": png_bytes(), "b.png": png_bytes(20)})
     assert one_line(DataError, dataset_cfg("cats"), tmp_path) == f"{f}:b.png is 20x20, expected 16x16 (set dataset.resize=true to resize)"
-    f = write_tar(tmp_path, {"a.png": png_bytes(), "b.png": png16_bytes()})
+    f = write_cats_tar(tmp_path, {"a.png": png_bytes(), "b.png": png16_bytes()})
     assert one_line(DataError, dataset_cfg("cats"), tmp_path).startswith(f"{f}:b.png has pixel mode I;16")
-    f = write_tar(tmp_path, {"a.png": png_bytes(), "b.png": b"not a png"})
+    f = write_cats_tar(tmp_path, {"a.png": png_bytes(), "b.png": b"not a png"})
     assert one_line(DataError, dataset_cfg("cats"), tmp_path).startswith(f"cannot read image {f}:b.png: ")
 
 
 def test_cats_single_image(tmp_path: Path) -> None:
-    write_tar(tmp_path, {"a.png": png_bytes()})
+    write_cats_tar(tmp_path, {"a.png": png_bytes()})
     assert len(load_dataset(dataset_cfg("cats"), tmp_path, tmp_path / "cache")) == 1
 
 

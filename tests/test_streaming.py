@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, write_tar
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
@@ -245,15 +245,6 @@ def test_folder_larger_than_the_memory_cap_streams(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- shards and bad files
-def write_tar(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def test_webdataset_shards_stream_and_load_alike(tmp_path: Path) -> None:
     shards = tmp_path / "shards"
     shards.mkdir()
