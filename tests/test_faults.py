@@ -390,26 +390,30 @@ def test_refused_resume_leaves_the_run_untouched(one_thread: None, tiny_ckpt: Pa
 
 
 # ---------------------------------------------------------------------------- outputs of the other commands
+def run_with_file_limit(command: str, args: list[str], limit_bytes: int = 12_000) -> subprocess.CompletedProcess:
+    """Run a ddpm command as a process whose files may not grow past ``limit_bytes`` (RLIMIT_FSIZE:
+    the kernel's EFBIG where a full disk gives ENOSPC)."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, resource.RLIM_INFINITY))
+
+    exe = Path(sys.executable).parent / command
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=300, preexec_fn=limit, env=env)
+
+
 def test_full_disk_during_sampling_is_one_line(tiny_ckpt: Path, tmp_path: Path) -> None:
     """A write refused mid-run (RLIMIT_FSIZE: the kernel's EFBIG, where a full disk gives ENOSPC) ends
     ``ddpm-sample`` with one line; the files already in the run directory stay as they were."""
-    import resource
 
     run = tmp_path / "run"
     run.mkdir()
     (run / "earlier.txt").write_text("earlier output\n")
 
-    def limit() -> None:  # room for Hydra's config record, not for the first sample PNG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (12_000, resource.RLIM_INFINITY))
-
-    exe = Path(sys.executable).parent / "ddpm-sample"
-    proc = subprocess.run(
-        [str(exe), f"ckpt={tiny_ckpt}", "num_samples=8", "sampler.steps=5", "progress=false", f"hydra.run.dir={run}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=limit,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    # room for Hydra's config record, not for the first sample PNG
+    proc = run_with_file_limit(
+        "ddpm-sample", [f"ckpt={tiny_ckpt}", "num_samples=8", "sampler.steps=5", "progress=false", f"hydra.run.dir={run}"]
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr == f"error: could not write into {run}: File too large; the files already in {run} are kept\n"
@@ -421,7 +425,6 @@ def test_full_disk_during_evaluation_keeps_earlier_outputs(tiny_ckpt: Path, data
     full disk gives ENOSPC) ends it with one line; the earlier outputs in the run directory, the
     ``samples.png`` whose new version could not be written included, stay byte for byte, and no torn
     or temp file is left."""
-    import resource
 
     run = tmp_path / "run"
     run.mkdir()
@@ -435,19 +438,10 @@ def test_full_disk_during_evaluation_keeps_earlier_outputs(tiny_ckpt: Path, data
     for name, data in earlier.items():
         (run / name).write_bytes(data)
 
-    def limit() -> None:  # room for Hydra's records and config.yaml, not for a grid of 64 noisy samples
-        resource.setrlimit(resource.RLIMIT_FSIZE, (12_000, resource.RLIM_INFINITY))
-
+    # room for Hydra's records and config.yaml, not for a grid of 64 noisy samples
     args = [f"ckpt={tiny_ckpt}", "metrics=[memorisation]", "num_samples=64", "sampler=ddim", "sampler.steps=3", "runtime.device=cpu"]
     args += [f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path / 'cache'}", "progress=false", f"hydra.run.dir={run}"]
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ddpm-evaluate"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=limit,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = run_with_file_limit("ddpm-evaluate", args)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr == f"error: could not write into {run}: File too large; the files already in {run} are kept\n"
     for name, data in earlier.items():
