@@ -22,7 +22,7 @@ from ddpm.data import load_dataset
 from ddpm.evaluate.classifier import get_classifier
 from ddpm.evaluate.coverage import coverage
 from ddpm.evaluate.fidelity import fidelity_metrics, register_domain_extractor
-from ddpm.evaluate.memorisation import memorisation
+from ddpm.memorisation import memorisation
 
 
 def main(argv: list[str] | None = None) -> None:

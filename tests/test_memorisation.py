@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm.evaluate.memorisation import memorisation, nearest_two, save_memorisation_grid
+from ddpm.memorisation import memorisation, nearest_two, save_memorisation_grid
 
 
 @pytest.fixture(scope="module")

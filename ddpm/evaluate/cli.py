@@ -270,7 +270,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
         result["denoise"]["seconds"] = round(time.time() - t0, 1)
 
     if "memorisation" in metrics:
-        from ddpm.evaluate.memorisation import memorisation, save_memorisation_grid
+        from ddpm.memorisation import memorisation, save_memorisation_grid
         from ddpm.pretrained import training_set
 
         train = training_set(cfg, pre).images  # the network's training subset (dataset.n), not the whole split

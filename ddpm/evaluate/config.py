@@ -13,7 +13,7 @@ from omegaconf import MISSING
 
 from ddpm.config import PathsConfig, RuntimeConfig, SamplerConfig, check_runtime, register_configs
 from ddpm.errors import ConfigError
-from ddpm.evaluate.memorisation import DEFAULT_THRESHOLD
+from ddpm.memorisation import DEFAULT_THRESHOLD
 
 MAX_GUIDANCE = 100.0  # far beyond useful scales (1-10): a larger one is a typo
 METRICS = ("fid", "kid", "isc", "coverage", "denoise", "memorisation")

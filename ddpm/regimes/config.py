@@ -23,7 +23,7 @@ from ddpm.config import (
     register_configs,
 )
 from ddpm.errors import ConfigError
-from ddpm.evaluate.memorisation import DEFAULT_THRESHOLD
+from ddpm.memorisation import DEFAULT_THRESHOLD
 from ddpm.schedules import NoiseSchedule
 
 SYNTHETIC = ("gaussian", "gaussian_spectrum", "mixture")

@@ -18,7 +18,7 @@ import logging
 from typing import Any
 
 from ddpm.data import load_dataset, to_model_range
-from ddpm.evaluate.memorisation import DEFAULT_THRESHOLD
+from ddpm.memorisation import DEFAULT_THRESHOLD
 from ddpm.pretrained import Pretrained
 from ddpm.regimes.collapse import measure_collapse
 from ddpm.regimes.data import Points
