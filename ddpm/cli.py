@@ -44,6 +44,7 @@ RENAMED: dict[str, dict[str, str]] = {
         **{f"data.{k}": f"points.{k}" for k in ("n", "seed", "downsample")},
         **{f"data.{k}": f"synthetic.{k}" for k in ("name", "d", "sigma2", "power", "classes", "mu", "sigma")},
         "data.dataset.": "dataset.",
+        "trained.memorised_ratio": "memorisation.threshold",
     },
 }
 

@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from ddpm.errors import ConfigError
+from ddpm.memorisation import DEFAULT_THRESHOLD
 
 
 @dataclass
@@ -120,7 +121,10 @@ class TrainSection:
     budget_clock: str = "wall"  # wall, or process (CPU time of this process: fair on a shared machine)
     eval_every: int = 0  # domain FID of eval_samples samples every N steps (0: off); keeps checkpoints/best.pt
     eval_samples: int = 256
-    regimes_every: int = 0  # memorised fraction and ε-gap to the exact score at t_S, t_C every N steps (0: off; ddpm/regimes/monitor.py)
+    regimes_every: int = 0  # memorised fraction, held-out loss, ε-gaps every N steps into regimes.jsonl (0: off; ddpm/regimes/monitor.py)
+    regimes_per_decade: int = (
+        0  # 0: regimes every regimes_every steps; N: N log-spaced steps per decade from regimes_every, each with a checkpoint
+    )
     regimes_samples: int = 16  # samples whose memorised fraction is logged
     seed: int = 0
     log_every: int = 50
@@ -130,6 +134,11 @@ class TrainSection:
     keep_checkpoints: int = 3  # rotated step checkpoints kept besides last.pt
     max_bad_steps: int = 20  # consecutive non-finite steps before giving up
     progress: bool = True  # tqdm bar
+
+
+@dataclass
+class MemorisationConfig:
+    threshold: float = DEFAULT_THRESHOLD  # k: a sample is a copy when d1/d2 < k (its nearest / second-nearest training distance)
 
 
 @dataclass
@@ -147,6 +156,7 @@ class TrainConfig:
     train: TrainSection = field(default_factory=TrainSection)
     paths: PathsConfig = field(default_factory=PathsConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    memorisation: MemorisationConfig = field(default_factory=MemorisationConfig)  # the copy criterion of train.regimes_every
     resume: str | None = None  # latest, a checkpoint path, or null
     dry_run: bool = False
     experiment: str | None = None  # name of the applied experiment preset (informational)
@@ -166,6 +176,11 @@ def check_runtime(r: Any) -> None:
     """Range checks of a ``runtime`` node; raises :class:`ConfigError`."""
     _check(r.precision in PRECISIONS, f"runtime.precision must be fp32, fp16 or bf16, got {r.precision!r}")
     _check(r.num_threads is None or r.num_threads >= 1, f"runtime.num_threads must be >= 1 or null, got {r.num_threads}")
+
+
+def check_memorisation(m: Any) -> None:
+    """The copy criterion's k (``memorisation.threshold``) lies in (0, 1); raises :class:`ConfigError`."""
+    _check(0.0 < m.threshold < 1.0, f"memorisation.threshold must lie in (0, 1), got {m.threshold}")
 
 
 def _check(ok: bool, msg: str) -> None:

@@ -1,10 +1,16 @@
-"""Memorisation: does a generated image sit much closer to one training image than to any other?
+"""The copy criterion: does a generated image sit much closer to one training image than to any other?
 
 For each generated sample x we find the Euclidean distances d1 <= d2 (pixel space, [0, 1] scale) to
 its nearest and second-nearest training images. A copy of a training image has d1 ≈ 0 while d2
 stays large, so the ratio d1 / d2 is small; a novel sample is about as far from its two nearest
-neighbours (ratio near 1). Samples with ratio < 1/3 are counted as memorised (the criterion of
-Yoon et al. 2023, "Diffusion probabilistic models generalize when they fail to memorize").
+neighbours (ratio near 1). Samples with ratio < k (``memorisation.threshold``, 1/3 by default) are
+copies (Yoon et al. 2023; Bonnaire et al. 2025), and f_mem is their fraction, with a bootstrap
+standard error.
+
+One function and one key serve every command: ``ddpm-evaluate``'s memorisation metric,
+``ddpm-regimes regimes=trained``, ``train.regimes_every`` and the memorisation-law collector. The
+reference set is what the network saw: a run trained with ``dataset.hflip`` saw each image and its
+mirror, so its reference holds 2n images (:func:`reference_images`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,36 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ddpm.errors import ConfigError
+
 DEFAULT_THRESHOLD = 1.0 / 3.0
+BOOTSTRAP_DRAWS = 1000
+
+
+def bootstrap_se(flags: np.ndarray, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> float:
+    """Bootstrap standard error of the mean of ``flags`` (resampled with replacement, seeded).
+
+    Args:
+        flags: per-sample 0/1 (or real) values.
+        draws: bootstrap resamples.
+        seed: seed of the resampling (the same flags give the same error).
+    """
+    v = np.asarray(flags, dtype=np.float64)
+    if v.size < 2:
+        return 0.0
+    idx = np.random.default_rng(seed).integers(0, v.size, size=(draws, v.size))
+    return float(v[idx].mean(1).std(ddof=1))
+
+
+def reference_images(images: torch.Tensor, hflip: bool) -> torch.Tensor:
+    """The images a run trained on, as the copy criterion and the exact score see them.
+
+    Args:
+        images: training images (n, C, H, W) in any range.
+        hflip: the run trained with random horizontal flips: its mirrors are training images too,
+            so the reference holds 2n images (the originals first).
+    """
+    return torch.cat([images, images.flip(-1)]) if hflip else images
 
 
 @dataclass
@@ -44,6 +79,11 @@ class Memorisation:
     def fraction(self) -> float:
         return float(self.memorised.mean())
 
+    @property
+    def fraction_se(self) -> float:
+        """Bootstrap standard error of :attr:`fraction`."""
+        return bootstrap_se(self.memorised)
+
     def summary(self, num_train: int) -> dict:
         """JSON-ready numbers, each with the counts it comes from."""
         return {
@@ -51,6 +91,7 @@ class Memorisation:
             "num_train": int(num_train),
             "threshold": self.threshold,
             "fraction_memorised": self.fraction,
+            "fraction_memorised_se": self.fraction_se,
             "num_memorised": int(self.memorised.sum()),
             "ratio_min": float(self.ratio.min()),
             "ratio_median": float(np.median(self.ratio)),
@@ -103,6 +144,8 @@ def memorisation(
         threshold: ratio d1/d2 below which a sample is memorised (1/3 by default).
         device: where to compute the distances.
     """
+    if not 0.0 < threshold < 1.0:
+        raise ConfigError(f"memorisation.threshold must lie in (0, 1), got {threshold}")
     d, idx = nearest_two(samples, train, device=device)
     d1, d2 = d[:, 0].numpy(), d[:, 1].numpy()
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -15,7 +15,7 @@ from ddpm.regimes.sampling import backward, visited_steps
 from ddpm.regimes.score import ExactScore
 from ddpm.regimes.speciation import clone_experiment, mixture_posterior, posterior_clone_curve
 from ddpm.regimes.spectrum import covariance_eigenvalues
-from ddpm.regimes.tracking import end_statistics, exact_eps_fn, track
+from ddpm.regimes.tracking import exact_eps_fn, measure_trajectories
 from ddpm.schedules import NoiseSchedule, make_betas
 
 
@@ -286,13 +286,12 @@ def test_exact_score_samples_end_on_training_points():
     a = gaussian_points(30, 6, 1.0)
     ks = ExactScore(a, dtype="float64")
     sched = linear_schedule(200)
-    tr = track(exact_eps_fn(ks), ks, sched, samples=12, steps=200, seed=0)
-    ends = end_statistics(ks, torch.from_numpy(tr["x0"]), 1 / 3)
-    assert ends["memorised_fraction"] == 1.0
-    # Each sample ends on the training point it was last tracked to.
-    assert np.array_equal(ends["nn_index"], tr["nearest"][0])
-    assert np.all(tr["t_last_change"] <= float(sched.ou_times[-1]))
-    assert np.all(np.isin(tr["k_last_change"], tr["k"]))
+    summary, tc = measure_trajectories(exact_eps_fn(ks), ks, a, sched, 12, 200, 0, 1 / 3, "exact")
+    assert summary["exact_memorised_fraction"] == 1.0 and summary["exact_copies"] == 12
+    assert summary["exact_nn_distance_median"] < 1e-6  # each sample is its training point
+    # every trajectory has a collapse time on the schedule's time range
+    assert np.all(np.isfinite(tc["collapse_t"]))
+    assert np.all((tc["collapse_t"] > 0) & (tc["collapse_t"] <= float(sched.ou_times[-1])))
 
 
 def test_queries_are_independent_of_the_data_stream():

@@ -34,7 +34,8 @@ def test_regimes_logged_during_training(data_dir: Path, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from ddpm.pretrained import load_pretrained
-    from ddpm.regimes.tracking import end_statistics
+    from ddpm.memorisation import memorisation
+    from ddpm.regimes.monitor import read_rows
     from ddpm.train import Trainer
 
     cfg = compose_config("train", tiny_train_overrides(data_dir, tmp_path / "cache", **EXTRA))
@@ -52,7 +53,9 @@ def test_regimes_logged_during_training(data_dir: Path, tmp_path: Path) -> None:
     acc = EventAccumulator(str(tmp_path / "tb"))
     acc.Reload()
     logged = {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"] if tag.startswith("regimes/")}
-    assert set(logged) == {"regimes/memorised_fraction", "regimes/eps_gap_t_S", "regimes/eps_gap_t_C"}
+    assert set(logged) == {
+        f"regimes/{k}" for k in ("memorised_fraction", "memorised_se", "train_loss", "heldout_loss", "eps_gap_t_S", "eps_gap_t_C")
+    }
     assert all(sorted(v) == [2, 4] for v in logged.values())
 
     # step 4 is the final checkpoint: recompute both numbers from it, independently of the monitor
@@ -63,8 +66,13 @@ def test_regimes_logged_during_training(data_dir: Path, tmp_path: Path) -> None:
     assert logged["regimes/eps_gap_t_S"][4] == pytest.approx(by_k[mon.k_S], rel=1e-4)
     assert logged["regimes/eps_gap_t_C"][4] == pytest.approx(by_k[mon.k_C], rel=1e-4)
     samples = generate(make_eps_fn(pre.model, pre.diffusion), build_sampler(cfg.sampler, pre.diffusion), pre.shape, 8, 2_000_000, 8, "cpu")
-    frac = end_statistics(mon.score, samples.flatten(1).double(), 1 / 3)["memorised_fraction"]
+    frac = memorisation(samples, x, 1 / 3).fraction
     assert logged["regimes/memorised_fraction"][4] == pytest.approx(frac)
+    # the same rows in regimes.jsonl, the collector's input
+    rows = read_rows(tmp_path / "regimes.jsonl")
+    assert [r["step"] for r in rows] == [2, 4] and rows[-1]["n"] == 32 and rows[-1]["threshold"] == pytest.approx(1 / 3)
+    assert rows[-1]["memorised_fraction"] == pytest.approx(frac)
+    assert rows[-1]["heldout_loss"] == pytest.approx(logged["regimes/heldout_loss"][4], rel=1e-6) and rows[-1]["heldout_loss"] > 0
     assert logged["regimes/eps_gap_t_C"][4] > 0.0
 
 

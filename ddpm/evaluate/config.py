@@ -11,9 +11,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from ddpm.config import PathsConfig, RuntimeConfig, SamplerConfig, check_runtime, register_configs
+from ddpm.config import MemorisationConfig, PathsConfig, RuntimeConfig, SamplerConfig, check_memorisation, check_runtime, register_configs
 from ddpm.errors import ConfigError
-from ddpm.memorisation import DEFAULT_THRESHOLD
 
 MAX_GUIDANCE = 100.0  # far beyond useful scales (1-10): a larger one is a typo
 METRICS = ("fid", "kid", "isc", "coverage", "denoise", "memorisation")
@@ -36,8 +35,7 @@ class DenoiseSection:
 
 
 @dataclass
-class MemorisationSection:
-    threshold: float = DEFAULT_THRESHOLD  # nearest / second-nearest distance ratio below which a sample is memorised
+class MemorisationSection(MemorisationConfig):
     grid: int = 16  # most memorised samples shown beside their nearest training image
 
 
@@ -102,5 +100,5 @@ def validate_evaluate(cfg: Any) -> None:
     _check(fe.kind in ("domain", "inception"), f"feature_extractor.kind must be domain or inception, got {fe.kind!r}")
     _check(fe.min_samples >= 0, f"feature_extractor.min_samples must be >= 0, got {fe.min_samples}")
     _check(cfg.denoise.num_images >= 1, f"denoise.num_images must be >= 1, got {cfg.denoise.num_images}")
-    _check(0.0 < cfg.memorisation.threshold <= 1.0, f"memorisation.threshold must lie in (0, 1], got {cfg.memorisation.threshold}")
+    check_memorisation(cfg.memorisation)
     _check(cfg.memorisation.grid >= 0, f"memorisation.grid must be >= 0, got {cfg.memorisation.grid}")

@@ -29,7 +29,7 @@ from ddpm.regimes.score import ExactScore
 from ddpm.regimes.seeds import generator
 from ddpm.regimes.speciation import measure_speciation
 from ddpm.regimes.spectrum import analyse_spectrum
-from ddpm.regimes.tracking import end_statistics, exact_eps_fn, summarise_tracking, track
+from ddpm.regimes.tracking import exact_eps_fn, measure_trajectories
 from ddpm.runtime import setup_runtime
 from ddpm.schedules import NoiseSchedule
 
@@ -94,7 +94,9 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         log.info("checkpoint %s (step %d): using its schedule and dataset %s", cfg.ckpt, pre.step, data_cfg.name)
     else:
         schedule = NoiseSchedule.from_config(cfg.schedule)
-    points = load_points(data_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, subset=subset)
+    # a run trained with flips saw every image and its mirror: the exact score and the copy criterion see both
+    mirrored = pre is not None and bool(pre.cfg.dataset.get("hflip", False))
+    points = load_points(data_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, subset=subset, mirrored=mirrored)
     if pre is not None and cfg.points.n is not None and int(cfg.points.n) != points.n:
         raise ConfigError(
             f"points.n={cfg.points.n}, but {pre.path} was trained on {points.n} images (dataset.n); "
@@ -191,33 +193,27 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if cfg.plots and plot_curves:
             plots.speciation_curves(run_dir / "speciation.png", plot_curves, rec["t_S"], summary)
 
-    tracks: dict[str, np.ndarray] = {}
+    collapse_runs: dict[str, np.ndarray] = {}
+    threshold = float(cfg.memorisation.threshold)
+    clip = points.scaling.startswith("[-1, 1]")  # images: x̂_0 clamped as ddpm-sample does
     if "tracking" in analyses:
-        tr = track(exact_eps_fn(score), score, schedule, cfg.tracking.samples, cfg.tracking.steps, cfg.seed)
-        ends = end_statistics(score, torch.from_numpy(tr["x0"]), float(cfg.trained.memorised_ratio))
-        rec.update(summarise_tracking(tr, "exact"))
-        rec["exact_memorised_fraction"] = ends["memorised_fraction"]
-        tracks["exact score"] = tr["t_last_change"]
-        curves.update({"tracking_t": tr["t"], "tracking_k": tr["k"], "tracking_exact_t_last_change": tr["t_last_change"]})
+        summary, tc = measure_trajectories(
+            exact_eps_fn(score), score, points.x, schedule, cfg.tracking.samples, cfg.tracking.steps, cfg.seed, threshold, "exact", clip
+        )
+        rec.update(summary)
+        collapse_runs["exact score"] = tc["collapse_t"]
+        curves.update({"tracking_t": tc["t"], "tracking_exact_collapse_t": tc["collapse_t"]})
 
     if "trained" in analyses:
         from ddpm.regimes.trained import eps_gap, gap_steps, network_eps_fn, summarise_gap
 
         t = cfg.trained
         net = network_eps_fn(pre, device, network(pre, cfg.runtime))
-        tr = track(net, score, schedule, t.samples, t.steps, cfg.seed + 1)
-        ends = end_statistics(score, torch.from_numpy(tr["x0"]), float(t.memorised_ratio))
-        rec.update(summarise_tracking(tr, "network"))
-        rec.update(
-            {
-                "memorised_fraction": ends["memorised_fraction"],
-                "memorised_se": ends["memorised_se"],
-                "nn_ratio_median": ends["nn_ratio_median"],
-                "memorised_ratio": float(t.memorised_ratio),
-                "ckpt_step": pre.step,
-            }
-        )
-        tracks["network"] = tr["t_last_change"]
+        summary, tc = measure_trajectories(net, score, points.x, schedule, t.samples, t.steps, cfg.seed + 1, threshold, "network", clip)
+        rec.update(summary)
+        rec.update({"memorisation_threshold": threshold, "ckpt_step": pre.step})
+        collapse_runs["network"] = tc["collapse_t"]
+        curves.update({"network_collapse_t": tc["collapse_t"], "network_nn_ratio": tc["ratio"]})
         steps = gap_steps(pre, t.gap_points)
         g_train = eps_gap(net, score, pre, points.x, steps, t.gap_queries, cfg.seed)
         held = None
@@ -233,16 +229,17 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if cfg.plots:
             plots.gap_plot(run_dir / "gap.png", g_train, held, rec["t_C"], rec["t_S"])
         log.info(
-            "network: memorised fraction %.3f, gap %.3g (t=%.3g) .. %.3g (t=%.3g)",
-            ends["memorised_fraction"],
+            "network: memorised fraction %.3f, collapse time %s, gap %.3g (t=%.3g) .. %.3g (t=%.3g)",
+            rec["network_memorised_fraction"],
+            rec["network_t_C"],
             g_train["gap"][0],
             g_train["t"][0],
             g_train["gap"][-1],
             g_train["t"][-1],
         )
 
-    if tracks and cfg.plots:
-        plots.tracking_hist(run_dir / "tracking.png", tracks, rec["t_C"])
+    if collapse_runs and cfg.plots:
+        plots.tracking_hist(run_dir / "tracking.png", collapse_runs, rec["t_C"])
     rec["k_C"], rec["k_S"] = _step(schedule, rec["t_C"]), _step(schedule, rec["t_S"])
     rec["times"] = {
         name: _time_entry(schedule, rec.get(name))
@@ -255,8 +252,8 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "t_S",
             "t_S_clone",
             "t_S_clone_simulated",
-            "exact_t_last_change_median",
-            "network_t_last_change_median",
+            "exact_t_C",
+            "network_t_C",
         )
         if name in rec
     }

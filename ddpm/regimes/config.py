@@ -14,16 +14,17 @@ from omegaconf import MISSING
 from ddpm.config import (
     MAX_DATASET_N,
     DatasetConfig,
+    MemorisationConfig,
     PathsConfig,
     RuntimeConfig,
     ScheduleConfig,
     check_dataset,
+    check_memorisation,
     check_runtime,
     check_schedule,
     register_configs,
 )
 from ddpm.errors import ConfigError
-from ddpm.memorisation import DEFAULT_THRESHOLD
 from ddpm.schedules import NoiseSchedule
 
 SYNTHETIC = ("gaussian", "gaussian_spectrum", "mixture")
@@ -105,7 +106,6 @@ class TrainedConfig:
     steps: int = 100  # sampler steps
     gap_points: int = 12  # times of the ε_θ vs ε* gap curve
     gap_queries: int = 128  # noised training (and held-out) points per time
-    memorised_ratio: float = DEFAULT_THRESHOLD  # nearest / second-nearest distance below this = memorised (as ddpm-evaluate)
     use_ema: bool = True
 
 
@@ -121,6 +121,7 @@ class RegimesConfig:
     speciation: SpeciationConfig = field(default_factory=SpeciationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     trained: TrainedConfig = field(default_factory=TrainedConfig)
+    memorisation: MemorisationConfig = field(default_factory=MemorisationConfig)  # the copy criterion (as ddpm-evaluate)
     paths: PathsConfig = field(default_factory=PathsConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     ckpt: Optional[str] = None  # trained checkpoint (file or training run dir): its schedule and dataset are used
@@ -206,7 +207,7 @@ def validate_regimes(cfg: Any) -> None:
         "trained: samples >= 1, steps >= 2, gap_points >= 1, gap_queries >= 1",
     )
     _check(cfg.eigenvalues >= 0, f"eigenvalues must be >= 0, got {cfg.eigenvalues}")
-    _check(0 < t.memorised_ratio < 1, f"trained.memorised_ratio must lie in (0, 1), got {t.memorised_ratio}")
+    check_memorisation(cfg.memorisation)
     if not cfg.ckpt:  # with a checkpoint, its schedule counts: run_regimes checks the times once it loads
         check_times(cfg, NoiseSchedule.from_config(cfg.schedule), "schedule")
 

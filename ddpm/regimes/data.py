@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm.data import load_dataset, to_model_range
 from ddpm.data.subset import balanced_subset, recorded_indices
+from ddpm.memorisation import reference_images
 from ddpm.errors import ConfigError, DataError
 from ddpm.regimes.config import SYNTHETIC, SyntheticConfig
 from ddpm.regimes.seeds import generator
@@ -111,7 +112,9 @@ def _images(cfg, data_dir: str | Path, cache_dir: str | Path, split: str) -> tup
     return x.flatten(1), data.labels, tuple(x.shape[1:]), data.source
 
 
-def load_points(cfg, data_dir: str | Path, cache_dir: str | Path, split: str = "train", subset: dict | None = None) -> Points:
+def load_points(
+    cfg, data_dir: str | Path, cache_dir: str | Path, split: str = "train", subset: dict | None = None, mirrored: bool = False
+) -> Points:
     """The training points of a source node.
 
     Args:
@@ -121,6 +124,8 @@ def load_points(cfg, data_dir: str | Path, cache_dir: str | Path, split: str = "
         split: ``train`` or ``test`` (held-out points; synthetic data draws a fresh sample).
         subset: a checkpoint's training-subset record: the train split is narrowed to exactly those
             images (else to ``dataset.n`` when set, as ``ddpm-train`` does).
+        mirrored: add the horizontal mirror of every training image (a run trained with
+            ``dataset.hflip``: 2n points, the originals first; :func:`ddpm.memorisation.reference_images`).
     """
     if cfg.name in SYNTHETIC:
         n = int(cfg.n)
@@ -156,4 +161,7 @@ def load_points(cfg, data_dir: str | Path, cache_dir: str | Path, split: str = "
         keep = torch.randperm(len(x), generator=generator(cfg.seed, "subset"))[: int(cfg.n)].sort().values
         x = x[keep]
         labels = labels[keep] if labels is not None else None
+    if mirrored and split == "train":
+        x = reference_images(x.view(len(x), *shape), True).flatten(1)
+        labels = None if labels is None else torch.cat([labels, labels])
     return Points(x, labels, shape, "[-1, 1] (uint8 / 127.5 - 1, as in training)", None, full, None, source)

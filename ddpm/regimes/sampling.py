@@ -4,7 +4,10 @@ The visited steps are a subsequence k_0 = 0 < ... < k_{S-1} = T-1 of the schedul
 k_i -> k_{i-1} is the DDPM posterior step of the respaced chain (DDIM with η = 1, from
 :meth:`ddpm.diffusion.GaussianDiffusion.respaced_step`), and the move
 from k_0 = 0 lands on the clean x̂_0 with no noise (ᾱ_{-1} = 1). Noise is added at every other
-step, including the one into k = 0.
+step, including the one into k = 0. With ``clip`` (image data, as ``ddpm-sample``'s
+``sampler.clip_denoised``) x̂_0 is clamped to [-1, 1] and ε made consistent with it, exactly as
+:meth:`ddpm.samplers.base.Sampler.sample` does, so a network's regimes trajectories are the ones
+its samples follow.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def backward(
     start: int | None = None,
     stop: int = 0,
     callback: StepCallback | None = None,
+    clip: bool = False,
 ) -> torch.Tensor:
     """Run the reverse chain on ``x`` from visited index ``start`` (default the last) down.
 
@@ -51,6 +55,7 @@ def backward(
         stop: index into ``seq`` to stop at (0 runs all the way to the clean x_0; i > 0 returns
             the state at step ``seq[i]``).
         callback: called with (k, t_k, x_k) at each visited step before moving on.
+        clip: clamp x̂_0 to [-1, 1] (images in model range) and use the ε consistent with it.
     """
     abar = schedule.alphas_cumprod.tolist()
     ts = schedule.ou_times.tolist()
@@ -65,7 +70,11 @@ def backward(
         a = abar[k]
         a_prev = abar[seq[i - 1]] if i > 0 else 1.0
         eps = eps_fn(x, k, ts[k]).to(torch.float64)
-        x, var = GaussianDiffusion.respaced_step(GaussianDiffusion.x0_at(x, eps, a), eps, a, a_prev)
+        x0 = GaussianDiffusion.x0_at(x, eps, a)
+        if clip:
+            x0 = x0.clamp(-1, 1)
+            eps = (x - a**0.5 * x0) / (1 - a) ** 0.5
+        x, var = GaussianDiffusion.respaced_step(x0, eps, a, a_prev)
         if var > 0:
             x = x + var**0.5 * torch.randn(x.shape, generator=generator, dtype=torch.float64, device=x.device)
         i -= 1

@@ -190,6 +190,24 @@ class ExactScore:
             class_w=None if cls is None else cls.double() / s.double()[:, None],
         )
 
+    @torch.no_grad()
+    def log_weight(self, x: torch.Tensor, t: float | torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """log w_{index}(x, t): the posterior log-weight of one given training point per query (float64).
+
+        Args:
+            x: noised queries x_t (B, d) in the original coordinates.
+            t: OU time, scalar or one per query (> 0).
+            index: the training point of each query (B,).
+        """
+        B = x.shape[0]
+        t = _as_times(t, B)
+        xc = self._centre_queries(x, t)
+        dt, et = delta(t).to(self.device), torch.exp(-t).to(self.device)
+        # L_μ = (e^{-t} x·a_μ - ½ e^{-2t} |a_μ|²) / Δ, in the kernel's dtype as in :meth:`stats`
+        q = torch.cat([xc * (et / dt)[:, None], (-0.5 * et * et / dt)[:, None], torch.zeros_like(dt)[:, None]], 1).to(self.dtype)
+        L = (q * self.a_aug[index.to(self.device)]).sum(1).double()
+        return L - self.stats(x, t, mean=False, extras=False).lse
+
     def denoised(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         """E[x_0 | x_t] = Σ_μ w_μ a_μ (float64, original coordinates)."""
         return self.stats(x, t, extras=False).mean

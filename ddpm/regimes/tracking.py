@@ -1,18 +1,22 @@
-"""Backward sampling while tracking the nearest scaled training point e^{-t} a_μ (= argmax_μ w_μ).
+"""Backward sampling that keeps each trajectory's states, and the collapse time of the ones that copy.
 
-The last step at which the nearest point changes is a per-trajectory collapse time. With the
-exact score every sample ends on a training point (a sanity check, not a finding); with a
-trained network the same tracking shows whether and when trajectories commit to one.
+A trajectory *collapses* onto the training point μ* it ends on (a copy: :mod:`ddpm.memorisation`)
+from the largest time at which the exact posterior weight w_μ*(x_t, t) of that point, evaluated
+along the trajectory's own states, is at least ½ (interpolated between the visited times). With the
+exact score this is the exact collapse time seen one trajectory at a time; with a trained network
+it is the time from which the network commits to the image it copies. A trajectory that ends as no
+copy has no collapse time, and a network that copies nothing has none at all (null, not 0).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 
+from ddpm.memorisation import Memorisation, memorisation
+from ddpm.regimes.collapse import last_crossing
 from ddpm.regimes.sampling import EpsFnT, backward, visited_steps
 from ddpm.regimes.score import ExactScore
 from ddpm.regimes.seeds import generator
@@ -29,68 +33,124 @@ def exact_eps_fn(score: ExactScore) -> EpsFnT:
 
 
 def track(
-    eps_fn: EpsFnT, score: ExactScore, schedule: NoiseSchedule, samples: int, steps: int, seed: int, batch: int = 256
+    eps_fn: EpsFnT, schedule: NoiseSchedule, d: int, samples: int, steps: int, seed: int, clip: bool = False, batch: int = 256
 ) -> dict[str, np.ndarray]:
-    """Sample ``samples`` trajectories with ``eps_fn`` and record the nearest scaled training point.
+    """Sample ``samples`` trajectories with ``eps_fn``, keeping the state at every visited step.
 
-    Returns per visited step ``t`` and ``k``, the nearest index ``nearest`` (S, samples), the final
-    samples ``x0`` (samples, d), and per trajectory the time ``t_last_change`` (and step
-    ``k_last_change``) from which on its nearest point no longer changed (the first visited step
-    if it never changed).
+    Args:
+        eps_fn: the ε function (network or exact score) in the flattened space.
+        schedule: the discrete schedule.
+        d: dimension of the flattened state.
+        samples: trajectories.
+        steps: visited steps over the whole schedule (evenly spaced from 0 to T-1).
+        seed: seed of the initial noise and the ancestral noise (one stream per batch).
+        clip: clamp x̂_0 to [-1, 1] at every step (images; see :func:`ddpm.regimes.sampling.backward`).
+        batch: trajectories per call.
+
+    Returns:
+        ``t`` and ``k`` of the visited steps (increasing), ``states`` (S, samples, d) float32 (the
+        state at each visited step, before the move out of it) and the final samples ``x0``
+        (samples, d) float64.
     """
     seq = visited_steps(schedule, steps)
     ts = schedule.ou_times.tolist()
-    nearest = np.zeros((len(seq), samples), dtype=np.int64)
-    finals = []
     pos = {k: i for i, k in enumerate(seq)}
+    states = torch.zeros(len(seq), samples, d, dtype=torch.float32)
+    finals = []
     for s in range(0, samples, batch):
         b = min(batch, samples - s)
         g = generator(seed, f"track-{s}")
 
         def record(k: int, t: float, x: torch.Tensor, s: int = s, b: int = b) -> None:
-            nearest[pos[k], s : s + b] = score.stats(x, t, mean=False).argmax.cpu().numpy()
+            states[pos[k], s : s + b] = x.float().cpu()
 
-        x = torch.randn(b, score.d, generator=g, dtype=torch.float64)
-        finals.append(backward(eps_fn, schedule, x, seq, g, callback=record))
-    x0 = torch.cat(finals)
-    # Row i is step seq[i] (increasing t); the last change is the smallest i whose nearest point
-    # differs from the one below it, scanning from t = 0 upwards.
-    changed = nearest[1:] != nearest[:-1]  # changed[i]: between seq[i] and seq[i+1]
-    last = np.zeros(samples, dtype=np.int64)
-    for j in range(samples):
-        idx = np.nonzero(changed[:, j])[0]
-        last[j] = seq[idx[0]] if idx.size else seq[-1]
+        x = torch.randn(b, d, generator=g, dtype=torch.float64)
+        finals.append(backward(eps_fn, schedule, x, seq, g, callback=record, clip=clip))
+    return {"t": np.array([ts[k] for k in seq]), "k": np.array(seq), "states": states.numpy(), "x0": torch.cat(finals).cpu().numpy()}
+
+
+def final_weights(score: ExactScore, tr: dict[str, np.ndarray], index: np.ndarray) -> np.ndarray:
+    """w_{index[j]}(x_t, t) along trajectory j at every visited time: (S, samples) float64.
+
+    Args:
+        score: the exact score of the training (reference) points.
+        tr: the :func:`track` record.
+        index: the training point each trajectory is measured against (its nearest at the end).
+    """
+    idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
+    out = np.zeros((len(tr["t"]), len(idx)))
+    for i, t in enumerate(tr["t"]):
+        out[i] = score.log_weight(torch.from_numpy(tr["states"][i]).double(), float(t), idx).exp().cpu().numpy()
+    return out
+
+
+def collapse_times(score: ExactScore, tr: dict[str, np.ndarray], copies: Memorisation) -> np.ndarray:
+    """Per trajectory: the largest time at which the exact weight of its final training point is >= ½
+    (interpolated between visited times); NaN for a trajectory that ends as no copy.
+
+    Args:
+        score: the exact score of the reference points (the indices of ``copies`` index into them).
+        tr: the :func:`track` record.
+        copies: the copy criterion applied to ``tr["x0"]`` against the same points.
+    """
+    times = np.full(len(copies.memorised), np.nan)
+    which = np.nonzero(copies.memorised)[0]
+    if which.size == 0:
+        return times
+    w = final_weights(score, {**tr, "states": tr["states"][:, which]}, copies.nearest[which])
+    for col, j in enumerate(which):
+        # a weight still >= ½ at the top of the grid would be a copy decided by the start: the last time
+        t_c, _ = last_crossing(tr["t"], w[:, col])
+        times[j] = float(tr["t"][-1]) if t_c is None and w[-1, col] >= 0.5 else (np.nan if t_c is None else t_c)
+    return times
+
+
+def summarise_collapse(times: np.ndarray, copies: Memorisation, prefix: str) -> dict[str, Any]:
+    """f_mem (± bootstrap s.e.) and the median and quartiles of the collapse times of the copies (null without copies)."""
+    valid = times[np.isfinite(times)]
+    q = np.quantile(valid, [0.25, 0.5, 0.75]).tolist() if valid.size else [None, None, None]
     return {
-        "t": np.array([ts[k] for k in seq]),
-        "k": np.array(seq),
-        "nearest": nearest,
-        "x0": x0.numpy(),
-        "k_last_change": last,
-        "t_last_change": np.array([ts[k] for k in last]),
+        f"{prefix}_memorised_fraction": copies.fraction,
+        f"{prefix}_memorised_se": copies.fraction_se,
+        f"{prefix}_copies": int(copies.memorised.sum()),
+        f"{prefix}_samples": int(len(times)),
+        f"{prefix}_t_C": q[1],
+        f"{prefix}_t_C_quartiles": [q[0], q[2]],
+        f"{prefix}_nn_ratio_median": float(np.median(copies.ratio)),
+        f"{prefix}_nn_distance_median": float(np.median(copies.d1)),
     }
 
 
-def end_statistics(score: ExactScore, x0: torch.Tensor, ratio: float) -> dict[str, Any]:
-    """Nearest / second-nearest training distances of final samples: memorised fraction and distances."""
-    dist, idx = score.nearest(torch.as_tensor(x0), k=2)
-    r = (dist[:, 0] / dist[:, 1].clamp_min(1e-300)).cpu().numpy()
-    mem = r < ratio
-    return {
-        "memorised_fraction": float(mem.mean()),
-        "memorised_se": float(mem.std(ddof=1) / math.sqrt(len(mem))) if len(mem) > 1 else 0.0,
-        "nn_ratio_median": float(np.median(r)),
-        "nn_distance_median": float(dist[:, 0].median()),
-        "nn_index": idx[:, 0].cpu().numpy(),
-    }
+def measure_trajectories(
+    eps_fn: EpsFnT,
+    score: ExactScore,
+    reference: torch.Tensor,
+    schedule: NoiseSchedule,
+    samples: int,
+    steps: int,
+    seed: int,
+    threshold: float,
+    prefix: str,
+    clip: bool = False,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Track, apply the copy criterion against ``reference`` and time the collapse of the copies.
 
+    Args:
+        eps_fn: the ε function to sample with.
+        score: the exact score of ``reference``.
+        reference: the reference points (n, d), as the network saw them (with mirrors if it trained with flips).
+        schedule: the discrete schedule.
+        samples: trajectories.
+        steps: visited steps.
+        seed: sampling seed.
+        threshold: k of the copy criterion.
+        prefix: key prefix of the summary (``exact`` or ``network``).
+        clip: clamp x̂_0 to [-1, 1] (images).
 
-def summarise_tracking(tr: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
-    """Median and quartiles of the last-change times, in t and k."""
-    t = tr["t_last_change"]
-    q = np.quantile(t, [0.25, 0.5, 0.75])
-    return {
-        f"{prefix}_t_last_change_median": float(q[1]),
-        f"{prefix}_t_last_change_quartiles": [float(q[0]), float(q[2])],
-        f"{prefix}_k_last_change_median": int(np.median(tr["k_last_change"])),
-        f"{prefix}_samples": int(len(t)),
-    }
+    Returns:
+        the summary and the per-trajectory curves (``t``, ``collapse_t`` with NaN for non-copies, ``ratio``).
+    """
+    tr = track(eps_fn, schedule, score.d, samples, steps, seed, clip)
+    copies = memorisation(torch.from_numpy(tr["x0"]), reference, threshold)
+    times = collapse_times(score, tr, copies)
+    return summarise_collapse(times, copies, prefix), {"t": tr["t"], "collapse_t": times, "ratio": copies.ratio, "x0": tr["x0"]}

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ddpm.config import MAX_REGIMES_SAMPLES, _check, check_dataset, check_model, check_runtime, check_schedule
+from ddpm.config import MAX_REGIMES_SAMPLES, _check, check_dataset, check_memorisation, check_model, check_runtime, check_schedule
 from ddpm.data.residency import check_residency
 from ddpm.schedules import NoiseSchedule
 
@@ -47,10 +47,12 @@ def validate_train(cfg: Any) -> None:
     _check(t.eval_every >= 0, f"train.eval_every must be >= 0, got {t.eval_every}")
     _check(t.eval_samples >= 2, f"train.eval_samples must be >= 2 (FID needs a covariance), got {t.eval_samples}")
     _check(t.get("regimes_every", 0) >= 0, f"train.regimes_every must be >= 0, got {t.get('regimes_every')}")
+    _check(0 <= t.regimes_per_decade <= 100, f"train.regimes_per_decade must lie in 0..100, got {t.regimes_per_decade}")
     _check(
         1 <= t.get("regimes_samples", 16) <= MAX_REGIMES_SAMPLES,
         f"train.regimes_samples must lie in 1..{MAX_REGIMES_SAMPLES}, got {t.get('regimes_samples')}",
     )
+    check_memorisation(cfg.memorisation)
     _check(t.max_bad_steps >= 1, f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}")
     _check(t.grad_accum_steps >= 1, f"train.grad_accum_steps must be >= 1, got {t.grad_accum_steps}")
     _check(0.0 <= t.cond_drop_prob < 1.0, f"train.cond_drop_prob must lie in [0, 1), got {t.cond_drop_prob}")

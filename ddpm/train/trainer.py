@@ -537,6 +537,9 @@ class Trainer:
         first_loss: float | None = None
         stop = _StopSignal()
         out_of_time = self.budget_spent()
+        from ddpm.regimes.monitor import regimes_steps
+
+        regimes_at = set(regimes_steps(tc.regimes_every, tc.regimes_per_decade, tc.max_steps))
         with stop:
             while self.step < tc.max_steps and stop.signum is None and not out_of_time:
                 with self.clock:
@@ -574,10 +577,12 @@ class Trainer:
                     self.sample_grid(writer)
                 if tc.eval_every and self.step % tc.eval_every == 0:
                     self.evaluate(writer)
-                if tc.regimes_every and self.step % tc.regimes_every == 0 and rt.is_main:
-                    from ddpm.regimes.monitor import log_regimes  # memorised fraction, ε-gap at t_S and t_C
+                if self.step in regimes_at and rt.is_main:
+                    from ddpm.regimes.monitor import log_regimes  # memorised fraction, losses, ε-gap at t_S and t_C
 
                     log_regimes(self, writer)
+                    if tc.regimes_per_decade and not (tc.ckpt_every and self.step % tc.ckpt_every == 0):
+                        self.save()  # a log grid of checkpoints: ddpm-regimes can time the collapse at each
                 bar.update(1)
         bar.close()
         if stop.signum is not None:
