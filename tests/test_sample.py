@@ -108,7 +108,7 @@ def test_sample_writes_grid_gifs_and_images(tiny_ckpt: Path, data_dir: Path, tmp
     out = tmp_path / "run"
     summary = sample(sample_cfg(tiny_ckpt, data_dir, tmp_path / "cache", save_images=True), out)
     assert summary["evaluations"] == 5 and summary["gif"]["frames"] == 6
-    assert summary["gif"]["steps"] == [80, 60, 40, 20, 0, None]  # ddim leading spacing on T=100: 0, 20, ..., 80
+    assert summary["gif"]["steps"] == [99, 79, 59, 39, 19, None]  # ddim leading spacing on T=100: stride 20 ending at T-1
     # samples.png: 10 images of 32x32 in a 4-wide grid with 2-pixel padding
     assert Image.open(out / "samples.png").size == (4 * 34 + 2, 3 * 34 + 2)
     files = sorted((out / "images").glob("*.png"))

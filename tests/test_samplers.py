@@ -172,7 +172,8 @@ def test_start_step_is_visited_for_every_spacing() -> None:
     for spacing in ("leading", "trailing", "linspace"):
         s = DDIMSampler(diff, steps=10, spacing=spacing, max_step=57)
         assert s.timesteps[-1] == 57 and len(s.timesteps) == 10 and s.timesteps[0] >= 0
-    assert DDIMSampler(diff, steps=10, spacing="leading").timesteps == list(range(0, 100, 10))
+    # from pure noise every spacing starts at T-1: leading's stride-10 grid 0..90 is moved up to 9..99
+    assert DDIMSampler(diff, steps=10, spacing="leading").timesteps == list(range(9, 100, 10))
 
 
 def test_build_sampler_rejects_bad_input() -> None:

@@ -14,9 +14,30 @@ import torch
 from ddpm.errors import ConfigError
 from ddpm.generate import denoise_from, noise_to_step
 from ddpm.quality import mse_per_image, ssim_per_image
-from ddpm.samplers import build_sampler
+from ddpm.samplers import Sampler, build_sampler
 
 log = logging.getLogger(__name__)
+
+
+def denoising_sampler(sampler_cfg, diffusion, k: int, warnings: list[str] | None = None) -> Sampler:
+    """The sampler that runs x_k back to x_0: ``trailing`` spacing over the k + 1 steps 0..k, so
+    that it starts exactly at k, with its evaluations capped at k + 1 (a warning says so).
+
+    Args:
+        sampler_cfg: the ``sampler`` config node.
+        diffusion: the model's :class:`~ddpm.diffusion.GaussianDiffusion`.
+        k: the start step, 0 <= k < T.
+        warnings: collects (besides the log) the cap at k + 1, when it applies.
+    """
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.merge(sampler_cfg, {"spacing": "trailing", "steps": min(int(sampler_cfg.steps or k + 1), k + 1)})
+    if sampler_cfg.steps is not None and sampler_cfg.steps > k + 1:
+        msg = f"sampler.steps={sampler_cfg.steps} exceeds the {k + 1} steps from k={k} down to 0: denoise.steps k={k} uses {k + 1} evaluations"
+        log.warning(msg)
+        if warnings is not None:
+            warnings.append(msg)
+    return build_sampler(cfg, diffusion, max_step=k)
 
 
 def denoising_quality(
@@ -35,20 +56,12 @@ def denoising_quality(
         batch_size: images per sampler call.
         warnings: collects (besides the log) the starts whose evaluations are capped at k + 1.
     """
-    from omegaconf import OmegaConf
-
     out: dict = {"num_images": int(len(x0)), "sampler": sampler_cfg.name, "spacing": "trailing", "steps": {}}
     for k in steps:
         k = int(k)
         if not 0 <= k < diffusion.T:
             raise ConfigError(f"denoise.steps contains {k}, outside the schedule's 0..{diffusion.T - 1}")
-        cfg = OmegaConf.merge(sampler_cfg, {"spacing": "trailing", "steps": min(int(sampler_cfg.steps or k + 1), k + 1)})
-        if sampler_cfg.steps is not None and sampler_cfg.steps > k + 1:
-            msg = f"sampler.steps={sampler_cfg.steps} exceeds the {k + 1} steps from k={k} down to 0: denoise.steps k={k} uses {k + 1} evaluations"
-            log.warning(msg)
-            if warnings is not None:
-                warnings.append(msg)
-        sampler = build_sampler(cfg, diffusion, max_step=k)
+        sampler = denoising_sampler(sampler_cfg, diffusion, k, warnings)
         mse, ssim = [], []
         for i in range(0, len(x0), batch_size):
             batch = x0[i : i + batch_size]

@@ -21,13 +21,15 @@ GRIDS = ("time", "logsnr")
 
 
 def timestep_sequence(T: int, steps: int, spacing: str = "leading") -> list[int]:
-    """Increasing schedule steps visited by a sampler with ``steps`` network evaluations.
+    """Increasing schedule steps visited by a sampler with ``steps`` network evaluations: exactly
+    ``steps`` distinct steps in 0..T-1, the last T - 1 (sampling from noise starts where it is noise).
 
     Args:
         T: steps of the training schedule.
         steps: evaluations, 1 <= steps <= T.
-        spacing: ``leading`` (0, T/s, 2T/s, ...), ``trailing`` (..., T-1; Lin et al. 2023) or
-            ``linspace`` (rounded linspace from 0 to T-1), as in diffusers.
+        spacing: ``leading`` (a stride of T // steps: c, c + T//s, ..., T-1, as diffusers'
+            leading with its ``steps_offset`` raised to c), ``trailing`` (round(T - i T/s) - 1, ..., T-1;
+            Lin et al. 2023) or ``linspace`` (rounded linspace from 0 to T-1).
     """
     if not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ConfigError(f"sampler.steps must be >= 1, got {steps}")
@@ -35,20 +37,26 @@ def timestep_sequence(T: int, steps: int, spacing: str = "leading") -> list[int]
         raise ConfigError(f"sampler.steps={steps} exceeds the schedule's T={T}")
     if spacing not in SPACINGS:
         raise ConfigError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
-    if steps == 1:  # one evaluation must see the noise it starts from, whatever the spacing
-        return [T - 1]
+    if steps == 1:  # one evaluation must see the noise it starts from (linspace would give k = 0)
+        return [int(T) - 1]
+    T, steps = int(T), int(steps)
+    i = np.arange(steps, dtype=np.int64)
     if spacing == "leading":
-        seq = (np.arange(steps) * (T // steps)).round()
+        # diffusers' grid 0, s, ..., (steps-1) s tops out as low as (T-1)/2 (steps = T/2 + 1) or
+        # k = 599 of 1000 (steps = 600), where x_T ~ N(0, I) is far from x_k: move it up to T - 1.
+        stride = T // steps
+        seq = i * stride + (T - 1 - (steps - 1) * stride)
     elif spacing == "trailing":
-        seq = np.round(np.arange(T, 0, -T / steps))[::-1] - 1
-    elif spacing == "linspace":
-        seq = np.linspace(0, T - 1, steps).round()
+        # round(T (steps - i) / steps) - 1 in integers, rounding half to even as np.round does;
+        # np.arange(T, 0, -T / steps) in floats gave steps + 1 values for some T (T=201, steps=25).
+        q, r = np.divmod(T * (steps - i), steps)
+        seq = q + ((2 * r > steps) | ((2 * r == steps) & (q % 2 == 1))) - 1
     else:
-        raise ConfigError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
-    seq = sorted({int(k) for k in seq})
-    if len(seq) != steps:
-        raise ConfigError(f"{spacing} spacing gives repeated steps for steps={steps}, T={T}; use another spacing")
-    return seq
+        seq = np.linspace(0, T - 1, steps).round()
+    out = sorted({int(k) for k in seq})
+    if len(out) != steps or out[-1] != T - 1 or out[0] < 0:  # never for 1 <= steps <= T (tests/test_timesteps.py)
+        raise RuntimeError(f"{spacing} spacing gave {len(out)} distinct steps in {out[0]}..{out[-1]} for steps={steps}, T={T}")
+    return out
 
 
 def half_log_snr(abar: torch.Tensor) -> torch.Tensor:
@@ -201,9 +209,6 @@ class Sampler(ABC):
             self.timesteps = logsnr_timesteps(abar, top - 1, top if steps is None else steps)
         else:
             self.timesteps = timestep_sequence(top, top if steps is None else steps, spacing)
-        if self.timesteps[-1] != top - 1 and (max_step is not None or lambda_min is not None):
-            # leading spacing stops short of the top; a noised x_{max_step} must start at its own step
-            self.timesteps = [k + top - 1 - self.timesteps[-1] for k in self.timesteps]
         self.clip_denoised = clip_denoised
         self.abar = abar[self.timesteps].tolist()  # ᾱ at the visited steps, float64
 
