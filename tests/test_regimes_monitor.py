@@ -33,8 +33,8 @@ EXTRA = {
 def test_regimes_logged_during_training(data_dir: Path, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from ddpm.pretrained import load_pretrained
     from ddpm.memorisation import memorisation
+    from ddpm.pretrained import load_pretrained
     from ddpm.regimes.monitor import read_rows
     from ddpm.train import Trainer
 

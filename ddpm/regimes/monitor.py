@@ -201,6 +201,7 @@ def log_regimes(trainer: Any, writer: Any) -> dict[str, float]:
         "step": trainer.step,
         "n": len(monitor.images),
         "d": monitor.score.d,
+        "part": trainer.cfg.dataset.get("subset_part"),
         "samples": int(trainer.cfg.train.regimes_samples),
         "threshold": monitor.threshold,
         "t_S": monitor.t_S,

@@ -160,3 +160,70 @@ def gap_plot(path: Path, train: dict[str, np.ndarray], held: dict[str, np.ndarra
     ax.legend(fontsize=7)
     ax.set_title("trained network vs exact empirical score", fontsize=9)
     return _save(fig, path)
+
+
+def law_plots(
+    curves: dict[str, dict[str, Any]], rows: list[dict[str, Any]], fits: dict[str, Any], level: float, out_dir: Path
+) -> list[Path]:
+    """The memorisation law's figures: f_mem against steps and against steps / n (one curve per n and d),
+    and τ_mem, τ_gen against n on log–log axes with the fitted exponents.
+
+    Args:
+        curves: per run, the :func:`ddpm.regimes.law.run_curves` record.
+        rows: the collector's rows (n, d, tau_mem, tau_gen).
+        fits: per d, the power-law fits of τ_mem and τ_gen.
+        level: the f_mem level that marks τ_mem.
+        out_dir: where the PNGs go.
+    """
+    ds = sorted({c["d"] for c in curves.values()})
+    ns = sorted({c["n"] for c in curves.values()})
+    cmap = plt.get_cmap("viridis")
+    colour = {n: cmap(i / max(1, len(ns) - 1)) for i, n in enumerate(ns)}
+    style = {d: s for d, s in zip(ds, ["-", "--", ":", "-."] * 4)}
+    paths = []
+    for name, scale in (("law_fmem_vs_steps.png", False), ("law_fmem_vs_steps_over_n.png", True)):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for c in sorted(curves.values(), key=lambda c: (c["d"], c["n"])):
+            x = c["steps"] / c["n"] if scale else c["steps"]
+            part = "" if c.get("part") is None else f", part {c['part']}"
+            ax.errorbar(
+                x,
+                c["f"],
+                yerr=c["f_se"],
+                ls=style[c["d"]],
+                color=colour[c["n"]],
+                marker=".",
+                ms=3,
+                capsize=0,
+                label=f"n={c['n']}, d={c['d']}{part}",
+            )
+        ax.axhline(level, color="grey", lw=0.8, ls=":", label=f"τ_mem level f={level:g}")
+        ax.set_xscale("log")
+        ax.set_xlabel("training steps / n" if scale else "training steps")
+        ax.set_ylabel("memorised fraction f_mem")
+        ax.set_title("f_mem against steps / n: the curves coincide if τ_mem ∝ n" if scale else "f_mem against training steps")
+        ax.legend(fontsize=6, ncol=2)
+        paths.append(_save(fig, out_dir / name))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for d in ds:
+        for key, marker, label in (("tau_mem", "o", "τ_mem"), ("tau_gen", "s", "τ_gen")):
+            pts = [(r["n"], r[key]) for r in rows if r["d"] == d and r[key] is not None]
+            if not pts:
+                continue
+            n, tau = np.array(pts, dtype=float).T
+            fit = fits[str(d)][key]
+            text = ""
+            if fit["exponent"] is not None:
+                ci = fit["interval95"]
+                text = f": b = {fit['exponent']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+                nn = np.geomspace(n.min(), n.max(), 50)
+                ax.plot(nn, fit["prefactor"] * nn ** fit["exponent"], ls=style[d], color="C0" if key == "tau_mem" else "C1", lw=0.8)
+            ax.plot(n, tau, marker, ls="none", color="C0" if key == "tau_mem" else "C1", label=f"{label}, d={d}{text}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training set size n")
+    ax.set_ylabel("training steps")
+    ax.set_title("τ ∝ n^b (95% interval of b)")
+    ax.legend(fontsize=7)
+    paths.append(_save(fig, out_dir / "law_tau_vs_n.png"))
+    return paths

@@ -596,7 +596,7 @@ class Trainer:
             stop.chain()
             raise SystemExit(128 + stop.signum)
         # Final checkpoint and grid, unless the loop just wrote them.
-        if not (tc.ckpt_every and self.step % tc.ckpt_every == 0):
+        if not (tc.ckpt_every and self.step % tc.ckpt_every == 0) and not (tc.regimes_per_decade and self.step in regimes_at):
             self.save()
         if not (tc.sample_every and self.step % tc.sample_every == 0):
             self.sample_grid(writer)

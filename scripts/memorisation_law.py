@@ -1,0 +1,173 @@
+#!/usr/bin/env python
+"""The memorisation law in training time, end to end: train on n images per job, collect τ_mem and τ_gen.
+
+Each job is ``ddpm-train experiment=memorisation_law dataset.n=<n> dataset.image_size=<s>
+train.max_steps=<steps_per_image x n>``: f_mem and the held-out loss on a log grid of steps go to
+its ``regimes.jsonl``. Jobs run one per core with one thread each (longest first); a rerun resumes
+unfinished jobs and skips finished ones. Then :func:`ddpm.regimes.law.collect` writes ``law.csv``,
+``law.json`` and the plots into the study folder.
+
+    python scripts/memorisation_law.py outputs/memorisation_law --n 64,128,256,384,512 --image-size 8 \\
+        --extra 12:64,128,256 --steps-per-image 40 --budget-min 60
+
+With ``--gmm`` the jobs are Gaussian-mixture runs with a small MLP (:mod:`ddpm.regimes.gmm`) in d =
+``--dim`` dimensions, trained in this process's workers, one per core:
+
+    python scripts/memorisation_law.py outputs/memorisation_law_gmm --gmm --n 32,64,128,256,512 --steps-per-image 100 --budget-min 10
+
+The planned wall time (steps / planning rate, packed onto the cores) must fit ``--budget-min``;
+otherwise the study stops before it starts, with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ddpm.errors import ConfigError, DataError
+from ddpm.regimes.law import collect
+from ddpm.regimes.plan import Job, check_budget, pack
+
+BIN = Path(sys.executable).parent
+# Planning rates, training steps per second of one job on one thread, with its regimes measurements
+# (measured on the 2-core machine, both cores busy: docs/regimes.md#the-memorisation-law).
+RATES = {8: 20.0, 12: 12.0, 16: 8.0}
+GMM_RATE = 200.0  # steps/s of a Gaussian-mixture run (MLP 256 x 3, batch 64, d = 8) with its measurements
+
+
+def parse_grid(args: argparse.Namespace) -> list[Job]:
+    """The (n, image size) jobs of the command line, each with its scaled training length."""
+    if args.gmm:
+        jobs = []
+        for n in (int(v) for v in args.n.split(",")):
+            steps = int(round(args.steps_per_image * n))
+            jobs.append(Job(f"gmm_d{args.dim}_n{n}", steps, steps / (args.rate or GMM_RATE), [str(n)]))
+        return jobs
+    sizes: dict[int, list[int]] = {}
+    for s in args.image_size.split(","):
+        sizes[int(s)] = [int(v) for v in args.n.split(",")]
+    for spec in args.extra:
+        s, _, ns = spec.partition(":")
+        if not ns:
+            raise ConfigError(f"--extra {spec!r}: expected SIZE:N1,N2,... (e.g. 12:64,128,256)")
+        sizes[int(s)] = [int(v) for v in ns.split(",")]
+    jobs = []
+    for size, ns in sizes.items():
+        if size not in RATES and args.rate is None:
+            raise ConfigError(f"no planning rate for image size {size}; give --rate STEPS_PER_S")
+        for n in ns:
+            if n < args.batch_size:  # ddpm-train needs one full batch per epoch
+                raise ConfigError(f"n={n} is below the batch size {args.batch_size}: every job needs at least one full batch")
+            steps = int(round(args.steps_per_image * n))
+            jobs.append(Job(f"s{size}_n{n}", steps, steps / (args.rate or RATES[size]), [f"dataset.n={n}", f"dataset.image_size={size}"]))
+    return jobs
+
+
+def launch(job: Job, core: int, train_dir: Path, extra: list[str], batch_size: int) -> subprocess.Popen:
+    """Start one training job pinned to ``core`` with one thread (resumed if it started before)."""
+    run_dir = train_dir / job.name
+    cmd = [str(BIN / "ddpm-train"), "experiment=memorisation_law", *job.overrides, f"train.max_steps={job.steps}"]
+    cmd += [f"train.batch_size={batch_size}", f"hydra.run.dir={run_dir}", *extra]
+    if (run_dir / "checkpoints").is_dir():
+        cmd.append("resume=latest")
+    if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > core:
+        cmd = ["taskset", "-c", str(core), *cmd]
+    print(f"[core {core}] $ {' '.join(cmd)}", flush=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = open(run_dir / "study.log", "ab")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=subprocess.STDOUT)
+
+
+def run_jobs(jobs: list[Job], train_dir: Path, cores: int, extra: list[str], batch_size: int) -> None:
+    """Run ``jobs`` (longest first) with at most ``cores`` at a time; stop on the first failure."""
+    todo = [j for j in sorted(jobs, key=lambda j: -j.seconds) if not (train_dir / j.name / "metrics.json").is_file()]
+    running: dict[int, tuple[Job, subprocess.Popen, float]] = {}
+    while todo or running:
+        for core in range(cores):
+            if core not in running and todo:
+                job = todo.pop(0)
+                running[core] = (job, launch(job, core, train_dir, extra, batch_size), time.perf_counter())
+        time.sleep(2)
+        for core, (job, proc, t0) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[core]
+            print(f"[core {core}] {job.name}: exit {proc.returncode} after {time.perf_counter() - t0:.0f} s", flush=True)
+            if proc.returncode:
+                for _, other, _ in running.values():
+                    other.terminate()
+                raise SystemExit(f"{job.name} failed (exit {proc.returncode}); see {train_dir / job.name / 'study.log'}")
+
+
+def _gmm_job(job: Job, out: Path, dim: int) -> str:
+    import torch
+
+    from ddpm.regimes.gmm import GMMRun, train_gmm
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    train_gmm(GMMRun(n=int(job.overrides[0]), d=dim, steps=job.steps), out / job.name)
+    return f"{job.name}: {job.steps} steps in {time.perf_counter() - t0:.0f} s"
+
+
+def run_gmm(jobs: list[Job], train_dir: Path, cores: int, dim: int) -> None:
+    """Run the Gaussian-mixture jobs (longest first) in ``cores`` worker processes."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    todo = [j for j in sorted(jobs, key=lambda j: -j.seconds) if not (train_dir / j.name / "run.json").is_file()]
+    with ProcessPoolExecutor(max_workers=cores) as pool:
+        for line in pool.map(_gmm_job, todo, [train_dir] * len(todo), [dim] * len(todo)):
+            print(line, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path, help="study folder (train/<job>/ holds each run)")
+    ap.add_argument("--n", default="64,128,256,384,512", help="dataset.n values, comma-separated")
+    ap.add_argument("--image-size", default="8", help="dataset.image_size values (d = size²) for --n, comma-separated")
+    ap.add_argument("--extra", nargs="*", default=[], help="more grids as SIZE:N1,N2,... (e.g. a second resolution)")
+    ap.add_argument("--steps-per-image", type=float, default=40.0, help="train.max_steps = this x n")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument(
+        "--budget-min", type=float, default=60.0, help="planned budget of the whole grid: wall minutes (CPU-minutes with --gmm)"
+    )
+    ap.add_argument("--rate", type=float, default=None, help="planning rate in steps/s per job (default: measured per image size)")
+    ap.add_argument("--cores", type=int, default=min(2, os.cpu_count() or 1), help="jobs at a time (one thread each)")
+    ap.add_argument("--train", nargs="*", default=[], help="more ddpm-train overrides for every job")
+    ap.add_argument("--gmm", action="store_true", help="Gaussian-mixture runs with a small MLP instead of MNIST U-Nets")
+    ap.add_argument("--dim", type=int, default=8, help="--gmm: dimension d of the mixture")
+    ap.add_argument("--collect-only", action="store_true", help="only collect the runs already there")
+    args = ap.parse_args(argv)
+    try:
+        jobs = parse_grid(args)
+        plan = pack(jobs, args.cores)
+        check_budget(plan, args.budget_min, cpu=args.gmm)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for core, js in enumerate(plan):
+        print(f"core {core}: {', '.join(j.name for j in js)} ({sum(j.seconds for j in js) / 60:.1f} min planned)")
+    t0 = time.perf_counter()
+    if not args.collect_only and args.gmm:
+        run_gmm(jobs, args.out / "train", args.cores, args.dim)
+    elif not args.collect_only:
+        run_jobs(jobs, args.out / "train", args.cores, args.train, args.batch_size)
+    try:
+        result = collect(args.out / "train", args.out)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wall time {time.perf_counter() - t0:.0f} s; {len(result['runs'])} runs -> {args.out / 'law.csv'}, law.json, plots")
+    for d, fit in result["fits"].items():
+        for key in ("tau_mem", "tau_gen"):
+            f = fit[key]
+            print(f"d={d} {key}: exponent {f['exponent']} (95% {f['interval95']}) from {f['points']} points")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
