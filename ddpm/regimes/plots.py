@@ -179,7 +179,7 @@ def law_plots(
     ns = sorted({c["n"] for c in curves.values()})
     cmap = plt.get_cmap("viridis")
     colour = {n: cmap(i / max(1, len(ns) - 1)) for i, n in enumerate(ns)}
-    style = {d: s for d, s in zip(ds, ["-", "--", ":", "-."] * 4)}
+    style = {d: ("-", "--", ":", "-.")[i % 4] for i, d in enumerate(ds)}
     paths = []
     for name, scale in (("law_fmem_vs_steps.png", False), ("law_fmem_vs_steps_over_n.png", True)):
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
