@@ -1,12 +1,22 @@
-"""Result tables: the scalars of a result JSON as columns, and the markdown tables the scripts print.
+"""Result tables: the scalars of a result JSON as columns, the markdown tables the scripts print, and
+the tables of the docs, generated from committed result JSON.
 
 Shared by the dashboard (``ddpm/dashboard/runs.py``), the sweep collector and the measuring scripts,
-so that a result file reads as the same columns and a table prints the same way everywhere.
+so that a result file reads as the same columns and a table prints the same way everywhere; and by
+``scripts/render_docs.py`` and ``tests/test_docs_tables.py``, so that a doc's table of measured numbers
+is rendered from its result file and cannot drift from it.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
+import re
+import shlex
+import string
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -53,3 +63,243 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], float_f
 
     separator = "|---|" + ("---:|" if align_right else "---|") * (len(header) - 1)
     return "\n".join([line(header), separator, *(line(r) for r in rows)])
+
+
+# --------------------------------------------------------------------------- docs generated from results
+# A doc opts in with marker comments around a table (or a command) and names the committed result JSON
+# it comes from; ``scripts/render_docs.py`` re-renders every block from its JSON (``--check``: exit 1
+# with a diff when a doc differs) and ``tests/test_docs_tables.py`` fails when one does.
+#
+#     <!-- table: results/quality_budget.json
+#     | recipe | steps | FID |
+#     |---|---:|---:|
+#     rows[name=ours]: | ours | {steps:,} | {scores.fid:.2f} |
+#     real_test_reference: | real digits | | {scores.fid:.2f} |
+#     -->
+#     (the rendered table: written by the script, never by hand)
+#     <!-- /table -->
+#
+#     <!-- command: results/quality_budget.json -->
+#     (a bash block holding the JSON's "command")
+#     <!-- /command -->
+#
+# The path is relative to the doc's own folder, as a markdown link is. Several files: name each,
+# ``<!-- table: a=results/a.json b=results/b.json``, and start the selectors with the name (``a.rows``).
+# Template lines starting with ``|`` are copied as they are (the header and its separator); a line
+# ``SELECTOR: TEMPLATE`` renders TEMPLATE once for the object at the dotted path SELECTOR, or once per
+# element when it is a list; ``[key=value,key2=value2]`` keeps the elements whose fields print as those
+# values. TEMPLATE is a ``str.format`` string whose fields are dotted paths into that object
+# (``{scores.fid:.2f}``, ``{rows.0.steps:,}``; ``$.`` starts at the file's top level: ``{$.peak.fp32:.0f}``),
+# optionally scaled (``{params/1e6:.2f}``, ``{fraction*100:.0f}``). A field that is missing or null
+# is an error, unless its format ends with ``|TEXT``: ``{fid:.2f|not run}`` prints TEXT instead.
+# Every result JSON must carry the command that wrote it (``"command"``: a string or a list of strings).
+
+BLOCK_RE = re.compile(r"<!-- (table|command):(.*?)-->\n(.*?)<!-- /\1 -->", re.DOTALL)
+_FIELD_RE = re.compile(r"^(?P<path>[^*/]+?)\s*(?:(?P<op>[*/])\s*(?P<num>[0-9.eE+-]+))?$")
+_SELECTOR_RE = re.compile(r"^(?P<path>[^\[\]]+?)(?:\[(?P<filter>[^\]]*)\])?$")
+COMMAND_WIDTH = 110
+
+
+class DocTableError(ValueError):
+    """A marker, template or result file that cannot be rendered (names the doc and the block)."""
+
+
+@dataclass(frozen=True)
+class ResultSource:
+    """One result JSON named by a block: its path as written in the doc, and its contents."""
+
+    name: str | None
+    path: str
+    data: Any
+
+
+def _lookup(obj: Any, path: str) -> Any:
+    """The value at a dotted path (dict keys, list indices); raises KeyError when absent."""
+    for part in path.split("."):
+        if isinstance(obj, dict) and part in obj:
+            obj = obj[part]
+        elif isinstance(obj, list) and part.lstrip("-").isdigit() and -len(obj) <= int(part) < len(obj):
+            obj = obj[int(part)]
+        else:
+            raise KeyError(path)
+    return obj
+
+
+class _RowFormatter(string.Formatter):
+    """``str.format`` over one row: dotted paths, ``$.`` for the file's top, ``*N`` / ``/N``, ``|fallback``."""
+
+    def __init__(self, row: Any, root: Any) -> None:
+        super().__init__()
+        self.row, self.root = row, root
+
+    def get_field(self, field_name: str, args: Any, kwargs: Any) -> tuple[Any, str]:
+        m = _FIELD_RE.match(field_name.strip())
+        if not m:
+            raise DocTableError(f"field {{{field_name}}}: expected a dotted path, optionally *N or /N")
+        path = m["path"]
+        try:
+            value = _lookup(self.root, path[2:]) if path.startswith("$.") else _lookup(self.row, path)
+        except KeyError:
+            return None, field_name
+        if value is not None and m["op"]:
+            num = float(m["num"])
+            value = value * num if m["op"] == "*" else value / num
+        return value, field_name
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        spec, bar, fallback = format_spec.partition("|")
+        if value is None:
+            if not bar:
+                raise DocTableError("a field is missing or null (give a fallback: {field:spec|TEXT})")
+            return fallback
+        return format(value, spec).replace("|", "\\|")
+
+    def get_value(self, key: Any, args: Any, kwargs: Any) -> Any:  # positional fields are not used
+        raise DocTableError(f"field {{{key}}}: fields are dotted paths")
+
+
+def _select(root: Any, selector: str) -> list[Any]:
+    """The objects a row template renders: the one at the path, or the (filtered) elements of a list."""
+    m = _SELECTOR_RE.match(selector.strip())
+    if not m:
+        raise DocTableError(f"selector {selector!r}: expected PATH or PATH[key=value,...]")
+    try:
+        obj = root if m["path"] == "$" else _lookup(root, m["path"])
+    except KeyError:
+        raise DocTableError(f"selector {selector!r}: no {m['path']!r} in the result file") from None
+    items = obj if isinstance(obj, list) else [obj]
+    if m["filter"]:
+        for cond in m["filter"].split(","):
+            key, eq, want = cond.partition("=")
+            if not eq:
+                raise DocTableError(f"selector {selector!r}: a filter is key=value")
+            items = [it for it in items if _filter_value(it, key.strip()) == want.strip()]
+    if not items:
+        raise DocTableError(f"selector {selector!r} selects nothing")
+    return items
+
+
+def _filter_value(item: Any, key: str) -> str | None:
+    try:
+        return str(_lookup(item, key))
+    except KeyError:
+        return None
+
+
+def render_template(template: str, root: Any) -> str:
+    """The markdown table a block's template gives for ``root`` (a result JSON, or named JSONs)."""
+    out = []
+    for raw in template.strip("\n").splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("|"):
+            out.append(line)
+            continue
+        selector, colon, row_template = line.partition(":")
+        if not colon or not row_template.strip().startswith("|"):
+            raise DocTableError(f"template line {line!r}: expected '| literal |' or 'SELECTOR: | {{field}} |'")
+        for item in _select(root, selector):
+            try:
+                out.append(_RowFormatter(item, root).format(row_template.strip()))
+            except (ValueError, TypeError) as exc:
+                raise DocTableError(f"template line {line!r}: {exc}") from None
+    return "\n".join(out)
+
+
+def command_of(data: Any, path: str) -> list[str]:
+    """The command(s) stored in a result JSON; a file without one is an error."""
+    cmd = data.get("command") if isinstance(data, dict) else None
+    if isinstance(cmd, str) and cmd.strip():
+        return [cmd]
+    if isinstance(cmd, list) and cmd and all(isinstance(c, str) and c.strip() for c in cmd):
+        return cmd
+    raise DocTableError(f"{path} has no 'command' (the command that wrote it: a string or a list of strings)")
+
+
+def wrap_command(command: str, width: int = COMMAND_WIDTH) -> str:
+    """A shell command over lines of at most ``width`` characters where it can, joined by `` \\``."""
+    tokens = [shlex.quote(t) for t in shlex.split(command)]
+    lines, cur = [], ""
+    for tok in tokens:
+        if cur and len(cur) + 1 + len(tok) > width - 2:
+            lines.append(cur)
+            cur = "    " + tok
+        else:
+            cur = f"{cur} {tok}" if cur else tok
+    lines.append(cur)
+    return " \\\n".join(lines)
+
+
+def parse_sources(spec: str, base_dir: Path) -> list[ResultSource]:
+    """The result files a marker names: ``path`` or ``name=path ...``, relative to the doc's folder."""
+    sources = []
+    for word in spec.split():
+        name, eq, path = word.rpartition("=") if "=" in word else (None, "", word)
+        if eq and not name:
+            raise DocTableError(f"marker source {word!r}: expected NAME=PATH")
+        file = base_dir / path
+        try:
+            data = json.loads(file.read_text())
+        except FileNotFoundError:
+            raise DocTableError(f"result file {path} not found (looked at {file})") from None
+        except json.JSONDecodeError as exc:
+            raise DocTableError(f"result file {path} is not JSON: {exc}") from None
+        command_of(data, path)
+        sources.append(ResultSource(name or None, path, data))
+    if not sources:
+        raise DocTableError("a marker names no result file")
+    if len(sources) > 1 and any(s.name is None for s in sources):
+        raise DocTableError("a marker with several result files names each: NAME=PATH")
+    return sources
+
+
+def _render_block(kind: str, header: str, base_dir: Path) -> tuple[str, list[ResultSource]]:
+    first, _, template = header.partition("\n")
+    sources = parse_sources(first, base_dir)
+    if kind == "command":
+        if template.strip():
+            raise DocTableError("a command marker holds no template: <!-- command: results/x.json -->")
+        cmds = [c for s in sources for c in command_of(s.data, s.path)]
+        return "```bash\n" + "\n".join(wrap_command(c) for c in cmds) + "\n```", sources
+    root = sources[0].data if sources[0].name is None else {s.name: s.data for s in sources}
+    if not template.strip():
+        raise DocTableError("a table marker needs a template: header lines and SELECTOR: | {field} | lines")
+    return render_template(template, root), sources
+
+
+def render_doc(text: str, base_dir: Path, doc_name: str = "doc") -> tuple[str, list[ResultSource]]:
+    """``text`` with every marked block re-rendered from its result JSON, and the files it read.
+
+    Args:
+        text: a markdown document.
+        base_dir: the folder the markers' paths are relative to (the doc's own folder).
+        doc_name: how errors name the doc.
+    """
+    used: list[ResultSource] = []
+
+    def sub(m: re.Match) -> str:
+        kind, header = m[1], m[2]
+        line = text.count("\n", 0, m.start()) + 1
+        try:
+            body, sources = _render_block(kind, header, base_dir)
+        except DocTableError as exc:
+            raise DocTableError(f"{doc_name}:{line}: {kind} block: {exc}") from None
+        used.extend(sources)
+        return f"<!-- {kind}:{header}-->\n{body}\n<!-- /{kind} -->"
+
+    new = BLOCK_RE.sub(sub, text)
+    opened = len(re.findall(r"<!-- (?:table|command):", text))
+    if opened != len(BLOCK_RE.findall(text)):
+        raise DocTableError(f"{doc_name}: {opened} block(s) opened, but not every one is closed by <!-- /table --> or <!-- /command -->")
+    return new, used
+
+
+def doc_diff(old: str, new: str, name: str) -> str:
+    """A unified diff of a doc against its re-rendered text ('' when equal)."""
+    return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"{name} (committed)", f"{name} (rendered)"))
+
+
+def docs_with_tables(root: Path) -> list[Path]:
+    """The project's docs that may hold generated blocks: README.md and docs/*.md."""
+    return [p for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))] if p.is_file()]
