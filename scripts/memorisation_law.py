@@ -15,6 +15,11 @@ With ``--gmm`` the jobs are Gaussian-mixture runs with a small MLP (:mod:`ddpm.r
 
     python scripts/memorisation_law.py outputs/memorisation_law_gmm --gmm --n 32,64,128,256,512 --steps-per-image 100 --budget-min 10
 
+With ``--halves`` each N trains two networks on disjoint halves (``dataset.subset_part=0|1``) for
+``--steps`` steps each, and :mod:`ddpm.regimes.halves` compares their samples from the same seeds:
+
+    python scripts/memorisation_law.py outputs/halves --halves --n 64,128,256,1024,4096 --steps 4000 --budget-min 30
+
 The planned wall time (steps / planning rate, packed onto the cores) must fit ``--budget-min``;
 otherwise the study stops before it starts, with one line.
 """
@@ -28,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from ddpm.errors import ConfigError, DataError
+from ddpm.errors import EXIT_USAGE, USER_ERRORS, ConfigError
 from ddpm.regimes.law import collect
 from ddpm.regimes.plan import Job, check_budget, pack
 
@@ -41,6 +46,14 @@ GMM_RATE = 200.0  # steps/s of a Gaussian-mixture run (MLP 256 x 3, batch 64, d 
 
 def parse_grid(args: argparse.Namespace) -> list[Job]:
     """The (n, image size) jobs of the command line, each with its scaled training length."""
+    if args.halves:
+        rate = args.rate or RATES[int(args.image_size.split(",")[0])]
+        off = ["train.regimes_every=0", f"dataset.image_size={args.image_size.split(',')[0]}"]
+        return [
+            Job(f"halves_n{n}_part{p}", args.steps, args.steps / rate, [f"dataset.n={n}", f"dataset.subset_part={p}", *off])
+            for n in (int(v) for v in args.n.split(","))
+            for p in (0, 1)
+        ]
     if args.gmm:
         jobs = []
         for n in (int(v) for v in args.n.split(",")):
@@ -124,7 +137,41 @@ def run_gmm(jobs: list[Job], train_dir: Path, cores: int, dim: int) -> None:
             print(line, flush=True)
 
 
+def compare_halves(jobs: list[Job], out: Path, samples: int, data_dir: str | None) -> None:
+    """Sample both networks of every N from the same seeds; write halves.csv, halves.json and the figures."""
+    from omegaconf import OmegaConf
+
+    from ddpm.pretrained import load_pretrained
+    from ddpm.regimes.halves import sample_pair, write_results
+
+    results = []
+    for n in sorted({int(j.overrides[0].split("=")[1]) for j in jobs}):
+        ckpts = tuple(out / "train" / f"halves_n{n}_part{p}" / "checkpoints" / "last.pt" for p in (0, 1))
+        stored = load_pretrained(ckpts[0]).cfg
+        cfg = OmegaConf.create(
+            {
+                "paths": {"data_dir": data_dir or stored.paths.data_dir, "cache_dir": stored.paths.cache_dir},
+                "sampler": stored.sampler,
+                "memorisation": {"threshold": stored.memorisation.threshold},
+            }
+        )
+        r = sample_pair(ckpts, cfg, samples, seed=0)
+        print(f"N={n}: cosine {r['cosine_mean']:.3f}, f_mem {r['f_mem_0']:.3f} / {r['f_mem_1']:.3f}", flush=True)
+        results.append(r)
+    paths = write_results(results, out)
+    print(f"-> {out / 'halves.csv'}, halves.json, {', '.join(p.name for p in paths)}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Plan, run and collect the study; a user error is one line and exit 2 (nothing written is touched)."""
+    try:
+        return study(argv)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def study(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path, help="study folder (train/<job>/ holds each run)")
     ap.add_argument("--n", default="64,128,256,384,512", help="dataset.n values, comma-separated")
@@ -139,28 +186,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cores", type=int, default=min(2, os.cpu_count() or 1), help="jobs at a time (one thread each)")
     ap.add_argument("--train", nargs="*", default=[], help="more ddpm-train overrides for every job")
     ap.add_argument("--gmm", action="store_true", help="Gaussian-mixture runs with a small MLP instead of MNIST U-Nets")
+    ap.add_argument("--halves", action="store_true", help="the disjoint-halves test: two networks per N on disjoint subsets")
+    ap.add_argument("--steps", type=int, default=4000, help="--halves: training steps of every network")
+    ap.add_argument("--samples", type=int, default=256, help="--halves: paired samples per N")
     ap.add_argument("--dim", type=int, default=8, help="--gmm: dimension d of the mixture")
     ap.add_argument("--collect-only", action="store_true", help="only collect the runs already there")
     args = ap.parse_args(argv)
-    try:
-        jobs = parse_grid(args)
-        plan = pack(jobs, args.cores)
-        check_budget(plan, args.budget_min, cpu=args.gmm)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    jobs = parse_grid(args)
+    plan = pack(jobs, args.cores)
+    check_budget(plan, args.budget_min, cpu=args.gmm)
     for core, js in enumerate(plan):
         print(f"core {core}: {', '.join(j.name for j in js)} ({sum(j.seconds for j in js) / 60:.1f} min planned)")
     t0 = time.perf_counter()
+    if args.halves:
+        if not args.collect_only:
+            run_jobs(jobs, args.out / "train", args.cores, args.train, args.batch_size)
+        data_dir = next((o.split("=", 1)[1] for o in args.train if o.startswith("paths.data_dir=")), None)
+        compare_halves(jobs, args.out, args.samples, data_dir)
+        print(f"wall time {time.perf_counter() - t0:.0f} s")
+        return 0
     if not args.collect_only and args.gmm:
         run_gmm(jobs, args.out / "train", args.cores, args.dim)
     elif not args.collect_only:
         run_jobs(jobs, args.out / "train", args.cores, args.train, args.batch_size)
-    try:
-        result = collect(args.out / "train", args.out)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = collect(args.out / "train", args.out)
     print(f"wall time {time.perf_counter() - t0:.0f} s; {len(result['runs'])} runs -> {args.out / 'law.csv'}, law.json, plots")
     for d, fit in result["fits"].items():
         for key in ("tau_mem", "tau_gen"):

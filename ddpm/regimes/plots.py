@@ -227,3 +227,50 @@ def law_plots(
     ax.legend(fontsize=7)
     paths.append(_save(fig, out_dir / "law_tau_vs_n.png"))
     return paths
+
+
+def halves_plots(results: list[dict[str, Any]], out_dir: Path, pairs: int = 8) -> list[Path]:
+    """The disjoint-halves figures: paired-sample similarity, f_mem and nearest-image distance against N,
+    and example pairs (network 0 over network 1, same seed), one row per N, small N on top.
+
+    Args:
+        results: per N, the :func:`ddpm.regimes.halves.sample_pair` record (sorted by N).
+        out_dir: where the PNGs go.
+        pairs: example pairs per row.
+    """
+    n = np.array([r["n"] for r in results])
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    axes[0].errorbar(n, [r["cosine_mean"] for r in results], yerr=[r["cosine_se"] for r in results], fmt="o-", label="cosine similarity")
+    axes[0].plot(n, [r["l2_normalised_mean"] for r in results], "s--", label="normalised L2 distance")
+    axes[0].set_title("paired samples (same seed)")
+    for part, marker in ((0, "o-"), (1, "s--")):
+        axes[1].errorbar(n, [r[f"f_mem_{part}"] for r in results], yerr=[r[f"f_mem_{part}_se"] for r in results], fmt=marker, label=f"network {part}")
+        axes[2].plot(n, [r[f"nn_rms_{part}"] for r in results], marker, label=f"network {part}: own set")
+    axes[2].plot(n, [r["cross_nn_rms_0"] for r in results], "^:", label="network 0: the other set")
+    axes[1].set_title("memorised fraction f_mem")
+    axes[2].set_title("distance to the nearest training image (RMS/pixel)")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("N (images per network)")
+        ax.legend(fontsize=7)
+    paths = [_save(fig, out_dir / "halves_vs_n.png")]
+    k = min(pairs, min(len(r["samples_0"]) for r in results))
+    fig, axes = plt.subplots(len(results), 1, figsize=(1.0 * k + 0.8, 2.1 * len(results)), squeeze=False)
+    for ax, r in zip(axes[:, 0], results, strict=True):
+        top = torch_to_rows(r["samples_0"][:k], r["samples_1"][:k])
+        ax.imshow(top, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_yticks([])
+        ax.set_xticks([])
+        ax.set_ylabel(f"N={r['n']}\ncos {r['cosine_mean']:.2f}", fontsize=8)
+    axes[0, 0].set_title("network 0 (top) and network 1 (bottom) from the same noise")
+    paths.append(_save(fig, out_dir / "halves_pairs.png"))
+    return paths
+
+
+def torch_to_rows(a: Any, b: Any) -> np.ndarray:
+    """Two rows of grey images in [-1, 1] (k, 1, H, W) as one [0, 1] array with 1-pixel gaps."""
+    rows = []
+    for x in (a, b):
+        tiles = [np.pad((t[0].numpy() + 1) / 2, 1, constant_values=1.0) for t in x]
+        rows.append(np.concatenate(tiles, 1))
+    return np.clip(np.concatenate(rows, 0), 0, 1)
