@@ -27,6 +27,8 @@ otherwise the study stops before it starts, with one line.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import subprocess
 import sys
@@ -95,8 +97,15 @@ def launch(job: Job, core: int, train_dir: Path, extra: list[str], batch_size: i
     return subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=subprocess.STDOUT)
 
 
-def run_jobs(jobs: list[Job], train_dir: Path, cores: int, extra: list[str], batch_size: int) -> None:
-    """Run ``jobs`` (longest first) with at most ``cores`` at a time; stop on the first failure."""
+def run_jobs(jobs: list[Job], train_dir: Path, cores: int, extra: list[str], batch_size: int) -> dict[str, float]:
+    """Run ``jobs`` (longest first) with at most ``cores`` at a time; stop on the first failure.
+
+    Returns each job's CPU seconds (user + system of its process, summed over resumed runs), kept in
+    ``<train_dir>/cpu_seconds.json``: the wall time the grid takes on otherwise idle cores is the
+    busiest core's sum of them, whatever else ran beside the study.
+    """
+    times_file = train_dir / "cpu_seconds.json"
+    cpu = json.loads(times_file.read_text()) if times_file.is_file() else {}
     todo = [j for j in sorted(jobs, key=lambda j: -j.seconds) if not (train_dir / j.name / "metrics.json").is_file()]
     running: dict[int, tuple[Job, subprocess.Popen, float]] = {}
     while todo or running:
@@ -106,14 +115,19 @@ def run_jobs(jobs: list[Job], train_dir: Path, cores: int, extra: list[str], bat
                 running[core] = (job, launch(job, core, train_dir, extra, batch_size), time.perf_counter())
         time.sleep(2)
         for core, (job, proc, t0) in list(running.items()):
-            if proc.poll() is None:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid == 0:
                 continue
             del running[core]
-            print(f"[core {core}] {job.name}: exit {proc.returncode} after {time.perf_counter() - t0:.0f} s", flush=True)
-            if proc.returncode:
+            code = os.waitstatus_to_exitcode(status)
+            cpu[job.name] = cpu.get(job.name, 0.0) + usage.ru_utime + usage.ru_stime
+            times_file.write_text(json.dumps(cpu, indent=2))
+            print(f"[core {core}] {job.name}: exit {code} after {time.perf_counter() - t0:.0f} s wall, {cpu[job.name]:.0f} s CPU", flush=True)
+            if code:
                 for _, other, _ in running.values():
                     other.terminate()
-                raise SystemExit(f"{job.name} failed (exit {proc.returncode}); see {train_dir / job.name / 'study.log'}")
+                raise SystemExit(f"{job.name} failed (exit {code}); see {train_dir / job.name / 'study.log'}")
+    return cpu
 
 
 def _gmm_job(job: Job, out: Path, dim: int) -> str:
@@ -208,7 +222,9 @@ def study(argv: list[str] | None = None) -> int:
     if not args.collect_only and args.gmm:
         run_gmm(jobs, args.out / "train", args.cores, args.dim)
     elif not args.collect_only:
-        run_jobs(jobs, args.out / "train", args.cores, args.train, args.batch_size)
+        cpu = run_jobs(jobs, args.out / "train", args.cores, args.train, args.batch_size)
+        measured = [Job(j.name, j.steps, cpu.get(j.name, 0.0)) for j in jobs]
+        print(f"CPU time {sum(cpu.values()) / 60:.1f} min; on {args.cores} idle cores (longest first) {check_budget(pack(measured, args.cores), math.inf):.1f} min wall")
     result = collect(args.out / "train", args.out)
     print(f"wall time {time.perf_counter() - t0:.0f} s; {len(result['runs'])} runs -> {args.out / 'law.csv'}, law.json, plots")
     for d, fit in result["fits"].items():
