@@ -35,6 +35,7 @@ class DatasetConfig:
     num_classes: int | None = None
     n: int | None = None  # train on a seeded subset of n images, class-balanced where labels exist (null: all)
     subset_seed: int = 0  # seed of that subset (subsets of one seed nest: n=64 lies inside n=128)
+    subset_part: int | None = None  # 0 or 1: one of two disjoint subsets of n images (each nests across n; needs n)
     # auto: in memory when images x channels x image_size² bytes <= in_memory_max_gb GiB, else streamed
     # by loader workers (folders, tars, shards only; ddpm/data/residency.py); true / false force it.
     in_memory: Any = "auto"
@@ -224,6 +225,9 @@ def check_dataset(d: Any, where: str = "dataset") -> None:
     )
     n = d.get("n")
     _check(n is None or 1 <= n <= MAX_DATASET_N, f"{where}.n must be >= 1 and <= {MAX_DATASET_N} or null (all images), got {n}")
+    part = d.get("subset_part")
+    _check(part in (None, 0, 1), f"{where}.subset_part must be 0 or 1 or null, got {part}")
+    _check(part is None or n is not None, f"{where}.subset_part={part} needs {where}.n")  # 2n <= the split: checked once it loads
 
 
 def check_model(m: Any) -> None:

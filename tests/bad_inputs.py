@@ -88,6 +88,14 @@ BAD_INPUTS: list[BadInput] = [
     BadInput("channels mismatch", _T, ["dataset.channels=3"], "channels"),
     BadInput("heads do not divide", _T, ["model.num_heads=3", "model.attention_resolutions=[16]"], "num_heads"),
     BadInput("batch exceeds dataset", _T, ["train.batch_size=100000"], "exceeds"),
+    BadInput("subset part without n", _T, ["dataset.subset_part=1"], "dataset.subset_part=1 needs dataset.n"),
+    BadInput("subset part not 0 or 1", _T, ["dataset.n=40", "dataset.subset_part=2"], "dataset.subset_part must be 0 or 1"),
+    BadInput(
+        "subset halves beyond the split",
+        _T,
+        ["dataset.n=40000", "dataset.subset_part=0"],
+        "dataset.n=40000 with dataset.subset_part needs 2n=80000 <= 60000 training images",
+    ),
     BadInput("missing data root", _T, ["paths.data_dir={work}/no_such_root"], "data root"),
     BadInput("folder without path", _T, ["dataset=folder"], "dataset.path"),
     BadInput("missing folder", _T, ["dataset=folder", "dataset.path={work}/no_such_folder"], "not found"),
@@ -143,6 +151,11 @@ BAD_INPUTS: list[BadInput] = [
     BadInput("regimes: unknown data", "ddpm-regimes", ["synthetic=nope"], "synthetic/nope"),
     BadInput("regimes: too few points", "ddpm-regimes", ["collapse.points=0"], "collapse.points"),
     BadInput("regimes: trained without checkpoint", "ddpm-regimes", ["regimes=trained"], "needs a checkpoint"),
+    # the copy criterion's k, one key in every command
+    BadInput("train: copy threshold of 1", _T, ["memorisation.threshold=1"], "memorisation.threshold must lie in (0, 1)"),
+    BadInput("evaluate: copy threshold of 0", "ddpm-evaluate", ["ckpt={ckpt}", "memorisation.threshold=0"], "memorisation.threshold must lie in (0, 1)"),
+    BadInput("regimes: copy threshold above 1", "ddpm-regimes", ["memorisation.threshold=1.5"], "memorisation.threshold must lie in (0, 1)"),
+    BadInput("regimes: the old copy key", "ddpm-regimes", ["trained.memorised_ratio=0.3"], "use memorisation.threshold= instead"),
     BadInput("regimes: one training point", "ddpm-regimes", ["synthetic=gaussian", "points.n=1"], "points.n must be >= 2"),
     BadInput("regimes: collapse grid beyond t=40", "ddpm-regimes", ["collapse.t_max=1e6"], "collapse.t_max must be <= 40"),
     BadInput(

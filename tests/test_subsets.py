@@ -69,6 +69,37 @@ def test_record_restores_and_detects_other_data() -> None:
     assert select_subset(data, None, 0) is data and select_subset(data, 200, 0) is data
 
 
+def test_parts_are_recorded_restored_and_checked() -> None:
+    from ddpm.data.datasets import ImageData
+
+    images = torch.arange(200, dtype=torch.uint8).view(200, 1, 1, 1)
+    data = ImageData(images, torch.arange(200) % 4, "toy", "memory")
+    parts = [select_subset(data, 20, 5, part) for part in (0, 1)]
+    assert [p.subset["part"] for p in parts] == [0, 1] and select_subset(data, 20, 5).subset["part"] is None
+    assert not set(parts[0].subset["indices"].tolist()) & set(parts[1].subset["indices"].tolist())
+    assert [torch.bincount(p.labels).tolist() for p in parts] == [[5, 5, 5, 5]] * 2
+    assert set(parts[1].subset["indices"].tolist()) < set(select_subset(data, 21, 5, 1).subset["indices"].tolist())
+    for p in parts:  # drawn again from the record (no stored indices): the same part
+        assert torch.equal(restore_subset(data, {**p.subset, "indices": None}, "ckpt").images, p.images)
+    assert select_subset(data, 100, 5, 1).subset["n"] == 100  # 2n = the split: both halves, whole
+    with pytest.raises(ConfigError, match=r"^dataset.n=101 with dataset.subset_part needs 2n=202 <= 200 training images$"):
+        select_subset(data, 101, 5, 0)
+    with pytest.raises(ConfigError, match=r"^dataset.subset_part=1 needs dataset.n$"):
+        select_subset(data, None, 5, 1)
+    with pytest.raises(ConfigError, match="dataset.subset_part must be 0 or 1 or null, got 2"):
+        balanced_subset(200, None, 20, 5, 2)
+
+
+def test_subset_part_is_checked_at_start_up() -> None:
+    from ddpm.train.config import validate_train
+
+    with pytest.raises(ConfigError, match=r"^dataset.subset_part=0 needs dataset.n$"):
+        validate_train(compose_config("train", ["dataset.subset_part=0"]))
+    with pytest.raises(ConfigError, match=r"^dataset.subset_part must be 0 or 1 or null, got -1$"):
+        validate_train(compose_config("train", ["dataset.n=10", "dataset.subset_part=-1"]))
+    validate_train(compose_config("train", ["dataset.n=10", "dataset.subset_part=1"]))
+
+
 SUBSET_RUN = {
     "dataset.n": 40,
     "dataset.subset_seed": 7,
@@ -102,6 +133,11 @@ def test_resume_refuses_another_subset(subset_ckpt: Path, data_dir: Path, tmp_pa
     with pytest.raises(CheckpointError, match=r"another subset of the images \(n=40, subset_seed=7\), now n=40, subset_seed=8"):
         train(compose_config("train", tiny_train_overrides(data_dir, tmp_path / "cache", **extra)), tmp_path / "run")
     assert subset_ckpt.read_bytes() == before
+    extra = dict(SUBSET_RUN, **{"dataset.subset_part": 0, "train.max_steps": 3, "resume": str(subset_ckpt)})
+    match = r"\(n=40, subset_seed=7\), now n=40, subset_seed=7, subset_part=0: resume with .* dataset.subset_part"
+    with pytest.raises(CheckpointError, match=match):
+        train(compose_config("train", tiny_train_overrides(data_dir, tmp_path / "cache", **extra)), tmp_path / "run2")
+    assert subset_ckpt.read_bytes() == before
 
 
 def test_checkpoint_records_the_subset(subset_ckpt: Path, data_dir: Path) -> None:
@@ -116,7 +152,7 @@ def test_checkpoint_records_the_subset(subset_ckpt: Path, data_dir: Path) -> Non
         "/tmp",
         "train",
     )
-    assert rec["n"] == 40 and rec["seed"] == 7 and rec["total"] == len(full) == 60000
+    assert rec["n"] == 40 and rec["seed"] == 7 and rec["part"] is None and rec["total"] == len(full) == 60000
     assert rec["indices"].tolist() == balanced_subset(60000, full.labels, 40, 7).tolist()
     assert torch.bincount(full.labels[rec["indices"].long()], minlength=10).tolist() == [4] * 10
     pre = load_pretrained(subset_ckpt)

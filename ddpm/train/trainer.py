@@ -33,7 +33,7 @@ from ddpm.checkpoint import atomic_save, clean_partial_writes, find_latest, load
 from ddpm.conditioning import drop_labels, resolve_num_classes, round_robin_labels
 from ddpm.data import to_model_range
 from ddpm.data.streaming import epoch_permutation, open_stream
-from ddpm.data.subset import load_training_set
+from ddpm.data.subset import describe_record, load_training_set
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.ema import make_ema
 from ddpm.errors import CheckpointError, ConfigError
@@ -105,10 +105,6 @@ def config_differences(saved: dict, cfg: DictConfig) -> list[str]:
 def _subset_key(record: dict | None) -> str | None:
     """What identifies a training subset: the hash of its indices (None: all images)."""
     return None if record is None else str(record["sha256"])
-
-
-def _describe_subset(record: dict | None) -> str:
-    return "all images" if record is None else f"n={record['n']}, subset_seed={record['seed']}"
 
 
 def lr_factor(step: int, warmup: int, kind: str, progress: float) -> float:
@@ -221,6 +217,8 @@ class Trainer:
             world_size=self.rt.world_size,
             device=self.rt.device,
         )
+        if self.stream is not None and cfg.dataset.get("subset_part") is not None:  # the streamed index draws no parts
+            raise ConfigError("dataset.subset_part needs the training images in memory; set dataset.in_memory=true")
         if self.stream is not None and tc.get("regimes_every", 0):
             raise ConfigError(
                 "train.regimes_every needs the training images in memory; set dataset.in_memory=true or train.regimes_every=0"
@@ -305,8 +303,8 @@ class Trainer:
         saved_subset = _subset_key(state.get("data_subset"))
         if saved_subset != _subset_key(self.data_subset):
             raise CheckpointError(
-                f"checkpoint {path} was trained on another subset of the images ({_describe_subset(state.get('data_subset'))}), "
-                f"now {_describe_subset(self.data_subset)}: resume with the run's dataset.n and dataset.subset_seed"
+                f"checkpoint {path} was trained on another subset of the images ({describe_record(state.get('data_subset'))}), "
+                f"now {describe_record(self.data_subset)}: resume with the run's dataset.n, dataset.subset_seed and dataset.subset_part"
             )
         try:
             self.model.load_state_dict(state["model"])
