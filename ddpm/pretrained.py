@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm.checkpoint import load_checkpoint
-from ddpm.data import ImageData, load_dataset, to_model_range
+from ddpm.data import ImageData, load_dataset, open_split, to_model_range
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError, ConfigError
 from ddpm.export.format import SUFFIX as EXPORT_SUFFIX
@@ -202,6 +202,9 @@ def data_dir_of(cfg: DictConfig, pre: Pretrained) -> str:
 def real_images(cfg: DictConfig, pre: Pretrained, n: int, split: str, seed: int) -> torch.Tensor:
     """``n`` images of the checkpoint's dataset in model range, picked by a seeded permutation.
 
+    A dataset that streamed in training (``dataset.in_memory``) is not decoded whole: only the
+    ``n`` picked images are (:func:`ddpm.data.open_split`), the very images the in-memory path picks.
+
     Args:
         cfg: a command config with a ``paths`` node.
         pre: the loaded checkpoint (its dataset and image shape).
@@ -209,7 +212,7 @@ def real_images(cfg: DictConfig, pre: Pretrained, n: int, split: str, seed: int)
         split: ``train`` or ``test``.
         seed: seed of the permutation.
     """
-    data = load_dataset(pre.cfg.dataset, data_dir_of(cfg, pre), cfg.paths.cache_dir, split)
+    data = open_split(pre.cfg.dataset, data_dir_of(cfg, pre), cfg.paths.cache_dir, split, load_dataset)
     if tuple(data.images.shape[1:]) != pre.shape:
         raise ConfigError(f"dataset images are {tuple(data.images.shape[1:])} but the model was trained on {pre.shape}")
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
@@ -219,6 +222,9 @@ def real_images(cfg: DictConfig, pre: Pretrained, n: int, split: str, seed: int)
 def training_set(cfg: DictConfig, pre: Pretrained, data_dir: str | None = None) -> ImageData:
     """The images ``pre`` was trained on: its training subset (``dataset.n``) or the whole train split.
 
+    A dataset that streamed in training comes as a :class:`ddpm.data.SplitImages` (decoded as it
+    is read, e.g. chunk by chunk by the copy criterion); its subset, decoded.
+
     Args:
         cfg: a command config with a ``paths`` node.
         pre: the loaded checkpoint (its dataset node and subset record).
@@ -226,7 +232,7 @@ def training_set(cfg: DictConfig, pre: Pretrained, data_dir: str | None = None) 
     """
     from ddpm.data.subset import restore_subset
 
-    full = load_dataset(pre.cfg.dataset, data_dir or data_dir_of(cfg, pre), cfg.paths.cache_dir, "train")
+    full = open_split(pre.cfg.dataset, data_dir or data_dir_of(cfg, pre), cfg.paths.cache_dir, "train", load_dataset)
     if pre.data_subset is None and pre.cfg.dataset.get("n") not in (None, len(full)):
         raise CheckpointError(f"{pre.path} was trained on dataset.n={pre.cfg.dataset.n} images but records no subset")
     return restore_subset(full, pre.data_subset, str(pre.path))

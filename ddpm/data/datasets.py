@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ddpm.data.residency import check_residency
-from ddpm.data.sources import IMAGE_SOURCES, IMAGE_SUFFIXES, TAR_ERRORS, decode_channels, is_image, list_folder
+from ddpm.data.sources import IMAGE_SOURCES, IMAGE_SUFFIXES, TAR_ERRORS, Listing, decode_channels, is_image, list_folder
 from ddpm.data.sources import missing as _missing
 from ddpm.data.sources import one_line_reason as _one_line_reason
 from ddpm.errors import ConfigError, DataError
@@ -43,7 +43,8 @@ class ImageData:
     """All images of one split.
 
     Args:
-        images: uint8 tensor (N, C, H, W), already at the configured image size.
+        images: uint8 tensor (N, C, H, W), already at the configured image size; for a split read
+            by :func:`ddpm.data.streaming.open_split`, a ``SplitImages`` that decodes on demand.
         labels: int64 class labels (N,), or None for unlabelled data.
         name: dataset name.
         source: where the images were read from (for messages and records).
@@ -264,36 +265,51 @@ def _read_tar(source: Path, channels: int, size: int, resize: bool) -> list[np.n
     return arrays
 
 
-def _read_images(source: Path, channels: int, size: int, resize: bool) -> np.ndarray:
+def _read_images(source: Path, channels: int, size: int, resize: bool, listing: Listing | None = None) -> np.ndarray:
     """Decode every image in a folder (recursively), a tar archive or a folder of tar shards, in
-    the order of :mod:`ddpm.data.sources` (sorted paths; members by name)."""
+    the order of :mod:`ddpm.data.sources` (sorted paths; members by name).
+
+    Args:
+        source: the folder or archive.
+        channels: 1 or 3.
+        size: side of the output.
+        resize: ``dataset.resize``.
+        listing: the folder's listing, if already made.
+    """
     if source.is_file():
         if source.suffix.lower() in IMAGE_SUFFIXES:
             raise DataError(f"{source} is a single image; give a folder or a .tar of images")
         arrays = _read_tar(source, channels, size, resize)
     else:
-        images, shards = list_folder(source)
-        if images:
-            arrays = [decode_image(source / p, channels, size, resize, str(source / p)) for p in images]
+        listing = listing or list_folder(source)
+        if listing.images:
+            arrays = [decode_image(source / p, channels, size, resize, str(source / p)) for p in listing.images]
         else:  # a folder of shards
-            arrays = [a for shard in shards for a in _read_tar(source / shard, channels, size, resize)]
+            arrays = [a for shard in listing.tars for a in _read_tar(source / shard, channels, size, resize)]
     if not arrays:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {source}")
     return np.stack(arrays)
 
 
 def _cached_images(source: Path, cache_dir: Path, channels: int, size: int, resize: bool) -> torch.Tensor:
-    """Decode once, then reuse a .npy cache keyed by the source's path, size and mtime."""
-    stat = source.stat()
-    fingerprint = f"{source.resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{channels}|{size}|{resize}|decode{DECODE_VERSION}"
-    key = hashlib.sha1(fingerprint.encode()).hexdigest()[:16]
+    """Decode once, then reuse a .npy cache keyed by the source's path and stamp: a file's mtime and
+    size; for a folder, the stamps of every folder below it (a file added in a sub-folder counts)."""
+    listing = None
+    if source.is_dir():
+        listing = list_folder(source, cache_dir)
+        stamp = listing.fingerprint
+    else:
+        stat = source.stat()
+        stamp = f"{stat.st_mtime_ns}|{stat.st_size}"
+    fingerprint = f"{source.resolve()}|{stamp}|{channels}|{size}|{resize}|decode{DECODE_VERSION}"
+    key = hashlib.sha1(fingerprint.encode("utf-8", "surrogateescape")).hexdigest()[:16]
     cache = cache_dir / f"{source.name}-{key}.npy"
     if cache.is_file():
         try:
             return torch.from_numpy(np.load(cache))
         except (OSError, ValueError, EOFError) as exc:  # a damaged cache is decoded again, never trusted
             log.warning("ignoring the unreadable image cache %s: %s", cache, _one_line_reason(exc))
-    arr = _read_images(source, channels, size, resize)
+    arr = _read_images(source, channels, size, resize, listing)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp.npy")

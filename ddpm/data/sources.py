@@ -15,8 +15,13 @@ with ``.tar`` files is a set of shards (webdataset layout: members other than im
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
+import logging
 import os
 import tarfile
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from ddpm.checkpoint import atomic_write
 from ddpm.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 SHARD_SUFFIX = ".tar"
@@ -49,32 +57,131 @@ def _path_key(rel: str) -> list[str]:
     return rel.split("/")  # the order of sorted Path objects: component by component
 
 
-def list_folder(source: Path) -> tuple[list[str], list[str]]:
-    """Image files and ``.tar`` files below ``source`` (recursively), as sorted relative paths.
+@dataclass
+class Listing:
+    """The image files and ``.tar`` files below a folder, as sorted relative paths.
 
     Args:
-        source: a folder. Symbolic links to files are followed, to folders not (as ``Path.rglob``).
+        images: image files (relative paths, in :func:`list_folder`'s order).
+        tars: ``.tar`` files, likewise.
+        folders: per folder of the tree (relative path, "" for the top), its stat stamp
+            (mtime in ns, inode, size, link count): the listing holds while every stamp does.
     """
+
+    images: list[str]
+    tars: list[str]
+    folders: dict[str, list[int]]
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of every folder's stamp: it changes when a file is added, removed or renamed anywhere below."""
+        return hashlib.sha1(json.dumps(self.folders, sort_keys=True).encode()).hexdigest()[:16]
+
+
+LISTING_VERSION = 1
+# A folder modified less than this long before it was listed may change again within the resolution
+# of its mtime (a clock tick; 2 s on FAT) without its stamp changing: such a listing is not cached.
+RACY_S = 2.0
+
+
+def _stamp(st: os.stat_result) -> list[int]:
+    return [st.st_mtime_ns, st.st_ino, st.st_size, st.st_nlink]
+
+
+def _walk(source: Path) -> Listing:
+    """List ``source`` recursively (every folder read once); symbolic links to folders are not followed."""
     images: list[str] = []
     tars: list[str] = []
+    folders: dict[str, list[int]] = {}
     stack = [""]
     while stack:
         rel = stack.pop()
+        path = source / rel if rel else source
         try:
-            entries = list(os.scandir(source / rel if rel else source))
+            folders[rel] = _stamp(os.stat(path))  # before reading it: a file added meanwhile changes the stamp
+            entries = list(os.scandir(path))
         except OSError as exc:
-            raise DataError(f"cannot list {source / rel}: {one_line_reason(exc)}") from exc
+            raise DataError(f"cannot list {path}: {one_line_reason(exc)}") from exc
         for entry in entries:
-            path = f"{rel}/{entry.name}" if rel else entry.name
+            rel_path = f"{rel}/{entry.name}" if rel else entry.name
             if entry.is_dir(follow_symlinks=False):
-                stack.append(path)
+                stack.append(rel_path)
             elif is_image(entry.name) and entry.is_file():
-                images.append(path)
+                images.append(rel_path)
             elif entry.name.lower().endswith(SHARD_SUFFIX) and entry.is_file():
-                tars.append(path)
+                tars.append(rel_path)
     images.sort(key=_path_key)
     tars.sort(key=_path_key)
-    return images, tars
+    return Listing(images, tars, folders)
+
+
+def listing_cache_path(source: Path, cache_dir: Path) -> Path:
+    """Where the listing of ``source`` is cached: ``<cache_dir>/listings/<name>-<hash of its absolute path>.json.gz``."""
+    key = hashlib.sha1(str(source.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return Path(cache_dir).expanduser() / "listings" / f"{source.name}-{key}.json.gz"
+
+
+def _read_listing(path: Path, source: Path) -> Listing | None:
+    """The cached listing at ``path`` if it is that of ``source`` and every folder's stamp still holds; else None."""
+    try:
+        data = json.loads(gzip.decompress(path.read_bytes()))
+    except FileNotFoundError:
+        return None
+    except (OSError, EOFError, ValueError, zlib.error) as exc:  # a damaged cache is listed again, never trusted
+        log.warning("ignoring the unreadable folder listing %s: %s", path, one_line_reason(exc))
+        return None
+    try:
+        if data["version"] != LISTING_VERSION or data["source"] != str(source.resolve()):
+            return None
+        listing = Listing(list(data["images"]), list(data["tars"]), {str(k): list(v) for k, v in data["folders"].items()})
+        if len(listing.images) != data["count"][0] or len(listing.tars) != data["count"][1]:
+            return None
+    except (KeyError, TypeError, AttributeError, IndexError):
+        return None
+    for rel, stamp in listing.folders.items():
+        try:
+            if _stamp(os.stat(source / rel if rel else source)) != stamp:
+                return None
+        except OSError:
+            return None
+    return listing
+
+
+def list_folder(source: Path, cache_dir: str | Path | None = None) -> Listing:
+    """Image files and ``.tar`` files below ``source`` (recursively), as sorted relative paths.
+
+    With ``cache_dir`` the listing is cached there (:func:`listing_cache_path`, a small gzipped JSON
+    written atomically) and reused while no folder of the tree has changed (the stat stamp of each,
+    checked without reading them): a second run does not walk 100,000 files again, and a file added,
+    removed or renamed anywhere below makes it list again. A file rewritten in place keeps its listing.
+
+    Args:
+        source: a folder. Symbolic links to files are followed, to folders not (as ``Path.rglob``).
+        cache_dir: ``paths.cache_dir``, or None not to cache.
+    """
+    cache = listing_cache_path(source, Path(cache_dir)) if cache_dir is not None else None
+    if cache is not None:
+        cached = _read_listing(cache, source)
+        if cached is not None:
+            return cached
+    started = time.time_ns()
+    listing = _walk(source)
+    newest = max(stamp[0] for stamp in listing.folders.values())
+    if cache is not None and started - newest >= RACY_S * 1e9:
+        record = {
+            "version": LISTING_VERSION,
+            "source": str(source.resolve()),
+            "count": [len(listing.images), len(listing.tars)],
+            "folders": listing.folders,
+            "images": listing.images,
+            "tars": listing.tars,
+        }
+        blob = gzip.compress(json.dumps(record).encode(), compresslevel=1, mtime=0)
+        try:
+            atomic_write(cache, lambda f: f.write(blob))
+        except OSError as exc:  # a read-only cache is no reason to fail
+            log.warning("could not write the folder listing %s: %s", cache, one_line_reason(exc))
+    return listing
 
 
 # ---------------------------------------------------------------- the index
@@ -188,21 +295,22 @@ def _index_tar(path: Path) -> tuple[list[str], list[int], list[int]]:
     return [m.name for m in members], [m.offset_data for m in members], [m.size for m in members]
 
 
-def index_source(source: Path) -> ImageIndex:
+def index_source(source: Path, cache_dir: str | Path | None = None) -> ImageIndex:
     """Index the images of a folder, a ``.tar`` or a folder of ``.tar`` shards, without decoding them.
 
     Args:
         source: the dataset's folder or archive.
+        cache_dir: ``paths.cache_dir``, where a folder's listing is cached (:func:`list_folder`); None not to cache.
     """
     if source.is_file():
         if is_image(source.name):
             raise DataError(f"{source} is a single image; give a folder or a .tar of images")
         shards = [source]
     else:
-        images, tars = list_folder(source)
-        if images:
-            return ImageIndex(source, Names(images))
-        shards = [source / t for t in tars]
+        listing = list_folder(source, cache_dir)
+        if listing.images:
+            return ImageIndex(source, Names(listing.images))
+        shards = [source / t for t in listing.tars]
     names: list[str] = []
     shard: list[np.ndarray] = []
     offsets: list[int] = []

@@ -26,7 +26,7 @@ import logging
 import multiprocessing
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ddpm.data.datasets import decode_image, heldout_split
+from ddpm.data.datasets import SPLITS, ImageData, decode_image, heldout_split, load_dataset
 from ddpm.data.residency import AUTO, DEFAULT_MAX_GB, check_residency, decoded_bytes, keep_in_memory, loader_workers
 from ddpm.data.sources import IMAGE_SOURCES, ImageIndex, decode_channels, index_source
 from ddpm.data.subset import balanced_subset, subset_record
@@ -305,16 +305,19 @@ class StreamingBatches:
         return f"streamed by {self.workers} loader worker{'s' if self.workers != 1 else ''} per rank"
 
 
-def training_index(d: Any, data_dir: str | Path, full: ImageIndex | None = None) -> tuple[ImageIndex, dict | None]:
+def training_index(
+    d: Any, data_dir: str | Path, full: ImageIndex | None = None, cache_dir: str | Path | None = None
+) -> tuple[ImageIndex, dict | None]:
     """The training images of an image-file dataset, as in memory: the train split, narrowed to ``dataset.n``.
 
     Args:
         d: the ``dataset`` node (``cats`` or ``folder``).
         data_dir: the data root (``paths.data_dir``).
         full: the index of every image of the source, if already made.
+        cache_dir: ``paths.cache_dir`` (a folder's listing is cached there), or None.
     """
     if full is None:
-        full = index_source(IMAGE_SOURCES[d.name][0](d, Path(data_dir).expanduser()))
+        full = index_source(IMAGE_SOURCES[d.name][0](d, Path(data_dir).expanduser()), cache_dir)
     train = full.take(heldout_split(len(full), float(d.test_fraction), "train").numpy())
     if len(train) == 0:
         raise DataError(f"the train split of {d.name} at {full.source} is empty")
@@ -338,6 +341,7 @@ def open_stream(
     world_size: int = 1,
     device: torch.device | str = "cpu",
     workers: int | None = None,
+    cache_dir: str | Path | None = None,
 ) -> StreamingBatches | None:
     """The training stream of a ``dataset`` node, or None when ``dataset.in_memory`` keeps it in memory.
 
@@ -351,13 +355,14 @@ def open_stream(
         world_size: processes.
         device: where batches go.
         workers: loader workers (None: ``dataset.workers``, see :func:`ddpm.data.residency.loader_workers`).
+        cache_dir: ``paths.cache_dir``: a folder's listing is cached there (None: listed every time).
     """
     check_residency(d)
     if d.name not in IMAGE_SOURCES:
         return None  # read whole (check_residency refused in_memory=false)
     if d.get("in_memory", AUTO) is True:
         return None
-    full = index_source(IMAGE_SOURCES[d.name][0](d, Path(data_dir).expanduser()))
+    full = index_source(IMAGE_SOURCES[d.name][0](d, Path(data_dir).expanduser()), cache_dir)
     if keep_in_memory(d, len(full)):
         return None
     channels = decode_channels(d)
@@ -393,3 +398,155 @@ def open_stream(
         device=device,
         subset=subset,
     )
+
+
+# ---------------------------------------------------------------- reading a split without holding it
+class SplitImages:
+    """The uint8 images (N, C, H, W) of one split of an image-file dataset, decoded only when read.
+
+    Stands in for the tensor :func:`ddpm.data.load_dataset` holds, for commands that read a few
+    images or one batch at a time: ``len``, ``shape``, ``dtype`` and ``dim()`` answer without
+    decoding; ``x[a:b]`` is a view (nothing decoded, as a tensor's slice is a view); ``x[i]`` and
+    ``x[indices]`` (a list, array or tensor of positions, or a boolean mask) decode those images;
+    ``decode()``, ``float()`` and ``to(...)`` decode the whole view (call them on a slice) and
+    :meth:`batches` decodes it a batch at a time. Images are those of the in-memory path, pixel
+    for pixel (:func:`ddpm.data.datasets.decode_image`, same order).
+
+    Args:
+        index: every image of the source.
+        positions: the split's entries of ``index``, in order (int64).
+        channels: 1 or 3.
+        image_size: side of the images.
+        resize: ``dataset.resize``.
+        threads: decoding threads for a read of many images (PIL decodes without the GIL).
+    """
+
+    dtype = torch.uint8
+    THREADED_FROM = 64  # images per read from which threads decode
+
+    def __init__(self, index: ImageIndex, positions: np.ndarray, channels: int, image_size: int, resize: bool, threads: int = 1) -> None:
+        self.index, self.positions = index, np.asarray(positions, dtype=np.int64)
+        self.channels, self.image_size, self.resize, self.threads = int(channels), int(image_size), bool(resize), max(1, int(threads))
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self), self.channels, self.image_size, self.image_size))
+
+    def dim(self) -> int:
+        return 4
+
+    def _view(self, positions: np.ndarray) -> SplitImages:
+        return SplitImages(self.index, positions, self.channels, self.image_size, self.resize, self.threads)
+
+    def _decode_one(self, entry: int) -> np.ndarray:
+        return decode_image(self.index.read(entry), self.channels, self.image_size, self.resize, self.index.where(entry))
+
+    def _decode(self, entries: np.ndarray) -> torch.Tensor:
+        """The images at ``entries`` of the index, stacked (the only place that decodes)."""
+        if len(entries) == 0:
+            return torch.empty((0, *self.shape[1:]), dtype=torch.uint8)
+        if self.threads > 1 and len(entries) >= self.THREADED_FROM:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(self.threads) as pool:
+                arrays = list(pool.map(self._decode_one, entries.tolist()))
+        else:
+            arrays = [self._decode_one(e) for e in entries.tolist()]
+        return torch.from_numpy(np.stack(arrays))
+
+    def __getitem__(self, key: Any) -> torch.Tensor | SplitImages:
+        if isinstance(key, tuple):  # x[rows, channels, ...]: the rows decoded, then the rest applied
+            head = self[key[0]] if key and key[0] is not Ellipsis else self.decode()
+            head = head.decode() if isinstance(head, SplitImages) else head
+            rest = key[1:] if key and key[0] is not Ellipsis else key
+            return head[rest] if head.dim() == 3 else head[(slice(None), *rest)]
+        if isinstance(key, slice):
+            return self._view(self.positions[key])
+        if isinstance(key, int | np.integer) or (isinstance(key, torch.Tensor) and key.dim() == 0 and not key.is_floating_point()):
+            return self._decode(self.positions[[int(key)]])[0]
+        if isinstance(key, torch.Tensor):
+            key = key.cpu().numpy()
+        return self._decode(self.positions[np.asarray(key)])
+
+    def decode(self) -> torch.Tensor:
+        """Every image of this view, as one uint8 tensor."""
+        return self._decode(self.positions)
+
+    def float(self) -> torch.Tensor:
+        return self.decode().float()
+
+    def to(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.decode().to(*args, **kwargs)
+
+    def batches(self, size: int) -> Iterator[torch.Tensor]:
+        """The images in order, ``size`` at a time (the last batch may be smaller)."""
+        for start in range(0, len(self), size):
+            yield self._decode(self.positions[start : start + size])
+
+    def __repr__(self) -> str:
+        return f"SplitImages({len(self)} of {len(self.index)} images of {self.index.source}, {self.channels}x{self.image_size}x{self.image_size})"
+
+
+def batches(images: torch.Tensor | SplitImages, size: int) -> Iterator[torch.Tensor]:
+    """``images`` (a tensor, or a :class:`SplitImages` decoded batch by batch) ``size`` at a time.
+
+    Args:
+        images: uint8 images (N, C, H, W).
+        size: images per batch.
+    """
+    if isinstance(images, SplitImages):
+        yield from images.batches(size)
+    else:
+        for start in range(0, len(images), size):
+            yield images[start : start + size]
+
+
+def open_split(
+    d: Any, data_dir: str | Path, cache_dir: str | Path, split: str = "train", load: Callable[..., ImageData] | None = None
+) -> ImageData:
+    """One split of a dataset, read as training reads it: in memory when ``dataset.in_memory`` keeps the
+    dataset in memory (``load``), else streamed, its images a :class:`SplitImages` decoded as read.
+
+    The decision is training's (:func:`ddpm.data.residency.keep_in_memory` on the whole source), so
+    a command reading a checkpoint's dataset streams exactly when its training did. Streamed,
+    commands that need n images decode those n, statistics read a batch at a time, and the set is
+    never decoded whole.
+
+    Args:
+        d: the ``dataset`` node.
+        data_dir: the data root (``paths.data_dir``).
+        cache_dir: ``paths.cache_dir`` (decoded archives and a folder's listing are cached there).
+        split: ``train`` or ``test`` (the held-out ``dataset.test_fraction``, as in memory).
+        load: the in-memory reader, called as ``load(d, data_dir, cache_dir, split)``
+            (default :func:`ddpm.data.load_dataset`).
+    """
+    load = load or load_dataset
+    check_residency(d)
+    if d.name not in IMAGE_SOURCES or d.get("in_memory", AUTO) is True:
+        return load(d, data_dir, cache_dir, split)
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    full = index_source(IMAGE_SOURCES[d.name][0](d, Path(data_dir).expanduser()), Path(cache_dir).expanduser())
+    if keep_in_memory(d, len(full)):
+        return load(d, data_dir, cache_dir, split)
+    channels = decode_channels(d)
+    if channels != d.channels:
+        raise ConfigError(f"{d.name} images have {channels} channels but dataset.channels={d.channels}")
+    keep = heldout_split(len(full), float(d.test_fraction), split).numpy()
+    if len(keep) == 0:
+        raise DataError(f"the {split} split of {d.name} at {full.source} is empty")
+    images = SplitImages(full, keep, channels, int(d.image_size), bool(d.resize), threads=loader_workers(d))
+    log.info(
+        "dataset %s: %d images, %.2f GiB decoded (dataset.in_memory=%s, in_memory_max_gb=%g): the %s split's %d images are decoded as read",
+        d.name,
+        len(full),
+        decoded_bytes(len(full), channels, int(d.image_size)) / 2**30,
+        str(d.get("in_memory", AUTO)).lower(),
+        d.get("in_memory_max_gb", DEFAULT_MAX_GB),
+        split,
+        len(keep),
+    )
+    return ImageData(images, None, d.name, str(full.source))  # a SplitImages in place of the tensor

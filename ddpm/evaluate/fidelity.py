@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from ddpm.data.streaming import SplitImages
 from ddpm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,12 @@ class UInt8Images(Dataset):
     """Images as torch-fidelity wants them: uint8 tensors (3, H, W); grey images are repeated to RGB.
 
     Args:
-        images: uint8 tensor (N, 1 or 3, H, W).
+        images: uint8 tensor (N, 1 or 3, H, W), or a split that streams
+            (:class:`ddpm.data.SplitImages`): each image is then decoded when torch-fidelity reads it,
+            so the real statistics of a dataset beyond the memory budget hold one batch at a time.
     """
 
-    def __init__(self, images: torch.Tensor) -> None:
+    def __init__(self, images: torch.Tensor | SplitImages) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"expected uint8 images (N, 1|3, H, W), got {images.dtype} {tuple(images.shape)}")
         self.images = images
@@ -174,7 +177,7 @@ def kid_subset_size(n_fake: int, n_real: int, requested: int = 1000) -> int:
 
 def fidelity_metrics(
     fake: torch.Tensor,
-    real: torch.Tensor,
+    real: torch.Tensor | SplitImages,
     extractor: str,
     metrics: list[str] | tuple[str, ...] = FIDELITY_METRICS,
     weights_path: str | None = None,
@@ -189,7 +192,7 @@ def fidelity_metrics(
 
     Args:
         fake: generated uint8 images (N, 1|3, H, W).
-        real: real uint8 images (M, 1|3, H, W).
+        real: real uint8 images (M, 1|3, H, W): a tensor, or a :class:`ddpm.data.SplitImages` read image by image.
         extractor: a torch-fidelity feature-extractor name (e.g. ``inception-v3-compat`` or :data:`DOMAIN_NAME`).
         metrics: any of ``fid``, ``kid``, ``isc`` (IS is computed on ``fake`` only).
         weights_path: ``feature_extractor_weights_path`` passed to the extractor.

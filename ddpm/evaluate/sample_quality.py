@@ -130,10 +130,17 @@ class BlobBounds:
         """[q0.1%, q99.9%] of each statistic over ``train_u8``, widened by the margins.
 
         Args:
-            train_u8: the training images, uint8 (N, C, H, W).
+            train_u8: the training images, uint8 (N, C, H, W): a tensor, or a streamed split
+                (:class:`ddpm.data.SplitImages`, decoded batch by batch).
             batch_size: images per statistics call (bounds the memory).
         """
-        stats = torch.cat([blob_statistics(train_u8[i : i + batch_size]) for i in range(0, len(train_u8), batch_size)])
+        from ddpm.data.streaming import batches
+
+        return cls.from_statistics(torch.cat([blob_statistics(b) for b in batches(train_u8, batch_size)]))
+
+    @classmethod
+    def from_statistics(cls, stats: torch.Tensor) -> BlobBounds:
+        """The bounds from the :func:`blob_statistics` (N, 6) of the training images."""
         q = torch.quantile(stats.double(), torch.tensor(BLOB_QUANTILES, dtype=torch.float64), dim=0).float()
         margin = BLOB_ABS_MARGIN + BLOB_REL_MARGIN * (q[1] - q[0])
         return cls(low=q[0] - margin, high=q[1] + margin)
@@ -287,18 +294,25 @@ class SampleScorer:
 
     @torch.no_grad()
     def _compute_reference(self, data_dir: str | Path, cache_dir: str | Path, num_reference: int | None) -> dict:
-        from ddpm.data import load_dataset
+        from ddpm.data import load_dataset, open_split
+        from ddpm.data.streaming import batches
 
         t0 = time.perf_counter()
-        train = load_dataset(self.dataset_cfg, data_dir, cache_dir, "train").images
+        # A training split that streams (dataset.in_memory) is read 2,000 images at a time, never whole.
+        d = self.dataset_cfg
+        train = open_split(d, data_dir, cache_dir, "train", load_dataset).images
         if num_reference is not None and num_reference < len(train):
             train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:num_reference].sort().values]
-        feats = torch.cat([self.features_and_probs(train[i : i + 2000])[0] for i in range(0, len(train), 2000)])
-        stats = feature_statistics(feats)
-        bounds = BlobBounds.fit(train)
+        feats, stats = [], []
+        for chunk in batches(train, 2000):
+            feats.append(self.features_and_probs(chunk)[0])
+            stats.append(blob_statistics(chunk))
+        feats = torch.cat(feats)
+        fid_stats = feature_statistics(feats)
+        bounds = BlobBounds.from_statistics(torch.cat(stats))
         ref = {
-            "mu": torch.from_numpy(stats["mu"]),
-            "sigma": torch.from_numpy(stats["sigma"]),
+            "mu": torch.from_numpy(fid_stats["mu"]),
+            "sigma": torch.from_numpy(fid_stats["sigma"]),
             "train_features": feats,  # all of them, in split order: KID subsets drawn as ddpm-evaluate draws them
             "blob_low": bounds.low,
             "blob_high": bounds.high,
