@@ -29,7 +29,7 @@ import ddpm
 from ddpm.checkpoint import atomic_write
 from ddpm.cli import hydra_main
 from ddpm.conditioning import per_class_accuracy, round_robin_labels
-from ddpm.data import from_model_range, load_dataset, to_model_range
+from ddpm.data import from_model_range, load_dataset, open_split, to_model_range
 from ddpm.errors import ConfigError
 from ddpm.evaluate.config import register, validate_evaluate
 from ddpm.generate import generate
@@ -79,7 +79,7 @@ def _fidelity(
     else:
         weights, extractor = str(clf.path), register_domain_extractor()
         tag = f"{dataset_cfg.name}-classifier@{clf.digest}"
-    real_all = load_dataset(dataset_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, cfg.real_split).images
+    real_all = open_split(dataset_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, cfg.real_split, load_dataset).images
     n_real = len(real_all) if cfg.num_real is None else min(int(cfg.num_real), len(real_all))
     real = real_all[:n_real]
     if cfg.num_real is not None and n_real < cfg.num_real:
@@ -240,7 +240,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
         else:
             from ddpm.evaluate.coverage import coverage
 
-            test = load_dataset(dataset_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, "test")
+            test = open_split(dataset_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, "test", load_dataset)
             if len(test) < cfg.num_samples:
                 _warn(
                     warnings,
@@ -259,7 +259,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
     if "denoise" in metrics:
         from ddpm.evaluate.denoising import denoising_quality
 
-        test = load_dataset(dataset_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, "test")
+        test = open_split(dataset_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, "test", load_dataset)
         x0 = to_model_range(test.images[: int(cfg.denoise.num_images)]).to(device)
         if len(x0) < cfg.denoise.num_images:
             _warn(warnings, f"denoise.num_images={cfg.denoise.num_images} exceeds the {len(x0)} test images: denoising {len(x0)}")

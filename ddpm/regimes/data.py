@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm.data import load_dataset, to_model_range
+from ddpm.data import load_dataset, open_split, to_model_range
 from ddpm.data.subset import balanced_subset, recorded_indices
-from ddpm.memorisation import reference_images
 from ddpm.errors import ConfigError, DataError
+from ddpm.memorisation import reference_images
 from ddpm.regimes.config import SYNTHETIC, SyntheticConfig
 from ddpm.regimes.seeds import generator
 
@@ -102,7 +102,7 @@ def sample_synthetic(cfg, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _images(cfg, data_dir: str | Path, cache_dir: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, ...], str]:
-    data = load_dataset(cfg.dataset, data_dir, cache_dir, split)
+    data = open_split(cfg.dataset, data_dir, cache_dir, split, load_dataset)  # over the memory budget: decoded as read, no .npy cache
     x = to_model_range(data.images).double()
     f = int(cfg.downsample)
     if f > 1:

@@ -216,6 +216,7 @@ class Trainer:
             rank=self.rt.rank,
             world_size=self.rt.world_size,
             device=self.rt.device,
+            cache_dir=cfg.paths.cache_dir,
         )
         if self.stream is not None and cfg.dataset.get("subset_part") is not None:  # the streamed index draws no parts
             raise ConfigError("dataset.subset_part needs the training images in memory; set dataset.in_memory=true")
