@@ -1,10 +1,12 @@
 #!/usr/bin/env python
 """Speed of the ddpm U-Net, measured side by side with HuggingFace diffusers in one process.
 
-For each model preset at its dataset's resolution: parameters, forward FLOPs per image (torch's
-FLOP counter), training images/s (forward + backward + gradient clipping + AdamW + EMA, as
-``ddpm-train`` does it) and sampling images·steps/s (DDIM, inference mode), each as achieved
-GFLOP/s and as a fraction of the machine's float32 matrix-multiply peak. diffusers'
+For each model preset at its dataset's resolution: parameters, FLOPs per image of a training step
+and of a sampling step (torch's FLOP counter over the real forward and backward, ``ddpm.benchmarking``),
+training images/s (forward + backward + gradient clipping + AdamW + EMA, as ``ddpm-train`` does it)
+and sampling images·steps/s (DDIM, inference mode), each as achieved GFLOP/s and as a fraction of the
+peak of its precision: the best large matrix product this machine was measured to run (fp32 and
+bf16, at the start and at the end), cross-checked against cores x clock x SIMD width. diffusers'
 ``UNet2DModel`` configured like our ``small`` preset is measured the same way, giving the two
 headline ratios ``vs_diffusers.train_ratio`` and ``vs_diffusers.sample_ratio``. Each preset runs
 in the memory format ``ddpm-train`` picks by default on the device (channels_last for CPU networks
@@ -16,6 +18,8 @@ Usage::
 
     python scripts/benchmark.py --quick                 # < 10 minutes on 2 CPU cores
     python scripts/benchmark.py --out /tmp/bench.json   # full run
+    python scripts/benchmark.py --quick --threads 1 --clock cpu --presets tiny,small --train-batches 32 \
+        --variants bf16 --out docs/results/benchmark_cpu.json   # the docs' brief run (one core)
     pip install -e ".[bench]"                            # installs diffusers for the comparison
 
 Every number is the median over several timed repeats after warm-up; the spread is
@@ -42,8 +46,8 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from torch.utils.flop_counter import FlopCounterMode
 
+from ddpm.benchmarking import count_flops, cpu_simd_peak, measured_peak, merge_peaks
 from ddpm.config import ModelConfig, ScheduleConfig
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.ema import make_ema
@@ -92,40 +96,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, seconds: float = 1.0) -> float:
-    """Sustained GFLOP/s of an n x n x n matrix multiply (best of 3 timed bursts)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    sync(device)
-    t0 = clock()
-    a @ b
-    sync(device)
-    one = max(clock() - t0, 1e-6)
-    reps = max(1, int(seconds / 3 / one))
-    best = math.inf
-    for _ in range(3):
-        t0 = clock()
-        for _ in range(reps):
-            a @ b
-        sync(device)
-        best = min(best, (clock() - t0) / reps)
-    return 2 * n**3 / best / 1e9
-
-
-def machine_peak(device: torch.device, quick: bool) -> dict[str, float]:
-    """The float32 matmul ceiling (max over sizes) and, for reference, bf16."""
-    sizes = (1024, 2048) if device.type == "cpu" else (4096, 8192)
-    secs = 0.6 if quick else 1.5
-    fp32 = max(matmul_gflops(device, torch.float32, n, secs) for n in sizes)
-    out = {"fp32_gflops": fp32}
-    if device.type == "cuda":
-        prev = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = True
-        out["tf32_gflops"] = matmul_gflops(device, torch.float32, sizes[-1], secs)
-        torch.backends.cuda.matmul.allow_tf32 = prev
-    out["bf16_gflops"] = matmul_gflops(device, torch.bfloat16, sizes[-1], secs)
+def machine_peak(device: torch.device, n: int) -> dict[str, float]:
+    """GFLOP/s of the best n x n matrix product per precision (fp32, bf16; tf32 and fp16 on CUDA)."""
+    if device.type != "cuda":
+        return measured_peak(device, ("fp32", "bf16"), n, 3, clock)
+    out = measured_peak(device, ("fp32", "bf16", "fp16"), n, 3, clock)
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    out["tf32"] = measured_peak(device, ("fp32",), n, 3, clock)["fp32"]
+    torch.backends.cuda.matmul.allow_tf32 = prev
     return out
 
 
@@ -225,13 +204,15 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def forward_flops(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device) -> int:
-    """FLOPs of one forward pass of one image (a multiply-add counts 2)."""
-    x = torch.randn(1, *shape, device=device)
-    t = torch.tensor([500], device=device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x, t)
-    return int(counter.get_total_flops())
+FLOP_BATCH = 2  # the FLOPs of a step are linear in the batch: counted on 2 images, reported per image
+
+
+def step_flops(make: Callable[[], torch.nn.Module], diffusion: GaussianDiffusion, shape: tuple, device: torch.device) -> dict[str, float]:
+    """FLOPs per image of one training step (the real forward, loss and backward) and of one sampling
+    step (one network evaluation in inference mode), counted by ``ddpm.benchmarking.count_flops``."""
+    step = train_step_fn(make(), Variant("fp32"), diffusion, FLOP_BATCH, shape, device)
+    run = sample_fn(make(), Variant("fp32"), diffusion, FLOP_BATCH, shape, device, 1)
+    return {"train": count_flops(step) / FLOP_BATCH, "sample": count_flops(run) / FLOP_BATCH}
 
 
 # --------------------------------------------------------------------------- workloads
@@ -259,6 +240,13 @@ class Variant:
     @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    @property
+    def peak_key(self) -> str:
+        """The peak this variant's matrix products run against: fp32 (or tf32 when enabled on CUDA), bf16, fp16."""
+        if self.precision == "fp32" and torch.cuda.is_available() and torch.backends.cuda.matmul.allow_tf32:
+            return "tf32"
+        return self.precision
 
 
 def train_step_fn(
@@ -328,16 +316,16 @@ def measure_model(
     shape: tuple,
     device: torch.device,
     diffusion: GaussianDiffusion,
-    peak: float,
+    peak: dict[str, float],
     plan: Plan,
     variant: Variant,
     train_batches: tuple[int, ...],
     sample_batch: int,
-    fwd_flops: int,
+    flops: dict[str, float],
     do_sample: bool = True,
 ) -> dict[str, Any]:
-    """Training and sampling throughput of one model in one variant."""
-    res: dict[str, Any] = {"model": label, "variant": variant.name, "train": {}, "sample": None}
+    """Training and sampling throughput of one model in one variant (fractions of peak: :func:`add_fractions`)."""
+    res: dict[str, Any] = {"model": label, "variant": variant.name, "precision": variant.peak_key, "train": {}, "sample": None}
     for b in train_batches:
         torch.manual_seed(0)
         load = os.getloadavg()[0]
@@ -348,18 +336,17 @@ def measure_model(
         first = time.perf_counter() - t_build
         tm = time_it(step, device, plan.warmup, plan.repeats, plan.iters)
         ips = b / tm.median
-        gflops = 3 * fwd_flops * ips / 1e9
+        gflops = flops["train"] * ips / 1e9
         res["train"][str(b)] = {
             "images_per_s": ips,
             "gflops": gflops,
-            "frac_peak": gflops / peak,
             "spread": tm.spread,
             "s_per_step": tm.per_iter,
             "first_step_s": first,
             "load1": load,
         }
         print(
-            f"  {label:<16} {variant.name:<18} train b{b:<3} {ips:8.2f} img/s  {gflops:7.1f} GFLOP/s  {gflops / peak:5.1%} of peak  ±{tm.spread:.0%}",
+            f"  {label:<16} {variant.name:<18} train b{b:<3} {ips:8.2f} img/s  {gflops:7.1f} GFLOP/s  {gflops / peak[variant.peak_key]:5.1%} of the start's {variant.peak_key} peak  ±{tm.spread:.0%}",
             flush=True,
         )
     if do_sample:
@@ -379,11 +366,10 @@ def measure_model(
         tm = time_it(run, device, plan.warmup, plan.repeats, max(1, plan.iters if steps == 1 else 1))
         per_eval = Timing([t / steps for t in tm.per_iter])
         ips = sample_batch / per_eval.median
-        gflops = fwd_flops * ips / 1e9
+        gflops = flops["sample"] * ips / 1e9
         res["sample"] = {
             "images_steps_per_s": ips,
             "gflops": gflops,
-            "frac_peak": gflops / peak,
             "spread": per_eval.spread,
             "s_per_eval": per_eval.per_iter,
             "first_call_s": first,
@@ -391,7 +377,7 @@ def measure_model(
             "load1": load,
         }
         print(
-            f"  {label:<16} {variant.name:<18} sample b{sample_batch:<2} {ips:8.2f} img·step/s  {gflops:7.1f} GFLOP/s  {gflops / peak:5.1%} of peak  ±{per_eval.spread:.0%}",
+            f"  {label:<16} {variant.name:<18} sample b{sample_batch:<2} {ips:8.2f} img·step/s  {gflops:7.1f} GFLOP/s  {gflops / peak[variant.peak_key]:5.1%} of the start's {variant.peak_key} peak  ±{per_eval.spread:.0%}",
             flush=True,
         )
     return res
@@ -419,15 +405,43 @@ def cell_sample(m: dict) -> str:
     return "-" if s is None else f"{s['images_steps_per_s']:.1f} ({s['frac_peak']:.0%}) ±{s['spread']:.0%}"
 
 
+def add_fractions(result: dict[str, Any], peak: dict[str, float]) -> list[str]:
+    """Every row's achieved GFLOP/s as a fraction of the peak of its precision (``frac_peak``, in
+    place); returns the rows whose fraction exceeds 1, which only a peak measured too low can give."""
+    over = []
+    rows = [*result["models"], *result.get("variants", [])]
+    for m in rows:
+        key = m.get("precision", "fp32")
+        for b, tr in m["train"].items():
+            tr["frac_peak"] = tr["gflops"] / peak[key]
+            if tr["frac_peak"] > 1:
+                over.append(f"{m['model']} {m['variant']} train b{b}: {tr['frac_peak']:.0%}")
+        if m["sample"]:
+            m["sample"]["frac_peak"] = m["sample"]["gflops"] / peak[key]
+            if m["sample"]["frac_peak"] > 1:
+                over.append(f"{m['model']} {m['variant']} sample: {m['sample']['frac_peak']:.0%}")
+    return over
+
+
 def report(result: dict) -> str:
-    peak = result["peak"]["fp32_gflops"]
+    pk = result["peak"]
     out = [
         f"machine: {result['machine']['cpu']} ({result['machine']['logical_cpus']} logical CPUs, torch threads {result['machine']['torch_threads']}, "
         f"{result['machine']['clock']} clock), "
         f"device {result['machine']['device']}, torch {result['machine']['torch']}",
-        f"peak fp32 matmul: {peak:.1f} GFLOP/s (bf16 {result['peak']['bf16_gflops']:.1f})",
+        "peak (best {n}x{n} matrix product at start and end): ".format(n=pk["gemm_n"])
+        + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in pk["measured"].items()),
+    ]
+    simd = pk.get("simd")
+    if simd:
+        out.append(
+            f"data-sheet peak: fp32 {simd['fp32']:.1f}, bf16 {simd['bf16']:.1f} GFLOP/s "
+            f"(measured / data sheet: fp32 {pk['measured']['fp32'] / simd['fp32']:.0%}, bf16 {pk['measured']['bf16'] / simd['bf16']:.0%}); "
+            f"assumes {simd['assumes']}"
+        )
+    out += [
         "",
-        "images/s (fraction of the fp32 matmul peak, training FLOPs = 3 x forward) ± spread (max-min)/median",
+        "images/s (fraction of the peak of the row's precision; FLOPs counted over the real forward and backward) ± spread (max-min)/median",
     ]
     rows = []
     for m in result["models"]:
@@ -438,7 +452,8 @@ def report(result: dict) -> str:
                 m["variant"],
                 m["data"],
                 f"{m['params'] / 1e6:.2f} M",
-                f"{m['fwd_gflops']:.2f}",
+                f"{m['train_gflop_per_image']:.2f}",
+                f"{m['sample_gflop_per_image']:.2f}",
                 cell_train(m, bs[0]) if bs else "-",
                 cell_train(m, bs[1]) if len(bs) > 1 else "-",
                 cell_sample(m),
@@ -452,7 +467,8 @@ def report(result: dict) -> str:
                 "variant",
                 "data",
                 "params",
-                "fwd GFLOP/img",
+                "train GFLOP/img",
+                "sample GFLOP/img·step",
                 f"train b{result['train_batches'][0]}",
                 f"train b{result['train_batches'][1]}" if len(result["train_batches"]) > 1 else "train (2nd batch)",
                 f"sample b{result['sample_batch']} (img·step/s)",
@@ -480,10 +496,16 @@ def report(result: dict) -> str:
             tr = "-"
             b = str(result["variant_train_batch"])
             if v["train"].get(b) and base["train"].get(b):
-                tr = f"{v['train'][b]['images_per_s']:.2f} img/s (x{v['train'][b]['images_per_s'] / base['train'][b]['images_per_s']:.2f})"
+                tr = (
+                    f"{v['train'][b]['images_per_s']:.2f} img/s (x{v['train'][b]['images_per_s'] / base['train'][b]['images_per_s']:.2f}, "
+                    f"{v['train'][b]['frac_peak']:.0%} of {v.get('precision', 'fp32')})"
+                )
             sa = "-"
             if v["sample"] and base["sample"]:
-                sa = f"{v['sample']['images_steps_per_s']:.1f} img·step/s (x{v['sample']['images_steps_per_s'] / base['sample']['images_steps_per_s']:.2f})"
+                sa = (
+                    f"{v['sample']['images_steps_per_s']:.1f} img·step/s (x{v['sample']['images_steps_per_s'] / base['sample']['images_steps_per_s']:.2f}, "
+                    f"{v['sample']['frac_peak']:.0%} of {v.get('precision', 'fp32')})"
+                )
             first = v["sample"]["first_call_s"] if v["sample"] else None
             vrows.append([v["variant"], tr, sa, f"{first:.0f} s" if first is not None else "-"])
         out.append(
@@ -498,7 +520,7 @@ def report(result: dict) -> str:
     busy = result["busy"]
     out += [
         "",
-        f"load average at start {busy['load_start']:.2f}, at end {busy['load_end']:.2f}; matmul probe start {busy['probe_start']:.1f} / end {busy['probe_end']:.1f} GFLOP/s",
+        f"load average at start {busy['load_start']:.2f}, at end {busy['load_end']:.2f}; fp32 matmul probe start {busy['probe_start']:.1f} / end {busy['probe_end']:.1f} GFLOP/s",
         ("BUSY MACHINE: " + "; ".join(busy["reasons"])) if busy["busy"] else "machine looked idle during the run",
         f"wall time {result['wall_s']:.0f} s",
     ]
@@ -517,6 +539,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     p.add_argument("--no-diffusers", action="store_true", help="skip the diffusers comparison")
     p.add_argument("--no-variants", action="store_true", help="skip channels_last / compile / precision variants")
+    p.add_argument(
+        "--variants", default=None, help="only these variants of --compare, by name or part of it (e.g. bf16); default: all of the device"
+    )
+    p.add_argument("--no-same-format", action="store_true", help="measure diffusers in its own format only (not also in ours)")
+    p.add_argument("--gemm-n", type=int, default=4096, help="size of the square matrix product that measures the peak")
     p.add_argument("--train-batches", default="32,64", help="training batch sizes")
     p.add_argument("--sample-batch", type=int, default=64)
     p.add_argument(
@@ -575,10 +602,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not cpu:
         plans = {k: Plan(5, 5, 10, 10) for k in plans}
 
-    print(f"peak: timing float32 matmul on {device} ...", flush=True)
-    peak_info = machine_peak(device, quick)
-    peak = peak_info["fp32_gflops"]
-    print(f"  fp32 {peak:.1f} GFLOP/s, bf16 {peak_info['bf16_gflops']:.1f} GFLOP/s (load average {load_start:.2f})", flush=True)
+    print(f"peak: timing {args.gemm_n}x{args.gemm_n} matrix products on {device} ...", flush=True)
+    peak = machine_peak(device, args.gemm_n)
+    print("  " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items()) + f" (load average {load_start:.2f})", flush=True)
+    simd = cpu_simd_peak(torch.get_num_threads()) if cpu else None
+    if simd:
+        print(
+            f"  data sheet: fp32 {simd['fp32']:.1f}, bf16 {simd['bf16']:.1f} GFLOP/s; measured / data sheet: "
+            f"fp32 {peak['fp32'] / simd['fp32']:.0%}, bf16 {peak['bf16'] / simd['bf16']:.0%} ({simd['assumes']})",
+            flush=True,
+        )
     schedule = NoiseSchedule.from_config(load_yaml("schedule", "linear"))
     diffusion = GaussianDiffusion(schedule, "eps")
     result: dict[str, Any] = {
@@ -594,10 +627,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
-        "peak": peak_info,
+        "peak": {"gemm_n": args.gemm_n, "start": peak, "simd": simd},
         "train_batches": list(train_batches),
         "sample_batch": args.sample_batch,
-        "notes": "training FLOPs are taken as 3x the forward FLOPs; sampling FLOPs as 1x forward per network evaluation",
+        "notes": (
+            "FLOPs per image counted by torch.utils.flop_counter.FlopCounterMode over one real training step (forward, loss, "
+            "backward) and one sampling step (matrix products, convolutions and attention; a multiply-add is 2 FLOPs). "
+            "frac_peak = achieved GFLOP/s / the best matrix product of the row's precision at the start or the end (peak.measured)."
+        ),
         "models": [],
     }
 
@@ -613,11 +650,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data, size, ch = PRESET_DATA[preset]
         shape = (ch, size, size)
         model = make()
-        flops = forward_flops(model.to(device), shape, device)
+        flops = step_flops(lambda: make().to(device), diffusion, shape, device)
         m = measure_model(
             label, lambda: make().to(device), shape, device, diffusion, peak, plan, variant, batches, args.sample_batch, flops, do_sample
         )
-        m.update({"preset": preset, "data": f"{data} {ch}x{size}x{size}", "params": n_params(model), "fwd_gflops": flops / 1e9})
+        m.update(
+            {
+                "preset": preset,
+                "data": f"{data} {ch}x{size}x{size}",
+                "params": n_params(model),
+                "train_gflop_per_image": flops["train"] / 1e9,
+                "sample_gflop_per_image": flops["sample"] / 1e9,
+            }
+        )
         result["models"].append(m)
         return m
 
@@ -655,7 +700,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             same = None
             default = default_variant(cfg, device)
-            if default.channels_last:  # ours runs channels_last by default here: so can diffusers
+            if default.channels_last and not args.no_same_format:  # ours runs channels_last by default here: so can diffusers
                 same = run(
                     f"diffusers/{args.compare}",
                     lambda: diffusers_twin(cfg, size, ch),
@@ -677,8 +722,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     k: ours_small["train"][k]["images_per_s"] / d["train"][k]["images_per_s"] for k in ours_small["train"]
                 },
                 "sample_ratio": ours_small["sample"]["images_steps_per_s"] / d["sample"]["images_steps_per_s"],
-                "diffusers_train_frac_peak": d["train"][b]["frac_peak"],
-                "diffusers_sample_frac_peak": d["sample"]["frac_peak"],
                 "ours_variant": ours_small["variant"],
             }
             if same is not None:
@@ -710,12 +753,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 (Variant("bf16+cl+compile", channels_last=True, compile=True, precision="bf16"), True, True),
                 (Variant("fp16+channels_last", channels_last=True, precision="fp16"), True, True),
             ]
+        if args.variants:
+            wanted = args.variants.split(",")
+            variants = [v for v in variants if any(w in v[0].name for w in wanted)]
         brief = Plan(1, 2, 1, 1) if cpu else plans[vpreset]
 
         def make_v() -> torch.nn.Module:
             return build_model(cfg, size, ch).to(device)
 
-        vflops = forward_flops(make_v(), (ch, size, size), device)
+        vflops = step_flops(make_v, diffusion, (ch, size, size), device)
 
         def measure_v(v: Variant, plan: Plan, do_train: bool = True, do_sample: bool = True) -> dict[str, Any]:
             return measure_model(
@@ -767,14 +813,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "sample": max(sampled, key=lambda v: v["sample"]["images_steps_per_s"])["variant"] if sampled else None,
         }
 
-    probe_end = matmul_gflops(device, torch.float32, 2048 if cpu else 8192, 0.6)
+    end_peak = machine_peak(device, args.gemm_n)
+    probe_end = end_peak["fp32"]
+    result["peak"]["end"] = end_peak
+    result["peak"]["measured"] = best = merge_peaks(peak, end_peak)
+    over = add_fractions(result, best)
     load_end = os.getloadavg()[0]
     ncpu = os.cpu_count() or 1
     reasons = []
     if load_start > 0.5:
         reasons.append(f"load average {load_start:.2f} before the run started (other processes on {ncpu} logical CPUs)")
-    if abs(probe_end - peak) / peak > 0.15:
-        reasons.append(f"matmul speed changed by {probe_end / peak - 1:+.0%} between start and end")
+    if abs(probe_end - peak["fp32"]) / peak["fp32"] > 0.15:
+        reasons.append(f"matmul speed changed by {probe_end / peak['fp32'] - 1:+.0%} between start and end")
+    if over:
+        reasons.append(f"fractions above 1, the peak was measured low: {'; '.join(over)}")
     spreads = [t["spread"] for m in result["models"] for t in m["train"].values()] + [
         m["sample"]["spread"] for m in result["models"] if m["sample"]
     ]
@@ -785,7 +837,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "reasons": reasons,
         "load_start": load_start,
         "load_end": load_end,
-        "probe_start": peak,
+        "probe_start": peak["fp32"],
         "probe_end": probe_end,
     }
     result["wall_s"] = time.perf_counter() - wall0
