@@ -11,6 +11,9 @@ Order: files sort by their path components below the folder (the order of sorted
 that holds images is a folder of images (tars in it are ignored); a folder without images but
 with ``.tar`` files is a set of shards (webdataset layout: members other than images, such as
 ``.cls`` or ``.json``, are ignored).
+
+A folder's listing is cached under ``paths.cache_dir`` (:func:`list_folder`): the next run checks
+the stat stamp of each folder of the tree instead of reading 100,000 file names again.
 """
 
 from __future__ import annotations
