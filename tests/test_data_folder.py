@@ -262,7 +262,7 @@ def test_open_split_streams_over_the_cap_with_the_in_memory_pixels(tmp_path: Pat
     assert (len(mem["train"]), len(mem["test"])) == (36, 4)
     images = open_split(capped, tmp_path, tmp_path / "cache", "train").images
     idx = torch.tensor([35, 0, 7, 7])
-    assert torch.equal(images[idx], mem["train"][idx]) and counter.reads == [4]
+    assert torch.equal(images[idx], mem["train"][idx]) and images[idx].is_contiguous() and counter.reads == [4, 4]
     assert torch.equal(images[5], mem["train"][5]) and torch.equal(images[-1], mem["train"][-1])
     assert torch.equal(images[10:20].decode(), mem["train"][10:20])
     assert torch.equal(images[3:9, :1], mem["train"][3:9, :1])  # rows, then channels
@@ -407,3 +407,17 @@ def test_evaluate_streams_a_folder_beyond_the_cap_with_the_in_memory_numbers(
         assert got["fidelity"]["inception"][key] == want["fidelity"]["inception"][key], key
     assert got["denoise"]["steps"] == want["denoise"]["steps"] and got["denoise"]["num_images"] == 6
     assert got["memorisation"] == want["memorisation"] and got["memorisation"]["num_train"] == 5400
+
+
+def test_blob_bounds_of_a_streamed_split_equal_the_in_memory_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sample-quality reference's blob bounds, fitted a batch at a time from a streamed split."""
+    from ddpm.evaluate.sample_quality import BlobBounds
+
+    src = make_folder(tmp_path / "imgs", 30)
+    mem = load_dataset(folder_cfg(src, in_memory=True), tmp_path, tmp_path / "cache").images
+    refuse_full_decode(monkeypatch)
+    counter = DecodeCounter(monkeypatch)
+    streamed = open_split(folder_cfg(src, in_memory=False), tmp_path, tmp_path / "cache").images
+    got, want = BlobBounds.fit(streamed, batch_size=8), BlobBounds.fit(mem, batch_size=8)
+    assert torch.equal(got.low, want.low) and torch.equal(got.high, want.high)
+    assert counter.reads == [8, 8, 8, 3]

@@ -455,7 +455,10 @@ class SplitImages:
                 arrays = list(pool.map(self._decode_one, entries.tolist()))
         else:
             arrays = [self._decode_one(e) for e in entries.tolist()]
-        return torch.from_numpy(np.stack(arrays))
+        out = np.empty((len(arrays), *self.shape[1:]), dtype=np.uint8)  # C-contiguous, as the in-memory tensor
+        for i, arr in enumerate(arrays):
+            out[i] = arr
+        return torch.from_numpy(out)
 
     def __getitem__(self, key: Any) -> torch.Tensor | SplitImages:
         if isinstance(key, tuple):  # x[rows, channels, ...]: the rows decoded, then the rest applied

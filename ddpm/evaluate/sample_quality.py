@@ -56,6 +56,7 @@ BLOB_ABS_MARGIN = 0.02
 BLOB_REL_MARGIN = 0.1
 INK_THRESHOLD = 0.25  # a pixel this far from the image's background level is ink
 BLOB_STATISTICS = ("mean", "border_mean", "border_std", "mid_fraction", "roughness", "compactness")
+BLOB_BATCH = 10_000  # images per blob-statistics call (a statistic's last bits depend on the batch)
 REFERENCE_KEYS = {"mu", "sigma", "train_features", "blob_low", "blob_high", "num_train"}
 
 
@@ -126,7 +127,7 @@ class BlobBounds:
     high: torch.Tensor
 
     @classmethod
-    def fit(cls, train_u8: torch.Tensor, batch_size: int = 10_000) -> BlobBounds:
+    def fit(cls, train_u8: torch.Tensor, batch_size: int = BLOB_BATCH) -> BlobBounds:
         """[q0.1%, q99.9%] of each statistic over ``train_u8``, widened by the margins.
 
         Args:
@@ -304,9 +305,9 @@ class SampleScorer:
         if num_reference is not None and num_reference < len(train):
             train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:num_reference].sort().values]
         feats, stats = [], []
-        for chunk in batches(train, 2000):
-            feats.append(self.features_and_probs(chunk)[0])
+        for chunk in batches(train, BLOB_BATCH):  # the batches of BlobBounds.fit, features 2,000 at a time: its numbers
             stats.append(blob_statistics(chunk))
+            feats += [self.features_and_probs(chunk[i : i + 2000])[0] for i in range(0, len(chunk), 2000)]
         feats = torch.cat(feats)
         fid_stats = feature_statistics(feats)
         bounds = BlobBounds.from_statistics(torch.cat(stats))
