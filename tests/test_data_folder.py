@@ -421,3 +421,16 @@ def test_blob_bounds_of_a_streamed_split_equal_the_in_memory_ones(tmp_path: Path
     got, want = BlobBounds.fit(streamed, batch_size=8), BlobBounds.fit(mem, batch_size=8)
     assert torch.equal(got.low, want.low) and torch.equal(got.high, want.high)
     assert counter.reads == [8, 8, 8, 3]
+
+
+def test_regimes_points_of_a_streamed_folder_equal_the_in_memory_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ddpm-regimes`` flattens every image of the split into points: read through the streamed path, no .npy cache."""
+    from ddpm.regimes.data import load_points
+
+    src = make_folder(tmp_path / "imgs", 20)
+    node = {"name": "folder", "n": 12, "seed": 1, "downsample": 2}
+    want = load_points(OmegaConf.create({**node, "dataset": folder_cfg(src, in_memory=True)}), tmp_path, tmp_path / "cache")
+    refuse_full_decode(monkeypatch)
+    got = load_points(OmegaConf.create({**node, "dataset": folder_cfg(src, in_memory=False)}), tmp_path, tmp_path / "c2")
+    assert torch.equal(got.x, want.x) and got.x.shape == (12, 48) and torch.equal(got.reference, want.reference)
+    assert got.shape == want.shape == (3, 4, 4) and not list((tmp_path / "c2").glob("*.npy"))
