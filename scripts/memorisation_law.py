@@ -122,7 +122,9 @@ def run_jobs(jobs: list[Job], train_dir: Path, cores: int, extra: list[str], bat
             code = os.waitstatus_to_exitcode(status)
             cpu[job.name] = cpu.get(job.name, 0.0) + usage.ru_utime + usage.ru_stime
             times_file.write_text(json.dumps(cpu, indent=2))
-            print(f"[core {core}] {job.name}: exit {code} after {time.perf_counter() - t0:.0f} s wall, {cpu[job.name]:.0f} s CPU", flush=True)
+            print(
+                f"[core {core}] {job.name}: exit {code} after {time.perf_counter() - t0:.0f} s wall, {cpu[job.name]:.0f} s CPU", flush=True
+            )
             if code:
                 for _, other, _ in running.values():
                     other.terminate()
@@ -224,7 +226,9 @@ def study(argv: list[str] | None = None) -> int:
     elif not args.collect_only:
         cpu = run_jobs(jobs, args.out / "train", args.cores, args.train, args.batch_size)
         measured = [Job(j.name, j.steps, cpu.get(j.name, 0.0)) for j in jobs]
-        print(f"CPU time {sum(cpu.values()) / 60:.1f} min; on {args.cores} idle cores (longest first) {check_budget(pack(measured, args.cores), math.inf):.1f} min wall")
+        print(
+            f"CPU time {sum(cpu.values()) / 60:.1f} min; on {args.cores} idle cores (longest first) {check_budget(pack(measured, args.cores), math.inf):.1f} min wall"
+        )
     result = collect(args.out / "train", args.out)
     print(f"wall time {time.perf_counter() - t0:.0f} s; {len(result['runs'])} runs -> {args.out / 'law.csv'}, law.json, plots")
     for d, fit in result["fits"].items():

@@ -153,8 +153,15 @@ BAD_INPUTS: list[BadInput] = [
     BadInput("regimes: trained without checkpoint", "ddpm-regimes", ["regimes=trained"], "needs a checkpoint"),
     # the copy criterion's k, one key in every command
     BadInput("train: copy threshold of 1", _T, ["memorisation.threshold=1"], "memorisation.threshold must lie in (0, 1)"),
-    BadInput("evaluate: copy threshold of 0", "ddpm-evaluate", ["ckpt={ckpt}", "memorisation.threshold=0"], "memorisation.threshold must lie in (0, 1)"),
-    BadInput("regimes: copy threshold above 1", "ddpm-regimes", ["memorisation.threshold=1.5"], "memorisation.threshold must lie in (0, 1)"),
+    BadInput(
+        "evaluate: copy threshold of 0",
+        "ddpm-evaluate",
+        ["ckpt={ckpt}", "memorisation.threshold=0"],
+        "memorisation.threshold must lie in (0, 1)",
+    ),
+    BadInput(
+        "regimes: copy threshold above 1", "ddpm-regimes", ["memorisation.threshold=1.5"], "memorisation.threshold must lie in (0, 1)"
+    ),
     BadInput("regimes: the old copy key", "ddpm-regimes", ["trained.memorised_ratio=0.3"], "use memorisation.threshold= instead"),
     BadInput("regimes: one training point", "ddpm-regimes", ["synthetic=gaussian", "points.n=1"], "points.n must be >= 2"),
     BadInput("regimes: collapse grid beyond t=40", "ddpm-regimes", ["collapse.t_max=1e6"], "collapse.t_max must be <= 40"),

@@ -244,7 +244,9 @@ def halves_plots(results: list[dict[str, Any]], out_dir: Path, pairs: int = 8) -
     axes[0].plot(n, [r["l2_normalised_mean"] for r in results], "s--", label="normalised L2 distance")
     axes[0].set_title("paired samples (same seed)")
     for part, marker in ((0, "o-"), (1, "s--")):
-        axes[1].errorbar(n, [r[f"f_mem_{part}"] for r in results], yerr=[r[f"f_mem_{part}_se"] for r in results], fmt=marker, label=f"network {part}")
+        axes[1].errorbar(
+            n, [r[f"f_mem_{part}"] for r in results], yerr=[r[f"f_mem_{part}_se"] for r in results], fmt=marker, label=f"network {part}"
+        )
         axes[2].plot(n, [r[f"nn_rms_{part}"] for r in results], marker, label=f"network {part}: own set")
     axes[2].plot(n, [r["cross_nn_rms_0"] for r in results], "^:", label="network 0: the other set")
     axes[1].set_title("memorised fraction f_mem")

@@ -6,10 +6,12 @@ Layout read: ``<sweep>/<job>/`` is a training job (``.hydra/config.yaml``, ``che
 One row per record:
 
 - ``n``, ``d``, ``image_size``, ``ckpt_step``: the training subset, its dimension and the step;
-- ``memorised_fraction`` (± ``memorised_se``): network samples 3x closer to one training image
-  than to any other;
-- ``t_C_network`` (quartiles ``t_C_network_q25`` / ``_q75``): the collapse time measured on the
-  network's own trajectories, the last time their nearest training image changes;
+- ``memorised_fraction`` (± ``memorised_se``, bootstrap): network samples that copy a training
+  image under the copy criterion (``memorisation.threshold``);
+- ``t_C_network``: the collapse time of the network's copying trajectories (the largest time at which
+  half of them give the image they end on an exact posterior weight >= ½; :mod:`ddpm.regimes.tracking`),
+  empty when the network copies nothing; ``t_C_network_q25`` / ``_q75``: quartiles of the
+  per-trajectory times;
 - ``t_C_exact``: the exact empirical score's collapse time (p_½ = ½);
 - ``t_C_theory``: ½ log(1 + σ²/(n^{2/d} − 1)) with σ² the mean eigenvalue of the data covariance;
 - ``t_C_spectral``: its spectral form, Σ_i log(1 + λ_i/(e^{2t} − 1)) = 2 log n;
@@ -72,7 +74,7 @@ def collapse_rows(sweep: Path) -> tuple[list[dict[str, Any]], list[Path]]:
             missing.append(job)
         for path in records:
             r = json.loads(path.read_text())
-            q = r.get("network_t_last_change_quartiles") or [None, None]
+            q = r.get("network_t_C_trajectory_quartiles") or [None, None]
             rows.append(
                 {
                     "job": str(job.relative_to(sweep)),
@@ -80,10 +82,10 @@ def collapse_rows(sweep: Path) -> tuple[list[dict[str, Any]], list[Path]]:
                     "d": int(r["d"]),
                     "image_size": int(OmegaConf.select(cfg, "dataset.image_size")),
                     "ckpt_step": r.get("ckpt_step"),
-                    "memorised_fraction": r.get("memorised_fraction"),
-                    "memorised_se": r.get("memorised_se"),
-                    "nn_ratio_median": r.get("nn_ratio_median"),
-                    "t_C_network": r.get("network_t_last_change_median"),
+                    "memorised_fraction": r.get("network_memorised_fraction"),
+                    "memorised_se": r.get("network_memorised_se"),
+                    "nn_ratio_median": r.get("network_nn_ratio_median"),
+                    "t_C_network": r.get("network_t_C"),
                     "t_C_network_q25": q[0],
                     "t_C_network_q75": q[1],
                     "t_C_exact": r.get("t_C"),
@@ -142,11 +144,19 @@ def plot_study(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         pts = [r for r in final if r["d"] == d]
         n = [r["n"] for r in pts]
         c = f"C{j}"
-        lo = [max(0.0, (r["t_C_network"] or 0) - (r["t_C_network_q25"] or 0)) for r in pts]
-        hi = [max(0.0, (r["t_C_network_q75"] or 0) - (r["t_C_network"] or 0)) for r in pts]
-        ax.errorbar(
-            n, [r["t_C_network"] for r in pts], [lo, hi], fmt="o-", color=c, label=f"network trajectories (median, quartiles), d={d}"
-        )
+        # a network that copies nothing has no collapse time: those n have no point
+        net = [r for r in pts if r["t_C_network"] is not None]
+        lo = [max(0.0, r["t_C_network"] - (r["t_C_network_q25"] or r["t_C_network"])) for r in net]
+        hi = [max(0.0, (r["t_C_network_q75"] or r["t_C_network"]) - r["t_C_network"]) for r in net]
+        if net:
+            ax.errorbar(
+                [r["n"] for r in net],
+                [r["t_C_network"] for r in net],
+                [lo, hi],
+                fmt="o-",
+                color=c,
+                label=f"network t_C (trajectory quartiles), d={d}",
+            )
         ax.plot(n, [_nan(r["t_C_exact"]) for r in pts], "s--", color=c, label=f"exact score t_C, d={d}")
         ax.plot(n, [r["t_C_theory"] for r in pts], "x:", color=c, label="½ log(1 + σ²/(n^{2/d} − 1))")
         ax.plot(n, [r["t_C_spectral"] for r in pts], "+-.", color=c, alpha=0.6, label="spectral form")

@@ -1,11 +1,19 @@
 """Backward sampling that keeps each trajectory's states, and the collapse time of the ones that copy.
 
-A trajectory *collapses* onto the training point μ* it ends on (a copy: :mod:`ddpm.memorisation`)
-from the largest time at which the exact posterior weight w_μ*(x_t, t) of that point, evaluated
-along the trajectory's own states, is at least ½ (interpolated between the visited times). With the
-exact score this is the exact collapse time seen one trajectory at a time; with a trained network
-it is the time from which the network commits to the image it copies. A trajectory that ends as no
-copy has no collapse time, and a network that copies nothing has none at all (null, not 0).
+A trajectory that ends as a copy of training point μ* (:mod:`ddpm.memorisation`) is *committed* to
+it at time t when the exact posterior weight w_μ*(x_t, t), evaluated along the trajectory's own
+states, is at least ½. Two readings of it are reported, both on the copying trajectories only:
+
+- per trajectory, the largest time at which w_μ* >= ½ (interpolated between the visited times):
+  its median and quartiles. w_μ* fluctuates around ½ before it settles, so this last excursion
+  lies a little above the collapse time (6–10% with the exact score, docs/regimes.md);
+- the collapse time ``t_C``: the largest time at which at least half of the copying trajectories
+  are committed (the ½-crossing of that fraction, interpolated). With the exact score it is the
+  exact t_C (the ½-crossing of p_½ over forward-noised training points) within the resolution of
+  the visited grid, so a network's value sits on the same scale.
+
+A trajectory that ends as no copy has no collapse time, and a network that copies nothing has none
+at all (null, not 0).
 """
 
 from __future__ import annotations
@@ -84,9 +92,10 @@ def final_weights(score: ExactScore, tr: dict[str, np.ndarray], index: np.ndarra
     return out
 
 
-def collapse_times(score: ExactScore, tr: dict[str, np.ndarray], copies: Memorisation) -> np.ndarray:
-    """Per trajectory: the largest time at which the exact weight of its final training point is >= ½
-    (interpolated between visited times); NaN for a trajectory that ends as no copy.
+def collapse_times(score: ExactScore, tr: dict[str, np.ndarray], copies: Memorisation) -> tuple[np.ndarray, np.ndarray]:
+    """Per trajectory, the largest time at which the exact weight of its final training point is >= ½
+    (interpolated between visited times; NaN for a trajectory that ends as no copy), and per visited
+    time the fraction of the copying trajectories with that weight >= ½ (NaN without copies).
 
     Args:
         score: the exact score of the reference points (the indices of ``copies`` index into them).
@@ -96,26 +105,40 @@ def collapse_times(score: ExactScore, tr: dict[str, np.ndarray], copies: Memoris
     times = np.full(len(copies.memorised), np.nan)
     which = np.nonzero(copies.memorised)[0]
     if which.size == 0:
-        return times
+        return times, np.full(len(tr["t"]), np.nan)
     w = final_weights(score, {**tr, "states": tr["states"][:, which]}, copies.nearest[which])
     for col, j in enumerate(which):
-        # a weight still >= ½ at the top of the grid would be a copy decided by the start: the last time
         t_c, _ = last_crossing(tr["t"], w[:, col])
+        # still >= ½ at the top of the grid: committed from the start
         times[j] = float(tr["t"][-1]) if t_c is None and w[-1, col] >= 0.5 else (np.nan if t_c is None else t_c)
-    return times
+    return times, (w >= 0.5).mean(1)
 
 
-def summarise_collapse(times: np.ndarray, copies: Memorisation, prefix: str) -> dict[str, Any]:
-    """f_mem (± bootstrap s.e.) and the median and quartiles of the collapse times of the copies (null without copies)."""
+def summarise_collapse(t: np.ndarray, times: np.ndarray, committed: np.ndarray, copies: Memorisation, prefix: str) -> dict[str, Any]:
+    """f_mem (± bootstrap s.e.), the collapse time t_C and the per-trajectory times (median, quartiles) of the copies.
+
+    Args:
+        t: the visited times (increasing).
+        times: per-trajectory collapse times (NaN for non-copies).
+        committed: per visited time, the committed fraction of the copies.
+        copies: the copy criterion's result.
+        prefix: key prefix (``exact`` or ``network``).
+    """
     valid = times[np.isfinite(times)]
     q = np.quantile(valid, [0.25, 0.5, 0.75]).tolist() if valid.size else [None, None, None]
+    t_c = None
+    if valid.size:
+        t_c, _ = last_crossing(t, committed)
+        if t_c is None and committed[-1] >= 0.5:
+            t_c = float(t[-1])
     return {
         f"{prefix}_memorised_fraction": copies.fraction,
         f"{prefix}_memorised_se": copies.fraction_se,
         f"{prefix}_copies": int(copies.memorised.sum()),
         f"{prefix}_samples": int(len(times)),
-        f"{prefix}_t_C": q[1],
-        f"{prefix}_t_C_quartiles": [q[0], q[2]],
+        f"{prefix}_t_C": t_c,
+        f"{prefix}_t_C_trajectory_median": q[1],
+        f"{prefix}_t_C_trajectory_quartiles": [q[0], q[2]],
         f"{prefix}_nn_ratio_median": float(np.median(copies.ratio)),
         f"{prefix}_nn_distance_median": float(np.median(copies.d1)),
     }
@@ -148,9 +171,11 @@ def measure_trajectories(
         clip: clamp x̂_0 to [-1, 1] (images).
 
     Returns:
-        the summary and the per-trajectory curves (``t``, ``collapse_t`` with NaN for non-copies, ``ratio``).
+        the summary and the curves: ``t``, per trajectory ``collapse_t`` (NaN for non-copies) and
+        ``ratio``, per time ``committed``, and the final samples ``x0``.
     """
     tr = track(eps_fn, schedule, score.d, samples, steps, seed, clip)
     copies = memorisation(torch.from_numpy(tr["x0"]), reference, threshold)
-    times = collapse_times(score, tr, copies)
-    return summarise_collapse(times, copies, prefix), {"t": tr["t"], "collapse_t": times, "ratio": copies.ratio, "x0": tr["x0"]}
+    times, committed = collapse_times(score, tr, copies)
+    curves = {"t": tr["t"], "collapse_t": times, "committed": committed, "ratio": copies.ratio, "x0": tr["x0"]}
+    return summarise_collapse(tr["t"], times, committed, copies, prefix), curves
