@@ -106,15 +106,18 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def nearest_two(
-    samples: torch.Tensor, train: torch.Tensor, chunk: int = 4096, device: torch.device | str = "cpu"
+    samples: torch.Tensor, train: torch.Tensor, chunk: int = 4096, device: torch.device | str = "cpu", mirrored: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Distances to, and indices of, the two nearest rows of ``train`` for each of ``samples``.
 
     Args:
         samples: generated images (N, ...); uint8 images are scaled to [0, 1].
-        train: training images (M, ...) with M >= 2, same shape and scaling as ``samples``.
+        train: training images (M, ...) with M >= 2, same shape and scaling as ``samples`` (a lazily
+            decoded split too: it is read ``chunk`` images at a time).
         chunk: training images compared per matrix product (bounds memory at N x chunk).
         device: where to compute.
+        mirrored: compare with the horizontal mirror of every training image too; index M + μ is
+            the mirror of μ (the order of :func:`reference_images`).
     """
     if len(train) < 2:
         raise ValueError("memorisation needs at least two training images")
@@ -123,30 +126,42 @@ def nearest_two(
     best_d = torch.full((len(q), 2), float("inf"), dtype=torch.float64, device=device)
     best_i = torch.zeros((len(q), 2), dtype=torch.long, device=device)
     for start in range(0, len(train), chunk):
-        r = _flat(train[start : start + chunk]).to(device, torch.float64)
-        # ||q - r||² = ||q||² - 2 q·r + ||r||², in float64 so that exact copies give 0
-        d = (q2 - 2 * q @ r.T + (r * r).sum(1)[None]).clamp_min(0)
-        cand_d = torch.cat([best_d, d], 1)
-        cand_i = torch.cat([best_i, torch.arange(start, start + len(r), device=device).expand(len(q), -1)], 1)
-        best_d, pos = cand_d.topk(2, dim=1, largest=False)
-        best_i = cand_i.gather(1, pos)
+        images = train[start : start + chunk]
+        images = images if isinstance(images, torch.Tensor) else images.decode()  # a lazily decoded split: this chunk only
+        for offset, part in ((0, images), (len(train), images.flip(-1) if mirrored else None)):
+            if part is None:
+                continue
+            r = _flat(part).to(device, torch.float64)
+            # ||q - r||² = ||q||² - 2 q·r + ||r||², in float64 so that exact copies give 0
+            d = (q2 - 2 * q @ r.T + (r * r).sum(1)[None]).clamp_min(0)
+            cand_d = torch.cat([best_d, d], 1)
+            first = offset + start
+            cand_i = torch.cat([best_i, torch.arange(first, first + len(r), device=device).expand(len(q), -1)], 1)
+            best_d, pos = cand_d.topk(2, dim=1, largest=False)
+            best_i = cand_i.gather(1, pos)
     return best_d.sqrt().cpu(), best_i.cpu()
 
 
 def memorisation(
-    samples: torch.Tensor, train: torch.Tensor, threshold: float = DEFAULT_THRESHOLD, device: torch.device | str = "cpu"
+    samples: torch.Tensor,
+    train: torch.Tensor,
+    threshold: float = DEFAULT_THRESHOLD,
+    device: torch.device | str = "cpu",
+    mirrored: bool = False,
 ) -> Memorisation:
     """Nearest-neighbour ratio test of ``samples`` against ``train`` (see the module docstring).
 
     Args:
         samples: generated images (N, C, H, W), uint8 or float.
         train: the training images, same format.
-        threshold: ratio d1/d2 below which a sample is memorised (1/3 by default).
+        threshold: ratio d1/d2 below which a sample is memorised (1/3 by default), in (0, 1).
         device: where to compute the distances.
+        mirrored: the run trained with flips: the mirrors of ``train`` are reference images too
+            (indices from ``len(train)`` on), without building the 2n-image tensor.
     """
     if not 0.0 < threshold < 1.0:
         raise ConfigError(f"memorisation.threshold must lie in (0, 1), got {threshold}")
-    d, idx = nearest_two(samples, train, device=device)
+    d, idx = nearest_two(samples, train, device=device, mirrored=mirrored)
     d1, d2 = d[:, 0].numpy(), d[:, 1].numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(d2 > 0, d1 / np.where(d2 > 0, d2, 1.0), 0.0)
@@ -169,7 +184,9 @@ def save_memorisation_grid(samples: torch.Tensor, train: torch.Tensor, result: M
 
     order = np.argsort(result.ratio, kind="stable")[: min(count, len(result.ratio))]
     top = samples[torch.as_tensor(order)].float() / 255.0
-    bottom = train[torch.as_tensor(result.nearest[order])].float() / 255.0
+    nearest = result.nearest[order]
+    # an index from len(train) on is a mirror (``mirrored``)
+    bottom = torch.stack([train[int(i) % len(train)].flip(-1) if i >= len(train) else train[int(i)] for i in nearest]).float() / 255.0
     path = Path(path)
     grid = torch.cat([top, bottom])
     atomic_write(path, lambda f: save_image(grid, f, nrow=len(order), padding=2, pad_value=0.5, format="PNG"))  # no torn file

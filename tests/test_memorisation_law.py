@@ -77,6 +77,11 @@ def test_reference_set_holds_the_mirrors_of_a_flipped_run() -> None:
     mirror = images[2:3].flip(-1)
     assert memorisation(mirror, ref, 1 / 3).memorised.tolist() == [True]
     assert memorisation(mirror, images, 1 / 3).memorised.tolist() == [False]
+    # ddpm-evaluate's lazy form: the mirrors compared chunk by chunk, indices from n on, as in the 2n set
+    lazy = memorisation(torch.cat([mirror, images[4:5]]), images, 1 / 3, mirrored=True)
+    full = memorisation(torch.cat([mirror, images[4:5]]), ref, 1 / 3)
+    assert lazy.nearest.tolist() == full.nearest.tolist() == [8, 4]
+    assert np.allclose(lazy.ratio, full.ratio) and lazy.memorised.tolist() == [True, True]
 
 
 def test_regimes_loads_the_mirrored_points_of_a_flipped_run(data_dir: Path, tmp_path: Path) -> None:

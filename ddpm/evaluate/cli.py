@@ -274,8 +274,9 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
         from ddpm.pretrained import training_set
 
         train = training_set(cfg, pre).images  # the network's training subset (dataset.n), not the whole split
-        mem = memorisation(fake, train, float(cfg.memorisation.threshold), device)
-        result["memorisation"] = mem.summary(len(train))
+        mirrored = bool(pre.cfg.dataset.get("hflip", False))  # a run trained with flips saw the mirrors too
+        mem = memorisation(fake, train, float(cfg.memorisation.threshold), device, mirrored)
+        result["memorisation"] = mem.summary(len(train) * (2 if mirrored else 1))
         if cfg.memorisation.grid > len(fake):
             _warn(
                 warnings,
