@@ -125,6 +125,13 @@ def _lookup(obj: Any, path: str) -> Any:
     return obj
 
 
+@dataclass(frozen=True)
+class _Missing:
+    """A field a row does not have (or holds null): printed as its fallback, else an error naming it."""
+
+    field: str
+
+
 class _RowFormatter(string.Formatter):
     """``str.format`` over one row: dotted paths, ``$.`` for the file's top, ``*N`` / ``/N``, ``|fallback``."""
 
@@ -140,22 +147,21 @@ class _RowFormatter(string.Formatter):
         try:
             value = _lookup(self.root, path[2:]) if path.startswith("$.") else _lookup(self.row, path)
         except KeyError:
-            return None, field_name
-        if value is not None and m["op"]:
+            return _Missing(field_name), field_name
+        if value is None:
+            return _Missing(field_name), field_name
+        if m["op"]:
             num = float(m["num"])
             value = value * num if m["op"] == "*" else value / num
         return value, field_name
 
     def format_field(self, value: Any, format_spec: str) -> str:
         spec, bar, fallback = format_spec.partition("|")
-        if value is None:
+        if isinstance(value, _Missing):
             if not bar:
-                raise DocTableError("a field is missing or null (give a fallback: {field:spec|TEXT})")
+                raise DocTableError(f"field {{{value.field}}} is missing or null (give a fallback: {{{value.field}:SPEC|TEXT}})")
             return fallback
         return format(value, spec).replace("|", "\\|")
-
-    def get_value(self, key: Any, args: Any, kwargs: Any) -> Any:  # positional fields are not used
-        raise DocTableError(f"field {{{key}}}: fields are dotted paths")
 
 
 def _select(root: Any, selector: str) -> list[Any]:
@@ -249,8 +255,6 @@ def parse_sources(spec: str, base_dir: Path) -> list[ResultSource]:
         sources.append(ResultSource(name or None, path, data))
     if not sources:
         raise DocTableError("a marker names no result file")
-    if len(sources) > 1 and any(s.name is None for s in sources):
-        raise DocTableError("a marker with several result files names each: NAME=PATH")
     return sources
 
 
@@ -262,6 +266,8 @@ def _render_block(kind: str, header: str, base_dir: Path) -> tuple[str, list[Res
             raise DocTableError("a command marker holds no template: <!-- command: results/x.json -->")
         cmds = [c for s in sources for c in command_of(s.data, s.path)]
         return "```bash\n" + "\n".join(wrap_command(c) for c in cmds) + "\n```", sources
+    if len(sources) > 1 and any(s.name is None for s in sources):
+        raise DocTableError("a table of several result files names each: NAME=PATH")
     root = sources[0].data if sources[0].name is None else {s.name: s.data for s in sources}
     if not template.strip():
         raise DocTableError("a table marker needs a template: header lines and SELECTOR: | {field} | lines")

@@ -3,7 +3,8 @@
 
 Runs ``ddpm-evaluate`` (FID in the feature space of the dataset's own classifier) on one trained
 checkpoint with DDIM and DPM-Solver++ at several step counts, plus the 1000-step ancestral
-(DDPM) reference, and writes a Markdown table and a JSON file::
+(DDPM) reference, and writes a Markdown table and a JSON file that holds the command (``--out``: where the JSON goes,
+e.g. ``docs/results/steps_vs_fid.json`` for a table in the docs; default ``<out-dir>/steps_vs_fid.json``)::
 
     python scripts/steps_vs_fid.py --ckpt outputs/train/mnist/<run>/checkpoints/last.pt \\
         --num-samples 2000 --out-dir /tmp/steps_vs_fid
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samplers", default="ddim,dpm_solver")
     p.add_argument("--reference-steps", type=int, default=1000, help="evaluations of the ancestral reference (0 skips it)")
     p.add_argument("--out-dir", type=Path, default=Path("outputs/steps_vs_fid"))
+    p.add_argument("--out", type=Path, default=None, help="the JSON (default <out-dir>/steps_vs_fid.json)")
     p.add_argument("extra", nargs="*", help="further ddpm-evaluate overrides, e.g. batch_size=500")
     args = p.parse_args(argv)
     if not args.ckpt.is_file():
@@ -90,14 +93,17 @@ def main(argv: list[str] | None = None) -> None:
     rows = [run_one(args.ckpt, s, n, args.num_samples, args.out_dir, args.extra) for s in args.samplers.split(",") for n in steps]
     ref = run_one(args.ckpt, "ddpm", args.reference_steps, args.num_samples, args.out_dir, args.extra) if args.reference_steps else None
     table = markdown(rows, steps, ref)
-    summary = {"ckpt": str(args.ckpt), "num_samples": args.num_samples, "rows": rows, "reference": ref, "table": table}
+    command = shlex.join(["python", "scripts/steps_vs_fid.py", *(argv if argv is not None else sys.argv[1:])])
+    summary = {"command": command, "ckpt": str(args.ckpt), "num_samples": args.num_samples, "rows": rows, "reference": ref, "table": table}
     if ref is not None:
         at20 = [r for r in rows if r["evaluations"] == 20]
         summary["within_10pct_at_20"] = {r["sampler"]: r["fid"] <= 1.1 * ref["fid"] for r in at20}
-    (args.out_dir / "steps_vs_fid.json").write_text(json.dumps(summary, indent=2))
+    out = args.out or args.out_dir / "steps_vs_fid.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
     (args.out_dir / "steps_vs_fid.md").write_text(table + "\n")
     print(table)
-    print(f"wrote {args.out_dir / 'steps_vs_fid.json'}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
