@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -40,6 +41,7 @@ from ddpm.regimes.law import collect
 from ddpm.regimes.plan import Job, check_budget, pack
 
 BIN = Path(sys.executable).parent
+COMMAND = shlex.join(["python", "scripts/memorisation_law.py", *sys.argv[1:]])  # kept in the results
 # Planning rates, training steps per second of one job on one thread, with its regimes measurements
 # (measured on the 2-core machine, both cores busy: docs/regimes.md#the-memorisation-law).
 RATES = {8: 20.0, 12: 12.0, 16: 8.0}
@@ -174,7 +176,7 @@ def compare_halves(jobs: list[Job], out: Path, samples: int, data_dir: str | Non
         r = sample_pair(ckpts, cfg, samples, seed=0)
         print(f"N={n}: cosine {r['cosine_mean']:.3f}, f_mem {r['f_mem_0']:.3f} / {r['f_mem_1']:.3f}", flush=True)
         results.append(r)
-    paths = write_results(results, out)
+    paths = write_results(results, out, command=COMMAND)
     print(f"-> {out / 'halves.csv'}, halves.json, {', '.join(p.name for p in paths)}")
 
 
@@ -229,7 +231,7 @@ def study(argv: list[str] | None = None) -> int:
         print(
             f"CPU time {sum(cpu.values()) / 60:.1f} min; on {args.cores} idle cores (longest first) {check_budget(pack(measured, args.cores), math.inf):.1f} min wall"
         )
-    result = collect(args.out / "train", args.out)
+    result = collect(args.out / "train", args.out, command=COMMAND)
     print(f"wall time {time.perf_counter() - t0:.0f} s; {len(result['runs'])} runs -> {args.out / 'law.csv'}, law.json, plots")
     for d, fit in result["fits"].items():
         for key in ("tau_mem", "tau_gen"):

@@ -105,13 +105,14 @@ def sample_pair(ckpts: tuple[Path, Path], cfg: Any, samples: int, seed: int, dev
     return {**out, **stats}
 
 
-def write_results(results: list[dict[str, Any]], out_dir: Path, pairs: int = 8) -> list[Path]:
+def write_results(results: list[dict[str, Any]], out_dir: Path, pairs: int = 8, command: str | None = None) -> list[Path]:
     """``halves.csv``, ``halves.json`` and the figures (statistics against N; example pairs, small N on top).
 
     Args:
         results: one :func:`sample_pair` record per N.
         out_dir: where to write.
         pairs: example pairs per row of the pairs figure.
+        command: the command line that made the test, kept in ``halves.json``.
     """
     from ddpm.regimes.plots import halves_plots
 
@@ -122,5 +123,5 @@ def write_results(results: list[dict[str, Any]], out_dir: Path, pairs: int = 8) 
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    (out_dir / "halves.json").write_text(json.dumps({"rows": rows}, indent=2))
+    (out_dir / "halves.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
     return halves_plots(results, out_dir, pairs)

@@ -148,7 +148,12 @@ def find_runs(root: Path) -> list[Path]:
 
 
 def collect(
-    root: Path, out_dir: Path | None = None, level: float = MEM_LEVEL, margin: float = GEN_MARGIN, plots: bool = True
+    root: Path,
+    out_dir: Path | None = None,
+    level: float = MEM_LEVEL,
+    margin: float = GEN_MARGIN,
+    plots: bool = True,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Collect every run below ``root`` into ``law.csv``, ``law.json`` and the plots (in ``out_dir``, default ``root``).
 
@@ -158,6 +163,7 @@ def collect(
         level: f_mem that marks τ_mem.
         margin: relative held-out-loss margin that marks τ_gen.
         plots: write the PNG plots.
+        command: the command line that made the study, kept in ``law.json`` (docs render from it).
     """
     root = Path(root)
     out_dir = Path(out_dir or root)
@@ -176,7 +182,7 @@ def collect(
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    result = {"level": level, "margin": margin, "runs": rows, "fits": fits}
+    result = {"command": command, "level": level, "margin": margin, "runs": rows, "fits": fits}
     (out_dir / "law.json").write_text(json.dumps(result, indent=2))
     if plots:
         from ddpm.regimes.plots import law_plots
