@@ -41,7 +41,7 @@ from ddpm.regimes.law import collect
 from ddpm.regimes.plan import Job, check_budget, pack
 
 BIN = Path(sys.executable).parent
-COMMAND = shlex.join(["python", "scripts/memorisation_law.py", *sys.argv[1:]])  # kept in the results
+COMMAND = shlex.join(["python", "scripts/memorisation_law.py", *(a for a in sys.argv[1:] if a != "--collect-only")])  # kept in the results
 # Planning rates, training steps per second of one job on one thread, with its regimes measurements
 # (measured on the 2-core machine, both cores busy: docs/regimes.md#the-memorisation-law).
 RATES = {8: 20.0, 12: 12.0, 16: 8.0}
