@@ -129,16 +129,17 @@ def spectrum_plot(path: Path, eigs: np.ndarray, top: int = 50) -> Path:
 
 
 def tracking_hist(path: Path, runs: dict[str, np.ndarray], t_c: float | None) -> Path:
-    """Histogram of per-trajectory last-change times of the nearest scaled training point."""
+    """Histogram of the per-trajectory collapse times of the copying trajectories (NaN: no copy, left out)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    allt = np.concatenate([v for v in runs.values()])
+    runs = {name: v[np.isfinite(v)] for name, v in runs.items()}
+    allt = np.concatenate([v for v in runs.values()] + [np.array([1e-3])])
     bins = np.geomspace(max(allt.min(), 1e-4), max(allt.max(), 1e-3) * 1.01, 30)
     for name, v in runs.items():
-        ax.hist(np.clip(v, bins[0], None), bins=bins, alpha=0.6, label=name)
+        ax.hist(np.clip(v, bins[0], None), bins=bins, alpha=0.6, label=f"{name} ({len(v)} copies)")
     if t_c is not None:
-        ax.axvline(t_c, color="k", lw=1, label=f"t_C (p_½) = {t_c:.3f}")
+        ax.axvline(t_c, color="k", lw=1, label=f"exact t_C (p_½) = {t_c:.3f}")
     ax.set_xscale("log")
-    ax.set_xlabel("t of the last change of the nearest scaled training point")
+    ax.set_xlabel("largest t at which the copied image's exact posterior weight is >= ½")
     ax.set_ylabel("trajectories")
     ax.legend(fontsize=7)
     return _save(fig, path)
