@@ -224,10 +224,17 @@ def command_of(data: Any, path: str) -> list[str]:
 
 
 def wrap_command(command: str, width: int = COMMAND_WIDTH) -> str:
-    """A shell command over lines of at most ``width`` characters where it can, joined by `` \\``."""
+    """A shell command over lines of at most ``width`` characters where it can, joined by `` \\``;
+    an option (``--out x``) is never split from its value."""
     tokens = [shlex.quote(t) for t in shlex.split(command)]
-    lines, cur = [], ""
+    units: list[str] = []  # an option stays on the line of its value
     for tok in tokens:
+        if units and units[-1].startswith("-") and " " not in units[-1] and not tok.startswith("-"):
+            units[-1] += " " + tok
+        else:
+            units.append(tok)
+    lines, cur = [], ""
+    for tok in units:
         if cur and len(cur) + 1 + len(tok) > width - 2:
             lines.append(cur)
             cur = "    " + tok

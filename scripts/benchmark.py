@@ -36,6 +36,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -616,7 +617,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     diffusion = GaussianDiffusion(schedule, "eps")
     result: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "command": shlex.join(["python", "scripts/benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": {
             "cpu": cpu_model(),
             "cpu_flags": cpu_flags(),

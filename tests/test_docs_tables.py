@@ -147,3 +147,4 @@ def test_long_commands_wrap_between_arguments() -> None:
     wrapped = wrap_command(cmd, width=80)
     assert all(len(line) <= 80 for line in wrapped.splitlines())
     assert wrapped.replace(" \\\n    ", " ") == cmd
+    assert all(line.startswith("    --sampler 'DDPM") for line in wrapped.splitlines()[1:])  # an option keeps its value
