@@ -97,6 +97,12 @@ class SamplerConfig:
     grid: str = "time"  # dpm_solver: time (spacing over k) or logsnr (uniform in λ, nearest k)
     lambda_min: float | None = None  # dpm_solver: start no lower than this λ = ½ log SNR (null: T-1)
     variance: str = "small"  # ddpm: small (posterior β̃) or large (β) for each respaced step
+    # (grid also takes karras: EDM's σ grid, ρ = 7, for every sampler)
+    # edm_heun only (EDM's Algorithm 2; null: the sampler's default), checked by build_sampler:
+    s_churn: float | None = None  # stochasticity S_churn >= 0 (0: deterministic Heun); γ = min(S_churn / steps visited, √2 - 1)
+    s_min: float | None = None  # churn only at σ = √((1-ᾱ)/ᾱ) >= s_min (>= 0)
+    s_max: float | None = None  # ... and <= s_max (>= s_min; inf allowed)
+    s_noise: float | None = None  # scale of the churn noise S_noise > 0
 
 
 @dataclass

@@ -190,6 +190,8 @@ def test_build_sampler_rejects_bad_input() -> None:
         "euler_maruyama",
         "pf_ode",
         "exact_score",
+        "sde_dpm_solver",
+        "edm_heun",
     }
     with pytest.raises(ConfigError, match="unknown sampler"):
         build_sampler(cfg(name="euler"), diff)
@@ -293,7 +295,7 @@ def test_large_variance_corrects_the_under_dispersion_at_few_steps() -> None:
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
-@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm_solver"])
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm_solver", "sde_dpm_solver", "edm_heun"])
 def test_one_step_starts_from_the_noise(name: str, spacing: str) -> None:
     """steps=1 evaluates the network at T-1, where x_T is noise, never at k = 0."""
     diff = make_diffusion(T=100)

@@ -6,19 +6,24 @@ Adding a sampler is one module with a :class:`Sampler` subclass, registered in `
 from ddpm.samplers.base import Sampler, StackedRandomGenerator, make_eps_fn, timestep_sequence
 from ddpm.samplers.ddim import DDIMSampler
 from ddpm.samplers.ddpm import DDPMSampler
-from ddpm.samplers.dpm_solver import DPMSolverSampler
+from ddpm.samplers.dpm_solver import DPMSolverSampler, SDEDPMSolverSampler
+from ddpm.samplers.edm import EDMHeunSampler
 from ddpm.samplers.exact_score import ExactScoreSampler
 from ddpm.samplers.sde import EulerMaruyamaSampler, ProbabilityFlowSampler
 
 SAMPLERS: dict[str, type[Sampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler, "dpm_solver": DPMSolverSampler}
 SAMPLERS.update({"euler_maruyama": EulerMaruyamaSampler, "pf_ode": ProbabilityFlowSampler, "exact_score": ExactScoreSampler})
+SAMPLERS.update({"sde_dpm_solver": SDEDPMSolverSampler, "edm_heun": EDMHeunSampler})
+# edm_heun's churn settings (EDM's S_churn, S_min, S_max, S_noise); null keeps the sampler's default.
+CHURN_KEYS = ("s_churn", "s_min", "s_max", "s_noise")
 
 
 def build_sampler(cfg, diffusion, max_step: int | None = None, points=None) -> Sampler:
     """Build the sampler named by a ``sampler`` config node.
 
     Args:
-        cfg: ``sampler`` config (name, steps, eta, spacing, clip_denoised).
+        cfg: ``sampler`` config (name, steps, eta, spacing, clip_denoised, grid, lambda_min, variance,
+            and edm_heun's s_churn, s_min, s_max, s_noise).
         diffusion: the model's :class:`~ddpm.diffusion.GaussianDiffusion`.
         max_step: start the reverse process at this schedule step instead of T-1 (denoising
             from a noised image); ``steps`` then counts evaluations within 0..max_step.
@@ -47,6 +52,11 @@ def build_sampler(cfg, diffusion, max_step: int | None = None, points=None) -> S
         raise ConfigError(f"sampler.variance applies to the ddpm sampler only, not to {cfg.name!r}")
     if cfg.name == "exact_score":
         kwargs["points"] = points
+    churn = {key: cfg.get(key) for key in CHURN_KEYS if cfg.get(key) is not None}
+    if cfg.name == "edm_heun":
+        kwargs.update(churn)
+    elif churn:  # settings the sampler would silently ignore
+        raise ConfigError(f"sampler.{next(iter(churn))} applies to the edm_heun sampler only, not to {cfg.name!r}")
     return SAMPLERS[cfg.name](diffusion, **kwargs)
 
 
@@ -60,6 +70,8 @@ __all__ = [
     "DDIMSampler",
     "DDPMSampler",
     "DPMSolverSampler",
+    "SDEDPMSolverSampler",
+    "EDMHeunSampler",
     "EulerMaruyamaSampler",
     "ProbabilityFlowSampler",
     "ExactScoreSampler",

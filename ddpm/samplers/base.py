@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
@@ -17,7 +18,14 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 SPACINGS = ("leading", "trailing", "linspace")
-GRIDS = ("time", "logsnr")
+GRIDS = ("time", "logsnr", "karras")
+KARRAS_RHO = 7.0  # ρ of EDM's σ grid
+
+
+def check_steps(steps) -> None:
+    """Refuse a step count that is not an integer >= 1."""
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+        raise ConfigError(f"sampler.steps must be >= 1, got {steps}")
 
 
 def timestep_sequence(T: int, steps: int, spacing: str = "leading") -> list[int]:
@@ -31,8 +39,7 @@ def timestep_sequence(T: int, steps: int, spacing: str = "leading") -> list[int]
             leading with its ``steps_offset`` raised to c), ``trailing`` (round(T - i T/s) - 1, ..., T-1;
             Lin et al. 2023) or ``linspace`` (rounded linspace from 0 to T-1).
     """
-    if not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ConfigError(f"sampler.steps must be >= 1, got {steps}")
+    check_steps(steps)
     if steps > T:
         raise ConfigError(f"sampler.steps={steps} exceeds the schedule's T={T}")
     if spacing not in SPACINGS:
@@ -77,6 +84,28 @@ def top_step(abar: torch.Tensor, top: int, lambda_min: float | None) -> int:
     return int(above[-1])
 
 
+def nearest_steps(lam: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The step of nearest λ for each target λ (ties to the lower step).
+
+    Args:
+        lam: float64 λ of steps 0..top (decreasing in k), at least two of them.
+        targets: float64 λ values; those beyond the table map to its ends.
+    """
+    idx = torch.searchsorted(-lam, -targets).clamp(1, len(lam) - 1)  # -λ increases with k
+    nearer_lower = (lam[idx - 1] - targets).abs() <= (lam[idx] - targets).abs()
+    return torch.where(nearer_lower, idx - 1, idx)
+
+
+def start_steps(diffusion: GaussianDiffusion, max_step: int | None, lambda_min: float | None) -> int:
+    """How many schedule steps a sampler may visit, 0..top-1: the start ``max_step`` + 1 (a noised
+    image starts where it is) or, from pure noise, T (lowered by ``lambda_min``, see :func:`top_step`)."""
+    abar = diffusion.schedule.alphas_cumprod
+    top = top_step(abar, diffusion.T - 1, lambda_min) + 1 if max_step is None else int(max_step) + 1
+    if not 1 <= top <= diffusion.T:
+        raise ConfigError(f"start step {max_step} is outside the schedule's 0..{diffusion.T - 1}")
+    return top
+
+
 def logsnr_timesteps(abar: torch.Tensor, top: int, steps: int) -> list[int]:
     """``steps`` increasing steps in 0..top whose λ are uniform between λ_top and λ_0, each λ
     mapped to the step of nearest λ (DPM-Solver's 'logSNR' grid; better than uniform in k at
@@ -87,15 +116,44 @@ def logsnr_timesteps(abar: torch.Tensor, top: int, steps: int) -> list[int]:
         top: highest step (the start).
         steps: evaluations, 1 <= steps <= top + 1.
     """
+    check_steps(steps)
     if steps > top + 1:
         raise ConfigError(f"sampler.steps={steps} exceeds the {top + 1} steps below the start step {top}")
     if steps == 1:
         return [top]
     lam = half_log_snr(abar[: top + 1])  # decreasing in k
     targets = torch.linspace(float(lam[top]), float(lam[0]), steps, dtype=torch.float64)
-    idx = torch.searchsorted(-lam, -targets).clamp(1, top)  # -λ increases with k
-    nearer_lower = (lam[idx - 1] - targets).abs() <= (lam[idx] - targets).abs()
-    ks = sorted(int(k) for k in torch.where(nearer_lower, idx - 1, idx))
+    return distinct_nearest_steps(lam, targets)
+
+
+def karras_timesteps(abar: torch.Tensor, top: int, steps: int, rho: float = KARRAS_RHO) -> list[int]:
+    """``steps`` increasing steps in 0..top on EDM's grid (Karras et al. 2022, eq. 5): σ^{1/ρ} uniform
+    between σ_top^{1/ρ} and σ_0^{1/ρ}, σ = √((1-ᾱ)/ᾱ) = e^{-λ}, each σ mapped to the step of nearest λ
+    (EDM's rounding for discrete networks), kept distinct as in :func:`logsnr_timesteps`. Steps in
+    σ are at most a few-fold apart, also at the top (σ_{T-1} is 157 on the linear schedule and about
+    20,000 on the cosine one), which a solver stepping in σ needs.
+
+    Args:
+        abar: float64 ᾱ table of the schedule.
+        top: highest step (the start).
+        steps: evaluations, 1 <= steps <= top + 1.
+        rho: ρ of the grid (EDM: 7; ρ -> inf is the log-SNR grid).
+    """
+    check_steps(steps)
+    if steps > top + 1:
+        raise ConfigError(f"sampler.steps={steps} exceeds the {top + 1} steps below the start step {top}")
+    if steps == 1:
+        return [top]
+    lam = half_log_snr(abar[: top + 1])
+    inv = torch.linspace(math.exp(-float(lam[top]) / rho), math.exp(-float(lam[0]) / rho), steps, dtype=torch.float64)  # σ^{1/ρ}
+    return distinct_nearest_steps(lam, -rho * torch.log(inv))
+
+
+def distinct_nearest_steps(lam: torch.Tensor, targets: torch.Tensor) -> list[int]:
+    """Increasing distinct steps of nearest λ to ``targets`` (from λ_top to λ_0, first and last
+    included); where rounding repeats a step the next one is taken, and the top stays the top."""
+    top = len(lam) - 1
+    ks = sorted(int(k) for k in nearest_steps(lam, targets))
     out: list[int] = []
     for k in ks:  # ascending: repeated small steps move up
         out.append(max(k, out[-1] + 1) if out else k)
@@ -179,7 +237,8 @@ class Sampler(ABC):
         clip_denoised: clamp the predicted x̂_0 to the data range [-1, 1] at every step.
         max_step: highest schedule step visited (default T-1); lower values denoise a partly
             noised x_{max_step} instead of sampling from pure noise.
-        grid: ``time`` (``spacing`` over k) or ``logsnr`` (uniform in λ, see :func:`logsnr_timesteps`).
+        grid: ``time`` (``spacing`` over k), ``logsnr`` (uniform in λ, see :func:`logsnr_timesteps`) or
+            ``karras`` (EDM's ρ = 7 grid in σ, see :func:`karras_timesteps`).
         lambda_min: start no lower than this λ when sampling from pure noise (see :func:`top_step`).
     """
 
@@ -199,14 +258,11 @@ class Sampler(ABC):
         abar = diffusion.schedule.alphas_cumprod
         if grid not in GRIDS:
             raise ConfigError(f"unknown sampler.grid {grid!r}; choose one of {', '.join(GRIDS)}")
-        if max_step is None:
-            top = top_step(abar, diffusion.T - 1, lambda_min) + 1  # a noised image starts where it is
-        else:
-            top = int(max_step) + 1
-        if not 1 <= top <= diffusion.T:
-            raise ConfigError(f"start step {max_step} is outside the schedule's 0..{diffusion.T - 1}")
+        top = start_steps(diffusion, max_step, lambda_min)
         if grid == "logsnr":
             self.timesteps = logsnr_timesteps(abar, top - 1, top if steps is None else steps)
+        elif grid == "karras":
+            self.timesteps = karras_timesteps(abar, top - 1, top if steps is None else steps)
         else:
             self.timesteps = timestep_sequence(top, top if steps is None else steps, spacing)
         self.clip_denoised = clip_denoised
@@ -219,6 +275,15 @@ class Sampler(ABC):
     def x0_from_eps(self, x: torch.Tensor, abar: float, eps: torch.Tensor) -> torch.Tensor:
         x0 = GaussianDiffusion.x0_at(x, eps, abar)
         return x0.clamp(-1, 1) if self.clip_denoised else x0
+
+    def denoise(self, eps_fn: EpsFn, x: torch.Tensor, k: torch.Tensor, abar: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One network evaluation at steps ``k`` (ᾱ = ``abar``): (ε̂, x̂_0), float32; with
+        ``clip_denoised`` x̂_0 is clamped and ε̂ made consistent with it."""
+        eps = eps_fn(x, k).float()
+        x0 = self.x0_from_eps(x, abar, eps)
+        if self.clip_denoised:  # keep ε consistent with the clipped x̂_0
+            eps = (x - abar**0.5 * x0) / (1 - abar) ** 0.5
+        return eps, x0
 
     @abstractmethod
     def step(self, i: int, x: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, rng: StackedRandomGenerator | None) -> torch.Tensor:
@@ -239,10 +304,7 @@ class Sampler(ABC):
         for i in reversed(range(len(self.timesteps))):
             k = self.timesteps[i]
             kk = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
-            eps = eps_fn(x, kk).float()
-            x0 = self.x0_from_eps(x, self.abar[i], eps)
-            if self.clip_denoised:  # keep ε consistent with the clipped x̂_0
-                eps = (x - self.abar[i] ** 0.5 * x0) / (1 - self.abar[i]) ** 0.5
+            eps, x0 = self.denoise(eps_fn, x, kk, self.abar[i])
             if callback is not None:
                 callback(i, k, x, x0)
             x = self.step(i, x, eps, x0, rng)
