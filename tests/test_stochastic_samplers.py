@@ -339,6 +339,9 @@ def test_registered_and_configured() -> None:
     diff = make_diffusion("linear")
     sde = build_sampler(compose_config("sample", ["sampler=sde_dpm_solver"]).sampler, diff)
     assert isinstance(sde, SDEDPMSolverSampler) and sde.num_evaluations == 20 and sde.order == 2
+    eps_fn = counting(gaussian_eps(diff))
+    sde.sample(eps_fn, torch.zeros(1, 1, 2, 2), StackedRandomGenerator(CPU, [0]))
+    assert eps_fn.calls == 20
     edm_cfg = compose_config("sample", ["sampler=edm_heun"]).sampler
     edm = build_sampler(edm_cfg, diff)
     assert isinstance(edm, EDMHeunSampler) and edm.num_evaluations == edm_cfg.steps == 19
