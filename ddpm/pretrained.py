@@ -239,13 +239,15 @@ def training_set(cfg: DictConfig, pre: Pretrained, data_dir: str | None = None) 
 
 
 def exact_score_points(cfg: DictConfig, pre: Pretrained, device: torch.device | str) -> torch.Tensor | None:
-    """For ``sampler=exact_score``: the checkpoint's training images in model range on ``device``; else None.
+    """For ``sampler=exact_score`` / ``gaussian_score``: the checkpoint's training images in model range on ``device``; else None.
 
     Args:
         cfg: a command config with ``sampler`` and ``paths`` nodes.
         pre: the loaded checkpoint.
         device: where the sampler runs.
     """
-    if cfg.sampler.name != "exact_score":
+    from ddpm.samplers import POINT_SAMPLERS
+
+    if cfg.sampler.name not in POINT_SAMPLERS:  # exact_score, gaussian_score: driven by the training points
         return None
     return to_model_range(training_set(cfg, pre).images).to(device)

@@ -181,6 +181,27 @@ BAD_INPUTS: list[BadInput] = [
         ["synthetic=gaussian", "points.n=100000000", "synthetic.d=64"],
         "values exceed the 1073741824",
     ),
+    BadInput(
+        "regimes: hierarchy of depth 0", "ddpm-regimes", ["synthetic=hierarchical", "synthetic.depth=0"], "synthetic.depth must be >= 1"
+    ),
+    BadInput(
+        "regimes: hierarchy of branching 0",
+        "ddpm-regimes",
+        ["synthetic=hierarchical", "synthetic.branching=0"],
+        "synthetic.branching must be >= 2",
+    ),
+    BadInput(
+        "regimes: hierarchy level whose centres coincide",
+        "ddpm-regimes",
+        ["synthetic=hierarchical", "synthetic.separation=[2.0,0.0,0.3]"],
+        "else Λ_2 = 0 and that level never separates",
+    ),
+    BadInput(
+        "regimes: potential class not in the dataset",
+        "ddpm-regimes",
+        ["dataset=mnist", "regimes=potential", "potential.classes=[0,12]"],
+        "mnist has classes 0..9",
+    ),
 ]
 # The subset a --quick drill runs as real processes (the test suite runs all of them in-process, and
 # tests/test_schema_walk.py six more as processes): a pickle carrying code, and a time beyond a

@@ -190,6 +190,7 @@ def test_build_sampler_rejects_bad_input() -> None:
         "euler_maruyama",
         "pf_ode",
         "exact_score",
+        "gaussian_score",
         "sde_dpm_solver",
         "edm_heun",
     }

@@ -193,6 +193,51 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if cfg.plots and plot_curves:
             plots.speciation_curves(run_dir / "speciation.png", plot_curves, rec["t_S"], summary)
 
+    if "hierarchy" in analyses:
+        from ddpm.regimes.hierarchy import run_hierarchy
+
+        summary, hc = run_hierarchy(cfg, data_cfg, points, score, schedule, device)
+        rec.update(summary)
+        curves.update({f"hierarchy_{k}": v for k, v in hc.items()})
+        for lv in summary["hierarchy_levels"]:
+            log.info(
+                "level %d (%d clusters): Λ = %.4g, ½ log Λ = %.4f; φ̃ = ½ at t = %s (posterior), %s (cloning)",
+                lv["level"],
+                lv["clusters"],
+                lv["Lambda"],
+                lv["t_S_theory"],
+                lv.get("t_S_posterior"),
+                lv.get("t_S_clone"),
+            )
+        if cfg.plots:
+            plots.hierarchy_curves(run_dir / "hierarchy.png", hc, summary["hierarchy_levels"], f"{data_cfg.name}: n={n}, d={d}")
+
+    if "potential" in analyses:
+        from ddpm.regimes.potential import measure_potential
+
+        closed = None
+        if data_cfg.name == "mixture":  # two Gaussian classes of the law: the closed form
+            m = points.class_means[list(cfg.potential.classes)]
+            closed = (float((m[1] - m[0]).norm()) / 2, float(data_cfg.sigma))
+        summary, pc = measure_potential(points.x, points.labels, cfg.potential, data_cfg.name, cfg.speciation.t_min, t_end, closed)
+        rec.update(summary)
+        curves.update({f"potential_{k}": v for k, v in pc.items()})
+        log.info(
+            "potential along classes %s (%s): V_t''(0) changes sign at t = %s; two-class t_S = ½ log Λ = %.4f",
+            summary["potential_classes"],
+            summary["potential_kind"],
+            summary["potential_t_curvature"],
+            summary["potential_t_S_two_class"],
+        )
+        if cfg.plots:
+            c0, c1 = summary["potential_classes"]
+            plots.potential_plot(
+                run_dir / "potential.png",
+                pc,
+                summary,
+                f"{data_cfg.name}: classes {c0} and {c1}, {summary['potential_kind']} along their axis",
+            )
+
     collapse_runs: dict[str, np.ndarray] = {}
     threshold = float(cfg.memorisation.threshold)
     clip = points.scaling.startswith("[-1, 1]")  # images: x̂_0 clamped as ddpm-sample does
@@ -228,6 +273,15 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             curves.update({f"gap_heldout_{k}": v for k, v in held.items()})
         if cfg.plots:
             plots.gap_plot(run_dir / "gap.png", g_train, held, rec["t_C"], rec["t_S"])
+        # the linear model: the network and the exact score against the Gaussian surrogate of the same points
+        from ddpm.regimes.linear import GaussianScore, eps_distances, summarise_distances
+
+        gauss = GaussianScore.from_points(points.x, device)
+        dist = eps_distances(net, score, gauss, pre.diffusion.schedule, points.x, steps, t.gap_queries, cfg.seed)
+        rec.update(summarise_distances(dist, rec["t_S"]))
+        curves.update({f"eps_distance_{k}": v for k, v in dist.items()})
+        if cfg.plots:
+            plots.linear_plot(run_dir / "linear.png", dist, rec["t_C"], rec["t_S"], f"{pre.path.name} (step {pre.step}): n={n}, d={d}")
         log.info(
             "network: memorised fraction %.3f, collapse time %s, gap %.3g (t=%.3g) .. %.3g (t=%.3g)",
             rec["network_memorised_fraction"],

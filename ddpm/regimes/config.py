@@ -27,8 +27,12 @@ from ddpm.config import (
 from ddpm.errors import ConfigError
 from ddpm.schedules import NoiseSchedule
 
-SYNTHETIC = ("gaussian", "gaussian_spectrum", "mixture")
-ANALYSES = ("spectrum", "speciation", "collapse", "tracking", "trained")
+SYNTHETIC = ("gaussian", "gaussian_spectrum", "mixture", "hierarchical")
+ANALYSES = ("spectrum", "speciation", "collapse", "tracking", "trained", "hierarchy", "potential")
+# A synthetic hierarchy holds branching^depth leaves (one Gaussian cluster each).
+MAX_LEAVES = 4096
+LINKAGES = ("ward", "average", "complete", "single", "centroid", "median", "weighted")
+POTENTIAL_KINDS = ("marginal", "section")
 # Latest OU time of the collapse grid: beyond it the data's weight e^{-t} in x_t (< 5e-18) is below
 # float64's resolution next to the noise, so every later grid point is pure noise.
 MAX_OU_TIME = 40.0
@@ -40,13 +44,16 @@ MAX_SYNTHETIC_VALUES = 2**30
 class SyntheticConfig:
     """A synthetic law (the ``synthetic`` group), used instead of the ``dataset`` images when chosen."""
 
-    name: str = MISSING  # gaussian, gaussian_spectrum, mixture
+    name: str = MISSING  # gaussian, gaussian_spectrum, mixture, hierarchical
     d: int = 64  # dimension
     sigma2: float = 1.0  # gaussian: variance; gaussian_spectrum: mean eigenvalue
     power: float = 1.0  # gaussian_spectrum: λ_i ∝ i^-power
     classes: int = 2  # mixture: number of Gaussian classes
     mu: float = 1.0  # mixture: μ̃, class means have |m|² = d μ̃²
     sigma: float = 1.0  # mixture: class standard deviation
+    depth: int = 3  # hierarchical: levels of the tree below its root
+    branching: int = 2  # hierarchical: children per node
+    separation: list[float] = field(default_factory=lambda: [2.0, 0.7, 0.3])  # hierarchical: μ̃_ℓ per level, |child - parent|² = d μ̃_ℓ²
 
 
 @dataclass
@@ -110,6 +117,25 @@ class TrainedConfig:
 
 
 @dataclass
+class HierarchyConfig:
+    """``regimes=hierarchy`` on labelled images: the classes grouped by a dendrogram of their means
+    (the cloning sizes and the time grid are the ``speciation`` keys)."""
+
+    cuts: list[int] = field(default_factory=lambda: [2, 4])  # super-classes of each coarser level (increasing)
+    linkage: str = "ward"  # scipy.cluster.hierarchy.linkage method
+
+
+@dataclass
+class PotentialConfig:
+    """``regimes=potential``: V_t(q) = -log p_t along the axis joining two classes' means."""
+
+    classes: list[int] = field(default_factory=lambda: [0, 1])  # the two classes (labels of the data)
+    kind: str = "marginal"  # marginal: density of the projection on the axis; section: p_t on the line itself
+    curves: int = 7  # times of the plotted family, log-spaced from 0.4 t_S to 2 t_S
+    grid: int = 201  # points along the axis
+
+
+@dataclass
 class RegimesConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # the images (the training config's group)
     synthetic: Optional[SyntheticConfig] = None  # a synthetic law instead of the images (synthetic=<name>)
@@ -121,6 +147,8 @@ class RegimesConfig:
     speciation: SpeciationConfig = field(default_factory=SpeciationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     trained: TrainedConfig = field(default_factory=TrainedConfig)
+    hierarchy: HierarchyConfig = field(default_factory=HierarchyConfig)
+    potential: PotentialConfig = field(default_factory=PotentialConfig)
     memorisation: MemorisationConfig = field(default_factory=MemorisationConfig)  # the copy criterion (as ddpm-evaluate)
     paths: PathsConfig = field(default_factory=PathsConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -167,6 +195,7 @@ def validate_regimes(cfg: Any) -> None:
         for key in ("sigma2", "sigma", "power", "mu"):
             _check(math.isfinite(d[key]), f"synthetic.{key} must be finite, got {d[key]}")
         _check(d.classes >= 2, f"synthetic.classes must be >= 2, got {d.classes}")
+        _check_hierarchical(d)
     else:
         _check(p.n is None or 2 <= p.n <= MAX_DATASET_N, f"points.n must be >= 2 and <= {MAX_DATASET_N} or null (all images), got {p.n}")
         _check(p.downsample >= 1, f"points.downsample must be >= 1, got {p.downsample}")
@@ -207,9 +236,74 @@ def validate_regimes(cfg: Any) -> None:
         "trained: samples >= 1, steps >= 2, gap_points >= 1, gap_queries >= 1",
     )
     _check(cfg.eigenvalues >= 0, f"eigenvalues must be >= 0, got {cfg.eigenvalues}")
+    _check_hierarchy(cfg)
+    _check_potential(cfg)
     check_memorisation(cfg.memorisation)
     if not cfg.ckpt:  # with a checkpoint, its schedule counts: run_regimes checks the times once it loads
         check_times(cfg, NoiseSchedule.from_config(cfg.schedule), "schedule")
+
+
+def _check_hierarchical(d: Any) -> None:
+    """The tree of ``synthetic=hierarchical`` (its keys exist, with defaults, under every synthetic law)."""
+    _check(d.depth >= 1, f"synthetic.depth must be >= 1 (levels below the root), got {d.depth}")
+    _check(d.branching >= 2, f"synthetic.branching must be >= 2 (children per node), got {d.branching}")
+    _check(
+        d.depth <= 64 and d.branching**d.depth <= MAX_LEAVES,
+        f"synthetic.branching^depth = {d.branching}^{d.depth} leaves exceed {MAX_LEAVES}",
+    )
+    _check(d.branching <= d.d, f"synthetic.branching={d.branching} needs as many dimensions, got synthetic.d={d.d}")
+    sep = list(d.separation)
+    _check(len(sep) == d.depth, f"synthetic.separation needs one value per level (synthetic.depth={d.depth}), got {sep}")
+    for i, s in enumerate(sep):
+        _check(math.isfinite(s), f"synthetic.separation[{i}] must be finite, got {s}")
+        _check(
+            s > 0,
+            f"synthetic.separation[{i}] = {s}: the centres of level {i + 1} must lie apart from their parents "
+            f"(> 0), else Λ_{i + 1} = 0 and that level never separates",
+        )
+
+
+def _check_hierarchy(cfg: Any) -> None:
+    h = cfg.hierarchy
+    cuts = list(h.cuts)
+    _check(len(cuts) >= 1, "hierarchy.cuts must list at least one number of super-classes (e.g. [2, 4])")
+    _check(
+        all(c >= 2 for c in cuts) and cuts == sorted(set(cuts)),
+        f"hierarchy.cuts must increase strictly, each >= 2 super-classes, got {cuts}",
+    )
+    _check(h.linkage in LINKAGES, f"hierarchy.linkage must be one of {', '.join(LINKAGES)}, got {h.linkage!r}")
+    if "hierarchy" in cfg.regimes.analyses and cfg.synthetic is None and cfg.dataset.get("num_classes"):
+        k = int(cfg.dataset.num_classes)
+        _check(cuts[-1] < k, f"hierarchy.cuts must lie below the {k} classes of {cfg.dataset.name}, got {cuts}")
+    if "hierarchy" in cfg.regimes.analyses and cfg.synthetic is not None:
+        _check(
+            cfg.synthetic.name == "hierarchical",
+            f"regimes=hierarchy needs synthetic=hierarchical or labelled images, got synthetic={cfg.synthetic.name}",
+        )
+
+
+def _check_potential(cfg: Any) -> None:
+    p = cfg.potential
+    classes = list(p.classes)
+    _check(
+        len(classes) == 2 and classes[0] != classes[1] and min(classes) >= 0,
+        f"potential.classes must name two different classes (labels >= 0), got {classes}",
+    )
+    _check(p.kind in POTENTIAL_KINDS, f"potential.kind must be one of {', '.join(POTENTIAL_KINDS)}, got {p.kind!r}")
+    _check(1 <= p.curves <= 64, f"potential.curves must lie in 1..64, got {p.curves}")
+    _check(3 <= p.grid <= 100_000, f"potential.grid must lie in 3..100000, got {p.grid}")
+    if "potential" not in cfg.regimes.analyses:
+        return
+    s = cfg.synthetic
+    if s is not None:
+        _check(
+            s.name in ("mixture", "hierarchical"), f"regimes=potential needs two classes: synthetic=mixture or hierarchical, got {s.name}"
+        )
+        k = int(s.classes) if s.name == "mixture" else int(s.branching) ** int(s.depth)
+        _check(max(classes) < k, f"potential.classes {classes}: synthetic={s.name} has classes 0..{k - 1}")
+    elif cfg.dataset.get("num_classes"):
+        k = int(cfg.dataset.num_classes)
+        _check(max(classes) < k, f"potential.classes {classes}: {cfg.dataset.name} has classes 0..{k - 1}")
 
 
 def check_times(cfg: Any, schedule: NoiseSchedule, source: str) -> None:
@@ -221,7 +315,7 @@ def check_times(cfg: Any, schedule: NoiseSchedule, source: str) -> None:
         schedule: the schedule the analyses use (``cfg.schedule`` or the checkpoint's).
         source: where it comes from, for the message (``schedule`` or the checkpoint's path).
     """
-    if "speciation" not in cfg.regimes.analyses:
+    if "speciation" not in cfg.regimes.analyses and "hierarchy" not in cfg.regimes.analyses:
         return
     s, T = cfg.speciation, schedule.T
     t_end = float(schedule.ou_times[-1])

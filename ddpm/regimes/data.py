@@ -86,6 +86,13 @@ def mixture_means(classes: int, d: int, mu: float, seed: int) -> torch.Tensor:
     return dirs / dirs.norm(dim=1, keepdim=True) * (math.sqrt(d) * mu)
 
 
+def hierarchical_tree(cfg):
+    """The tree of ``synthetic=hierarchical`` (seeded by ``points.seed``; :mod:`ddpm.regimes.hierarchy`)."""
+    from ddpm.regimes.hierarchy import synthetic_tree
+
+    return synthetic_tree(int(cfg.depth), int(cfg.branching), [float(s) for s in cfg.separation], int(cfg.d), int(cfg.seed))
+
+
 def sample_synthetic(cfg, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Draw ``n`` points of the synthetic law described by ``cfg`` (a :func:`data_source` node) with ``seed``."""
     g = generator(seed, "data")
@@ -98,6 +105,10 @@ def sample_synthetic(cfg, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
         labels = torch.randint(0, int(cfg.classes), (n,), generator=g)
         means = mixture_means(int(cfg.classes), int(cfg.d), cfg.mu, cfg.seed)
         return means[labels] + cfg.sigma * z, labels
+    if cfg.name == "hierarchical":
+        tree = hierarchical_tree(cfg)
+        labels = torch.randint(0, len(tree.leaf_weights), (n,), generator=g)
+        return tree.leaf_centres[labels] + math.sqrt(cfg.sigma2) * z, labels
     raise ConfigError(f"unknown synthetic data {cfg.name!r}; choose one of {', '.join(SYNTHETIC)}")
 
 
@@ -137,10 +148,13 @@ def load_points(
         elif cfg.name == "gaussian_spectrum":
             eigs = spectrum_eigs(int(cfg.d), cfg.sigma2, cfg.power)
         else:
-            means = mixture_means(int(cfg.classes), int(cfg.d), cfg.mu, cfg.seed)
+            if cfg.name == "hierarchical":  # leaves: Gaussian clusters N(m_leaf, σ² I)
+                means, var = hierarchical_tree(cfg).leaf_centres, float(cfg.sigma2)
+            else:
+                means, var = mixture_means(int(cfg.classes), int(cfg.d), cfg.mu, cfg.seed), float(cfg.sigma) ** 2
             # Equal-weight classes: covariance σ² I + (1/C) Σ m_c m_cᵀ - m̄ m̄ᵀ.
             mbar = means.mean(0)
-            cov = cfg.sigma**2 * torch.eye(int(cfg.d), dtype=torch.float64) + (means.T @ means) / len(means) - torch.outer(mbar, mbar)
+            cov = var * torch.eye(int(cfg.d), dtype=torch.float64) + (means.T @ means) / len(means) - torch.outer(mbar, mbar)
             eigs = torch.linalg.eigvalsh(cov).flip(0).numpy()
         return Points(x, labels, (int(cfg.d),), "synthetic (no pixel scaling)", eigs, None, means, cfg.name)
     x, labels, shape, source = _images(cfg, data_dir, cache_dir, split)

@@ -277,3 +277,102 @@ def torch_to_rows(a: Any, b: Any) -> np.ndarray:
         tiles = [np.pad((t[0].numpy() + 1) / 2, 1, constant_values=1.0) for t in x]
         rows.append(np.concatenate(tiles, 1))
     return np.clip(np.concatenate(rows, 0), 0, 1)
+
+
+def hierarchy_curves(path: Path, curves: dict[str, np.ndarray], levels: list[dict[str, Any]], title: str) -> Path:
+    """Per level ℓ: the clone agreement φ_ℓ(t) (left) and its conditional normalisation φ̃_ℓ (right),
+    posterior identity as lines, cloning as points, with the theory marker t_S^ℓ = ½ log Λ_ℓ."""
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 4))
+    for i, lv in enumerate(levels):
+        level, c = lv["level"], f"C{i}"
+        name = f"level {level} ({lv['clusters']} clusters)"
+        if "posterior_t" in curves:
+            ax0.plot(curves["posterior_t"], curves["posterior_phi"][level], "-", color=c, lw=1.2, label=f"{name}: E[Σ π²]")
+            ax1.plot(curves["posterior_t"], curves["posterior_phi_tilde"][level - 1], "-", color=c, lw=1.2, label=name)
+        if "clone_t" in curves:
+            ax0.errorbar(curves["clone_t"], curves["clone_phi"][level], yerr=curves["clone_phi_se"][level], fmt="o", ms=3, color=c)
+            ax1.errorbar(
+                curves["clone_t"],
+                curves["clone_phi_tilde"][level - 1],
+                yerr=curves["clone_phi_tilde_se"][level - 1],
+                fmt="o",
+                ms=3,
+                color=c,
+            )
+        for ax in (ax0, ax1):
+            ax.axvline(lv["t_S_theory"], color=c, ls="--", lw=1)
+        if curves.get(f"theory_phi_tilde_{level}") is not None:
+            ax1.plot(curves["theory_t"], curves[f"theory_phi_tilde_{level}"], ":", color=c, lw=1)
+    ax1.axhline(0.5, color="grey", lw=0.5)
+    for ax in (ax0, ax1):
+        ax.set_xscale("log")
+        ax.set_xlabel("OU time t (dashed: ½ log Λ_ℓ)")
+        ax.set_ylim(-0.05, 1.05)
+    ax0.set_ylabel("φ_ℓ: clones end in the same level-ℓ cluster")
+    ax1.set_ylabel("φ̃_ℓ = (φ_ℓ/φ_{ℓ-1} - B_ℓ)/(1 - B_ℓ)")
+    ax0.legend(fontsize=7)
+    ax1.legend(fontsize=7, title="lines: posterior identity, points: cloning", title_fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def potential_plot(path: Path, curves: dict[str, np.ndarray], rec: dict[str, Any], title: str) -> Path:
+    """The family V_t(q) - V_t(0) over t (left; dashed: the closed form) and the midpoint curvature
+    V_t''(0) against t (right) with its sign change and t_S."""
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 4))
+    times, q, V = curves["times"], curves["q"], curves["V"]
+    mid = len(q) // 2
+    cmap = plt.get_cmap("viridis")
+    t_star = rec.get("potential_t_curvature")
+    for i, t in enumerate(times):
+        c = cmap(i / max(len(times) - 1, 1))
+        well = "" if t_star is None else (" (two wells)" if t < t_star else " (one well)")
+        ax0.plot(q, V[i] - V[i, mid], color=c, lw=1.3, label=f"t = {t:.3f}{well}")
+        if "V_closed_form" in curves:
+            vc = curves["V_closed_form"][i]
+            ax0.plot(q, vc - vc[mid], "--", color=c, lw=0.8)
+    span = V - V[:, mid : mid + 1]
+    ax0.set_ylim(min(-0.5, float(np.nanmin(span)) - 0.5), max(3.0, float(np.nanpercentile(span, 60))))
+    ax0.set_xlabel("q along the axis between the class means (x space)")
+    ax0.set_ylabel("V_t(q) - V_t(0)")
+    ax0.legend(fontsize=7)
+    ct, cv = curves["curv_t"], curves["curv"]
+    ax1.plot(ct, cv, "-", label="V_t''(0), data")
+    if "curv_closed_form" in curves:
+        ax1.plot(ct, curves["curv_closed_form"], "--", label="closed form (two Gaussians)")
+    ax1.axhline(0, color="grey", lw=0.5)
+    if t_star is not None:
+        ax1.axvline(t_star, color="tab:red", lw=1, label=f"sign change t* = {t_star:.3f}")
+    if rec.get("potential_t_S_two_class"):
+        ax1.axvline(rec["potential_t_S_two_class"], color="k", ls=":", lw=1, label=f"t_S = ½ log Λ = {rec['potential_t_S_two_class']:.3f}")
+    ax1.set_xscale("log")
+    ax1.set_yscale("symlog", linthresh=1.0)
+    ax1.set_xlabel("OU time t")
+    ax1.set_ylabel("curvature at the midpoint")
+    ax1.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def linear_plot(path: Path, dist: dict[str, np.ndarray], t_c: float | None, t_s: float | None, title: str) -> Path:
+    """The three ε-distances of ``regimes=trained`` against t: network to exact score, network to
+    the Gaussian surrogate, exact score to the Gaussian surrogate."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    labels = {
+        "net_exact": "network vs exact score: E|ε_θ - ε*|²/E|ε*|²",
+        "net_gauss": "network vs Gaussian: E|ε_θ - ε_G|²/E|ε_G|²",
+        "exact_gauss": "exact score vs Gaussian: E|ε* - ε_G|²/E|ε_G|²",
+    }
+    for name, label in labels.items():
+        if name in dist:
+            ax.plot(dist["t"], np.maximum(dist[name], 1e-12), ".-", label=label)
+    for v, name in ((t_c, "t_C"), (t_s, "t_S")):
+        if v is not None:
+            ax.axvline(v, color="k", ls=":" if name == "t_C" else "-", lw=1, label=f"{name} = {v:.3f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("OU time t (noised training points)")
+    ax.set_ylabel("relative ε-distance")
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)

@@ -15,7 +15,10 @@ One row per record:
 - ``t_C_exact``: the exact empirical score's collapse time (p_½ = ½);
 - ``t_C_theory``: ½ log(1 + σ²/(n^{2/d} − 1)) with σ² the mean eigenvalue of the data covariance;
 - ``t_C_spectral``: its spectral form, Σ_i log(1 + λ_i/(e^{2t} − 1)) = 2 log n;
-- ``t_S``, the ε-gaps at the smallest time, and where the record lies.
+- ``t_S``, the ε-gaps at the smallest time, and where the record lies;
+- the linear model's ε-distances (:mod:`ddpm.regimes.linear`): network and exact score to the
+  Gaussian surrogate at the smallest time (``eps_net_gauss_small_t``, ``eps_exact_gauss_small_t``),
+  and all three at the gap time nearest t_S (``eps_net_exact_t_S``, ``eps_net_gauss_t_S``, ``eps_exact_gauss_t_S``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,11 @@ COLUMNS = (
     "t_S",
     "gap_train_small_t",
     "gap_heldout_small_t",
+    "eps_net_gauss_small_t",
+    "eps_exact_gauss_small_t",
+    "eps_net_exact_t_S",
+    "eps_net_gauss_t_S",
+    "eps_exact_gauss_t_S",
     "record",
 )
 
@@ -94,6 +102,12 @@ def collapse_rows(sweep: Path) -> tuple[list[dict[str, Any]], list[Path]]:
                     "t_S": r.get("t_S"),
                     "gap_train_small_t": r.get("gap_train_small_t"),
                     "gap_heldout_small_t": r.get("gap_heldout_small_t"),
+                    # the linear model (ddpm.regimes.linear): ε-distances to the Gaussian surrogate, and all three near t_S
+                    "eps_net_gauss_small_t": r.get("eps_net_gauss_small_t"),
+                    "eps_exact_gauss_small_t": r.get("eps_exact_gauss_small_t"),
+                    "eps_net_exact_t_S": r.get("eps_net_exact_t_S"),
+                    "eps_net_gauss_t_S": r.get("eps_net_gauss_t_S"),
+                    "eps_exact_gauss_t_S": r.get("eps_exact_gauss_t_S"),
                     "record": str(path.relative_to(sweep)),
                 }
             )
