@@ -56,6 +56,7 @@ ACCEPTED: list[tuple[str, set[str] | None, str]] = [
     ("train experiment", {"empty", "unknown"}, "informational: the name of the applied preset"),
     ("* *.num_classes", {"negative", "zero", "huge"}, "informational for loaders; labels are checked against it when present"),
     ("* train.max_steps", {"zero"}, "0 steps: writes the initial checkpoint only"),
+    ("* train.regimes_per_decade", {"zero"}, "0: the regimes every train.regimes_every steps, not on a log grid"),
     ("* train.cond_drop_prob", {"zero"}, "0: no label dropout (guidance then warns: untrained null class)"),
     ("* class_label", {"zero", "huge"}, "0 is a class; a label beyond the checkpoint's classes is one line once it loads"),
     ("* guidance_scale", {"zero"}, "0: the unconditional prediction of a conditional model"),
