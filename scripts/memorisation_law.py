@@ -8,7 +8,7 @@ unfinished jobs and skips finished ones. Then :func:`ddpm.regimes.law.collect` w
 ``law.json`` and the plots into the study folder.
 
     python scripts/memorisation_law.py outputs/memorisation_law --n 64,128,256,384,512 --image-size 8 \\
-        --extra 12:64,128,256 --steps-per-image 40 --budget-min 60
+        --steps-per-image 80 --extra 12:64,128,256:40 --budget-min 60
 
 With ``--gmm`` the jobs are Gaussian-mixture runs with a small MLP (:mod:`ddpm.regimes.gmm`) in d =
 ``--dim`` dimensions, trained in this process's workers, one per core:
@@ -42,9 +42,9 @@ from ddpm.regimes.plan import Job, check_budget, pack
 
 BIN = Path(sys.executable).parent
 COMMAND = shlex.join(["python", "scripts/memorisation_law.py", *(a for a in sys.argv[1:] if a != "--collect-only")])  # kept in the results
-# Planning rates, training steps per second of one job on one thread, with its regimes measurements
-# (measured on the 2-core machine, both cores busy: docs/regimes.md#the-memorisation-law).
-RATES = {8: 20.0, 12: 12.0, 16: 8.0}
+# Planning rates: training steps per CPU-second of one job on one thread, its regimes measurements
+# included (cpu_seconds.json of the documented grid: docs/regimes.md#the-memorisation-law).
+RATES = {8: 27.0, 12: 15.0, 16: 9.0}
 GMM_RATE = 200.0  # steps/s of a Gaussian-mixture run (MLP 256 x 3, batch 64, d = 8) with its measurements
 
 
@@ -67,11 +67,14 @@ def parse_grid(args: argparse.Namespace) -> list[Job]:
     sizes: dict[int, list[int]] = {}
     for s in args.image_size.split(","):
         sizes[int(s)] = [int(v) for v in args.n.split(",")]
+    per_image = dict.fromkeys(sizes, args.steps_per_image)
     for spec in args.extra:
-        s, _, ns = spec.partition(":")
+        s, _, rest = spec.partition(":")
+        ns, _, scale = rest.partition(":")
         if not ns:
-            raise ConfigError(f"--extra {spec!r}: expected SIZE:N1,N2,... (e.g. 12:64,128,256)")
+            raise ConfigError(f"--extra {spec!r}: expected SIZE:N1,N2,...[:STEPS_PER_IMAGE] (e.g. 12:64,128,256:40)")
         sizes[int(s)] = [int(v) for v in ns.split(",")]
+        per_image[int(s)] = float(scale) if scale else args.steps_per_image
     jobs = []
     for size, ns in sizes.items():
         if size not in RATES and args.rate is None:
@@ -79,7 +82,7 @@ def parse_grid(args: argparse.Namespace) -> list[Job]:
         for n in ns:
             if n < args.batch_size:  # ddpm-train needs one full batch per epoch
                 raise ConfigError(f"n={n} is below the batch size {args.batch_size}: every job needs at least one full batch")
-            steps = int(round(args.steps_per_image * n))
+            steps = int(round(per_image[size] * n))
             jobs.append(Job(f"s{size}_n{n}", steps, steps / (args.rate or RATES[size]), [f"dataset.n={n}", f"dataset.image_size={size}"]))
     return jobs
 
@@ -99,6 +102,12 @@ def launch(job: Job, core: int, train_dir: Path, extra: list[str], batch_size: i
     return subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=subprocess.STDOUT)
 
 
+def finished(run_dir: Path, steps: int) -> bool:
+    """The run in ``run_dir`` has trained ``steps`` steps (a longer grid resumes a shorter one: the learning rate is constant)."""
+    metrics = run_dir / "metrics.json"
+    return metrics.is_file() and json.loads(metrics.read_text()).get("step", 0) >= steps
+
+
 def run_jobs(jobs: list[Job], train_dir: Path, cores: int, extra: list[str], batch_size: int) -> dict[str, float]:
     """Run ``jobs`` (longest first) with at most ``cores`` at a time; stop on the first failure.
 
@@ -108,7 +117,7 @@ def run_jobs(jobs: list[Job], train_dir: Path, cores: int, extra: list[str], bat
     """
     times_file = train_dir / "cpu_seconds.json"
     cpu = json.loads(times_file.read_text()) if times_file.is_file() else {}
-    todo = [j for j in sorted(jobs, key=lambda j: -j.seconds) if not (train_dir / j.name / "metrics.json").is_file()]
+    todo = [j for j in sorted(jobs, key=lambda j: -j.seconds) if not finished(train_dir / j.name, j.steps)]
     running: dict[int, tuple[Job, subprocess.Popen, float]] = {}
     while todo or running:
         for core in range(cores):
