@@ -143,25 +143,29 @@ def run_jobs(jobs: list[Job], train_dir: Path, cores: int, extra: list[str], bat
     return cpu
 
 
-def _gmm_job(job: Job, out: Path, dim: int) -> str:
+def _gmm_job(job: Job, out: Path, dim: int) -> tuple[str, float]:
     import torch
 
     from ddpm.regimes.gmm import GMMRun, train_gmm
 
     torch.set_num_threads(1)
-    t0 = time.perf_counter()
+    c0 = time.process_time()
     train_gmm(GMMRun(n=int(job.overrides[0]), d=dim, steps=job.steps), out / job.name)
-    return f"{job.name}: {job.steps} steps in {time.perf_counter() - t0:.0f} s"
+    return job.name, time.process_time() - c0
 
 
-def run_gmm(jobs: list[Job], train_dir: Path, cores: int, dim: int) -> None:
-    """Run the Gaussian-mixture jobs (longest first) in ``cores`` worker processes."""
+def run_gmm(jobs: list[Job], train_dir: Path, cores: int, dim: int) -> dict[str, float]:
+    """Run the Gaussian-mixture jobs (longest first) in ``cores`` worker processes; their CPU seconds."""
     from concurrent.futures import ProcessPoolExecutor
 
     todo = [j for j in sorted(jobs, key=lambda j: -j.seconds) if not (train_dir / j.name / "run.json").is_file()]
+    cpu = {}
     with ProcessPoolExecutor(max_workers=cores) as pool:
-        for line in pool.map(_gmm_job, todo, [train_dir] * len(todo), [dim] * len(todo)):
-            print(line, flush=True)
+        for name, seconds in pool.map(_gmm_job, todo, [train_dir] * len(todo), [dim] * len(todo)):
+            cpu[name] = seconds
+            print(f"{name}: {seconds:.0f} s CPU", flush=True)
+    (train_dir / "cpu_seconds.json").write_text(json.dumps(cpu, indent=2))
+    return cpu
 
 
 def compare_halves(jobs: list[Job], out: Path, samples: int, data_dir: str | None) -> None:
@@ -232,10 +236,11 @@ def study(argv: list[str] | None = None) -> int:
         compare_halves(jobs, args.out, args.samples, data_dir)
         print(f"wall time {time.perf_counter() - t0:.0f} s")
         return 0
-    if not args.collect_only and args.gmm:
-        run_gmm(jobs, args.out / "train", args.cores, args.dim)
-    elif not args.collect_only:
-        cpu = run_jobs(jobs, args.out / "train", args.cores, args.train, args.batch_size)
+    if not args.collect_only:
+        if args.gmm:
+            cpu = run_gmm(jobs, args.out / "train", args.cores, args.dim)
+        else:
+            cpu = run_jobs(jobs, args.out / "train", args.cores, args.train, args.batch_size)
         measured = [Job(j.name, j.steps, cpu.get(j.name, 0.0)) for j in jobs]
         print(
             f"CPU time {sum(cpu.values()) / 60:.1f} min; on {args.cores} idle cores (longest first) {check_budget(pack(measured, args.cores), math.inf):.1f} min wall"
