@@ -246,6 +246,17 @@ def study(argv: list[str] | None = None) -> int:
             f"CPU time {sum(cpu.values()) / 60:.1f} min; on {args.cores} idle cores (longest first) {check_budget(pack(measured, args.cores), math.inf):.1f} min wall"
         )
     result = collect(args.out / "train", args.out, command=COMMAND)
+    times = args.out / "train" / "cpu_seconds.json"
+    if times.is_file():  # the grid's cost, kept with its results
+        cpu = json.loads(times.read_text())
+        measured = [Job(j.name, j.steps, cpu.get(j.name, 0.0)) for j in jobs]
+        result["cpu"] = {
+            "seconds": cpu,
+            "total_min": sum(cpu.values()) / 60,
+            "cores": args.cores,
+            "idle_wall_min": check_budget(pack(measured, args.cores), math.inf),
+        }
+        (args.out / "law.json").write_text(json.dumps(result, indent=2))
     print(f"wall time {time.perf_counter() - t0:.0f} s; {len(result['runs'])} runs -> {args.out / 'law.csv'}, law.json, plots")
     for d, fit in result["fits"].items():
         for key in ("tau_mem", "tau_gen"):
