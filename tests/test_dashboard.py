@@ -3,6 +3,7 @@ every page through Streamlit's AppTest."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -133,6 +135,144 @@ def test_runs_skip_symlinks_out_of_the_root(tmp_path: Path) -> None:
     assert runs.tail(run / "launch.log") == ""
 
 
+def budget_run(root: Path, name: str = "train/qs", finished: bool = True) -> Path:
+    """A run of experiment=quickstart's shape: max_steps 1000000, ended by train.time_budget_min 4.5."""
+    run = root / name
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("train:\n  max_steps: 1000000\n  time_budget_min: 4.5\n")
+    (run / "train.log").write_text(
+        "[2026-01-01 10:00:00,000][ddpm.train][INFO] - ddpm 0.1.0\ndataset mnist: 60000 images\n"
+        "[2026-01-01 10:02:00,000][ddpm.train][INFO] - step 5000 loss 0.03 grad_norm 0.1 lr 1e-3 img/s 140.0 max_rss_mib 900\n"
+        "[2026-01-01 10:04:30,000][ddpm.train][INFO] - step 10236 loss 0.02 grad_norm 0.1 lr 0 img/s 142.4 max_rss_mib 900\n"
+    )
+    if finished:
+        (run / "metrics.json").write_text(json.dumps({"step": 10236, "train_seconds": 270.3}))
+    return run
+
+
+def test_progress_of_time_budget_and_step_bounded_runs(tmp_path: Path) -> None:
+    budget_run(tmp_path)
+    r = runs.run_info(tmp_path, "train/qs")
+    assert (r.status, r.step, r.time_budget_min, r.elapsed_s, r.images_per_s) == ("finished", 10236, 4.5, 270.3, 142.4)
+    assert r.progress == (1.0, "4.5 / 4.5 min of the time budget · step 10236 · 142 img/s")
+    assert r.progress_short == "4.5 / 4.5 min" and "1000000" not in r.progress[1]
+    # not finished yet: the time between train.log's first and last lines of each start
+    budget_run(tmp_path, "train/qs2", finished=False)
+    r = runs.run_info(tmp_path, "train/qs2")
+    assert (r.status, r.elapsed_s) == ("stopped", 270.0)
+    assert r.progress == (pytest.approx(270 / 270), "4.5 / 4.5 min of the time budget · step 10236 · 142 img/s")
+    log = (tmp_path / "train/qs2/train.log").read_text()
+    resumed = log + "[2026-01-01 11:00:00,000][ddpm.train][INFO] - ddpm 0.1.0\n[2026-01-01 11:00:30,500][ddpm.train][INFO] - x\n"
+    assert runs.logged_seconds(resumed) == 300.5  # 270 s, then 30.5 s after the restart (the hour between is not training)
+    now = datetime(2026, 1, 1, 11, 1, 0).timestamp()
+    assert runs.logged_seconds(resumed, live=True, now=now) == 330.0  # a live run counts up to now
+    assert runs.logged_seconds("no stamps\n") is None
+    # a step-bounded run: steps of max_steps, as before
+    fake_run(tmp_path)
+    r = runs.run_info(tmp_path, "train/r1")
+    assert r.time_budget_min is None and r.progress == (0.25, "step 10 / 40") and r.progress_short == "10 / 40 steps"
+
+
+def test_failed_start_is_told_from_a_stop(tmp_path: Path) -> None:
+    run = fake_run(tmp_path, steps=(5,))
+    log = run / runs.LAUNCH_LOG
+    cmd = "$ python -m ddpm.train dataset=cifar10\n"
+    cases = [
+        (
+            cmd + "error: CIFAR-10 dataset not found: looked for /d\n" + runs.EXIT_LINE.format(2),
+            "failed",
+            "CIFAR-10 dataset not found: looked for /d",
+        ),
+        (cmd + "received SIGTERM: stopped after step 5\n" + runs.EXIT_LINE.format(143), "stopped", ""),
+        (cmd + runs.EXIT_LINE.format(-9), "failed", "ddpm-train was killed by SIGKILL"),
+        (cmd + "Traceback (most recent call last):\n  File x\nRuntimeError: out of memory\n", "failed", "RuntimeError: out of memory"),
+        (cmd + "error: old\n" + runs.EXIT_LINE.format(2) + "\n" + cmd, "stopped", ""),  # restarted since: not failed
+        (cmd, "stopped", ""),  # starting, or stopped with no trace
+    ]
+    for text, status, error in cases:
+        log.write_text(text + "\n")
+        r = runs.run_info(tmp_path, "train/r1")
+        assert (r.status, r.error) == (status, error), text
+
+
+def test_runs_named_like_a_runs_own_folders_are_found(tmp_path: Path) -> None:
+    for name in ("tb", "samples", "images"):
+        fake_run(tmp_path, f"train/{name}")
+    fake_run(tmp_path, "mnist/samples/deep")
+    nested = tmp_path / "train" / "tb" / "samples" / "not-a-run"  # inside a run: its own folders are not walked
+    (nested / "checkpoints").mkdir(parents=True)
+    fake_run(tmp_path, "archive/train/old")
+    assert sorted(r.name for r in runs.find_runs(tmp_path)) == [
+        "mnist/samples/deep",
+        "train/images",
+        "train/samples",
+        "train/tb",
+    ]
+
+
+def test_checkpoints_count_once_and_list_the_most_trained_first(tmp_path: Path) -> None:
+    a = fake_run(tmp_path, "train/a", steps=(10, 20))
+    ckpt = a / "checkpoints"
+    (ckpt / "step_0000020.pt").write_bytes(b"20")
+    os.link(ckpt / "step_0000020.pt", ckpt / "last.pt")  # as ddpm-train writes it
+    (ckpt / "best.pt").write_bytes(b"b")
+    with open(a / "train.log", "a") as f:
+        f.write("[2026-01-01 00:00:09,000][ddpm.train][INFO] - best.pt: FID 12.345 at step 10\n")
+    b = fake_run(tmp_path, "train/b", steps=(5,))
+    (b / "checkpoints" / "last.pt").write_bytes(b"copy")  # a copy (no hard links): its step from train.log
+    with open(b / "train.log", "a") as f:
+        f.write(f"[2026-01-01 00:00:09,000][ddpm.train][INFO] - checkpoint {b}/checkpoints/step_0000005.pt\n")
+    os.utime(b, (time.time() + 60, time.time() + 60))  # b is the newer run
+    info = runs.run_info(tmp_path, "train/a")
+    assert [p.name for p in info.checkpoints] == ["last.pt", "best.pt", "step_0000020.pt", "step_0000010.pt"]
+    assert info.checkpoint_count() == 3  # last.pt is step_0000020.pt
+    choices = runs.checkpoint_choices(tmp_path)
+    assert [c.label(tmp_path) for c in choices] == [
+        "train/a/checkpoints/best.pt · step 10 · FID 12.3",
+        "train/a/checkpoints/last.pt · step 20",
+        "train/a/checkpoints/step_0000010.pt · step 10",
+        "train/b/checkpoints/last.pt · step 5",
+        "train/b/checkpoints/step_0000005.pt · step 5",
+    ]
+
+
+def test_archive_and_delete_stay_in_the_root_and_spare_a_live_run(tmp_path: Path) -> None:
+    from ddpm.runlock import RunLock
+
+    root = tmp_path / "outputs"
+    run = fake_run(root)
+    fake_run(tmp_path / "elsewhere")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("keep")
+    (run / "link").symlink_to(secret)
+    (root / "escape").symlink_to(tmp_path / "elsewhere" / "train" / "r1")
+    for bad, needle in [
+        ("../elsewhere/train/r1", "outside the outputs root"),
+        (str(tmp_path / "elsewhere" / "train" / "r1"), "outside the outputs root"),
+        ("escape", "outside the outputs root"),
+        (".", "not a training run"),
+        ("train", "not a training run"),
+        ("train/nope", "not a training run"),
+    ]:
+        for action in (launch.archive, launch.delete):
+            with pytest.raises(ConfigError, match=needle):
+                action(root, bad)
+    with RunLock(run):  # a live ddpm-train holds this lock
+        for action in (launch.archive, launch.delete):
+            with pytest.raises(ConfigError, match="is training: stop it first"):
+                action(root, "train/r1")
+    assert run.is_dir()
+    dest = launch.archive(root, "train/r1")
+    assert dest == (root / "archive" / "train" / "r1").resolve() and (dest / "config.yaml").is_file() and not run.exists()
+    assert runs.find_runs(root) == []
+    fake_run(root)
+    assert launch.archive(root, "train/r1").name == "r1-2"
+    fake_run(root)
+    (run / "link").symlink_to(secret)
+    launch.delete(root, "train/r1")
+    assert not run.exists() and secret.read_text() == "keep" and (tmp_path / "elsewhere" / "train" / "r1").is_dir()
+
+
 # --- train: groups, overrides, checks ---
 
 
@@ -167,15 +307,24 @@ def test_overrides_refuse_what_the_dashboard_sets() -> None:
             launch.parse_extra(bad)
 
 
-@pytest.mark.parametrize("bad", ["model=nope", "gpu=fp16", "train.max_steps=many"])
-def test_config_check_gives_the_cli_one_line_error(bad: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        ("model=nope", ""),
+        ("gpu=fp16", ""),
+        ("train.max_steps=many", ": Value 'many' of type 'str' could not be converted to Integer"),
+    ],
+)
+def test_config_check_gives_the_cli_one_line_error(bad: str, reason: str, tmp_path: Path) -> None:
+    """The CLI's one line, with Hydra's reason added where the CLI's line has none."""
     with pytest.raises(ConfigError) as info:
         launch.check_config([bad])
     proc = subprocess.run(
         [sys.executable, "-m", "ddpm.train", bad, f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == f"error: {info.value}"
+    assert f"error: {info.value}" == proc.stderr.strip().splitlines()[-1] + reason
+    assert "\n" not in str(info.value)
 
 
 def test_config_check_validates_values() -> None:
@@ -208,6 +357,12 @@ def test_train_argv_runs_ddpm_train_without_a_shell(tmp_path: Path) -> None:
     argv = launch.train_argv(tmp_path / "a b", ["model=tiny"])
     assert argv[:3] == [sys.executable, "-m", "ddpm.train"]
     assert argv[3:] == ["model=tiny", f"hydra.run.dir='{tmp_path / 'a b'}'"]
+    # a launch turns the progress bar off (its log is launch.log), unless the overrides say otherwise
+    assert launch.launch_overrides(["model=tiny"]) == ["model=tiny", "train.progress=false"]
+    assert launch.launch_overrides(["train.progress=true"]) == ["train.progress=true"]
+    root = tmp_path.resolve()
+    assert launch.command_line(root, "r1", ["model=tiny"]) == f"ddpm-train model=tiny train.progress=false hydra.run.dir={root}/train/r1"
+    assert launch.command_line(root, "bad name", ["model=tiny"]) == "ddpm-train model=tiny train.progress=false"
 
 
 @pytest.fixture(scope="module")
@@ -309,6 +464,7 @@ def test_cli_serves_on_localhost_by_default(tmp_path: Path) -> None:
     assert argv[:4] == [sys.executable, "-m", "streamlit", "run"] and Path(argv[4]).name == "app.py"
     assert argv[argv.index("--server.address") + 1] == "127.0.0.1" and argv[argv.index("--server.port") + 1] == "8600"
     assert argv[-3:] == ["--", "--outputs", str(tmp_path)]
+    assert argv[argv.index("--client.toolbarMode") + 1] == "viewer"  # no Deploy button
     (tmp_path / "f").write_text("")
     for bad, needle in ([["--port", "70000"], "expected 1..65535"], [["--outputs", str(tmp_path / "f")], "not a directory"]):
         proc = subprocess.run([sys.executable, "-m", "ddpm.dashboard.cli", *bad], capture_output=True, text=True, timeout=60)
@@ -330,41 +486,116 @@ def test_runs_page(tmp_path: Path) -> None:
     assert at.subheader[0].value == "train/r1 · stopped"
     assert "step 10 / 40" in at.get("progress")[0].proto.text
     assert len(at.get("image")) == 1
-    assert [b.label for b in at.button] == ["Resume training"]
+    assert [b.label for b in at.button] == ["Resume training", "Archive run", "Delete run"]
+    # a click on a row of the table selects its run
+    other = at.dataframe[0].value["run"].tolist().index("train/r2")
+    at.session_state["runs-table"] = {"selection": {"rows": [other], "columns": []}}
+    at.run()
+    assert at.selectbox[0].value == "train/r2" and at.subheader[0].value == "train/r2 · stopped"
+
+
+def test_runs_page_shows_budget_runs_failures_and_archives(tmp_path: Path) -> None:
+    budget_run(tmp_path)
+    failed = fake_run(tmp_path, "train/c10", steps=(1,))
+    err = "CIFAR-10 dataset not found: looked for /data/cifar10/cifar-10-batches-py. " + "Put cifar-10-python.tar.gz there." * 4
+    (failed / runs.LAUNCH_LOG).write_text(f"$ python -m ddpm.train dataset=cifar10\nerror: {err}\n{runs.EXIT_LINE.format(2)}\n")
+    at = app("runs", tmp_path)
+    assert not at.exception
+    table = at.dataframe[0].value.set_index("run")
+    assert table.loc["train/qs", "progress"] == "4.5 / 4.5 min" and table.loc["train/qs", "img/s"] == 142
+    assert table.loc["train/c10", "status"] == "failed"
+    at.selectbox[0].select("train/qs").run()
+    assert at.subheader[0].value == "train/qs · finished"
+    assert at.get("progress")[0].proto.text == "4.5 / 4.5 min of the time budget · step 10236 · 142 img/s"
+    at.selectbox[0].select("train/c10").run()
+    assert at.subheader[0].value == "train/c10 · failed" and at.error[0].value == f"error: {err}"
+    # archive: asked first, then moved out of the list
+    at.button(key="archive-train/c10").click().run()
+    assert "Move train/c10 to archive/train/c10?" in at.warning[0].value and (tmp_path / "train" / "c10").is_dir()
+    at.button(key="confirm-archive-train/c10").click().run()
+    assert not at.exception and at.success[0].value == "train/c10: archived to archive/train/c10"
+    assert at.selectbox[0].options == ["train/qs"] and (tmp_path / "archive" / "train" / "c10" / "config.yaml").is_file()
+    at.button(key="delete-train/qs").click().run()
+    at.button(key="cancel-delete-train/qs").click().run()
+    assert not at.warning and (tmp_path / "train" / "qs").is_dir()
 
 
 def test_train_page_checks_and_launches(data_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
     at = app("train", tmp_path)
     assert not at.exception and not at.error
     assert {"dataset", "model", "schedule", "experiment"} <= {s.label for s in at.selectbox}
+    at.selectbox(key="group-experiment").select("(none)")
     at.selectbox(key="group-model").select("tiny").run()
     at.text_input(key="extra").input("train.max_steps=-1").run()
     assert at.error[0].value == "error: train.max_steps must be >= 0, got -1"
-    assert at.button[0].disabled
+    assert at.button(key="launch").disabled
+    at.text_input(key="extra").input("train.max_steps=abc").run()
+    assert at.error[0].value.startswith("error: Error merging override train.max_steps=abc: Value 'abc' of type 'str' could not")
     extra = " ".join(
         o
         for o in tiny_train_overrides(data_dir, cache_dir, **{"train.max_steps": 10, "train.sample_every": 5})
         if not o.startswith("model=")
     )
     at.text_input(key="extra").input(extra).run()
-    assert not at.error and "model=tiny" in at.caption[0].value
     at.text_input(key="run_name").input("from-page").run()
-    at.button[0].click().run()
-    assert not at.exception and not at.error
     run = (tmp_path / "train" / "from-page").resolve()
-    wait_for(lambda: (run / "metrics.json").is_file() or not launch.is_live(run), 300, "the launched run to end")
+    assert not at.error and at.code[0].value == f"ddpm-train model=tiny {extra} hydra.run.dir={run}"
+    # a double click: the second Launch finds the run the first one started, and starts nothing
+    at.button(key="launch").click().run()
+    assert not at.exception and not at.error
+    at.button(key="launch").click().run()
+    assert not at.exception and not at.error
+    assert at.info[0].value.startswith("train/from-page exists already: it was launched by the first click")
+    assert [p.name for p in (tmp_path / "train").iterdir()] == ["from-page"]
+    assert at.text_input(key="run_name").value == "from-page"  # the name shown is the name used
+    assert at.subheader[0].value.startswith("train/from-page · ")
+    wait_for(lambda: not launch.is_live(run), 300, "the launched run to end")
     assert (run / "metrics.json").is_file(), runs.tail(run / runs.LAUNCH_LOG)
     assert [p.name for p in runs.sample_grids(run)] == ["step_0000005.png", "step_0000010.png"]
+    assert (run / runs.LAUNCH_LOG).read_text().count("\n$ ") + 1 == 1  # one start
     at = app("train", tmp_path)
     at.text_input(key="run_name").input("from-page").run()
-    at.button[0].click().run()
+    at.button(key="launch").click().run()
     assert at.error[0].value == "error: run train/from-page exists already: pick another name, or resume it from the Runs page"
+    at.button(key="new-name").click().run()
+    assert at.text_input(key="run_name").value.startswith("run-") and not at.error
+
+
+def test_train_page_starts_from_quickstart_without_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    at = app("train", tmp_path)
+    assert not at.exception and not at.error
+    assert at.selectbox(key="group-experiment").value == "quickstart"
+    assert at.code[0].value.startswith("ddpm-train experiment=quickstart train.progress=false hydra.run.dir=")
+    assert "experiment=quickstart" in at.caption[0].value
+    at.selectbox(key="group-experiment").select("(none)").run()  # the choice to switch
+    assert at.code[0].value.startswith("ddpm-train train.progress=false hydra.run.dir=")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    at = app("train", tmp_path)
+    assert at.selectbox(key="group-experiment").value == "(none)" and not at.caption
+
+
+def test_a_failed_start_reads_failed_with_its_error(tmp_path: Path) -> None:
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    proc = launch.launch(tmp_path / "out", "c10", ["dataset=cifar10", "model=tiny", f"paths.data_dir={empty}"])
+    assert proc.wait(timeout=120) == 2
+    wait_for(lambda: runs.EXIT_LINE.format(2) in runs.tail(tmp_path / "out" / "train" / "c10" / runs.LAUNCH_LOG), 10, "the exit line")
+    r = runs.run_info(tmp_path / "out", "train/c10")
+    assert r.status == "failed" and r.error.startswith(f"CIFAR-10 dataset not found: looked for {empty}/cifar10")
+    at = app("runs", tmp_path / "out")
+    assert at.subheader[0].value == "train/c10 · failed" and at.error[0].value == f"error: {r.error}"
 
 
 def test_sample_page(ckpt_root: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DDPM_DATA_DIR", str(data_dir))
     at = app("sample", ckpt_root)
     assert not at.exception and at.selectbox(key="ckpt").options == ["train/tiny/checkpoints/last.pt"]
+    assert not at.info
+    at.selectbox(key="sampler").select("exact_score").run()
+    assert at.info[0].value.startswith("sampler=exact_score ignores the network")
     at.selectbox(key="sampler").select("ddim")
     at.number_input(key="steps").set_value(5)
     at.number_input(key="count").set_value(4)
@@ -372,6 +603,12 @@ def test_sample_page(ckpt_root: Path, data_dir: Path, monkeypatch: pytest.Monkey
     assert not at.exception and not at.error
     assert [i.captions[0] for i in at.get("image")] == ["samples.png", "sampling.gif", "noise.gif"]
     assert len(at.get("download_button")) == 3
+    out = next((ckpt_root / "sample").iterdir())
+    grid = Image.open(out / "samples.png")
+    big = Image.open(io.BytesIO(sampling.preview_grid((out / "samples.png").read_bytes())))
+    k = big.width // grid.width
+    assert big.width >= 512 and big.size == (grid.width * k, grid.height * k)
+    assert big.resize(grid.size, resample=Image.Resampling.NEAREST).tobytes() == grid.tobytes()
     at.button[1].click().run()
     assert not at.exception and "a new digit per click (mnist, seed 0)" in at.get("image")[-1].captions[0]
     at.button[1].click().run()
@@ -381,6 +618,12 @@ def test_sample_page(ckpt_root: Path, data_dir: Path, monkeypatch: pytest.Monkey
 def test_evaluate_page(tmp_path: Path) -> None:
     at = app("evaluate", tmp_path)
     assert not at.exception and "No evaluations" in at.info[0].value
+    root = tmp_path.resolve()
+    assert at.code[0].value == f"ddpm-evaluate ckpt={root}/train/<run>/checkpoints/last.pt hydra.run.dir={root}/evaluate/<run>"
+    fake_run(tmp_path)
+    at = app("evaluate", tmp_path)  # the command line names the checkpoint there is
+    assert at.code[0].value == f"ddpm-evaluate ckpt={root}/train/r1/checkpoints/step_0000005.pt hydra.run.dir={root}/evaluate/r1"
+    shutil.rmtree(tmp_path / "train")
     (tmp_path / "evaluate" / "e1").mkdir(parents=True)
     (tmp_path / "evaluate" / "e1" / "metrics.json").write_text(json.dumps({"fid": {"value": 9.5}}))
     sweep = tmp_path / "multirun" / "s"
@@ -396,6 +639,7 @@ def test_evaluate_page(tmp_path: Path) -> None:
 def test_regimes_page(tmp_path: Path) -> None:
     at = app("regimes", tmp_path)
     assert not at.exception and "No ddpm-regimes runs" in at.info[0].value
+    assert at.code[0].value.startswith(f"ddpm-regimes dataset=mnist hydra.run.dir={tmp_path.resolve()}/regimes/mnist ")
     reg = tmp_path / "regimes" / "g1"
     reg.mkdir(parents=True)
     (reg / "regimes.json").write_text(json.dumps({"t_S": 1.5, "t_C": 0.25, "theory": {"t_S": 1.4}}))

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from ddpm.dashboard.ui import outputs_root
+from ddpm.dashboard.ui import display_path, outputs_root
 
 VIEWS = Path(__file__).with_name("views")
 
 st.set_page_config(page_title="ddpm dashboard", layout="wide")
-st.sidebar.caption(f"outputs root: {outputs_root()}")
+st.sidebar.caption(f"outputs root: {display_path(outputs_root())}")
 pages = [
     st.Page(str(VIEWS / "runs.py"), title="Runs", default=True),
     st.Page(str(VIEWS / "train.py"), title="Train"),

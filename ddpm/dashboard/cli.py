@@ -32,6 +32,8 @@ def streamlit_argv(outputs: Path, host: str, port: int) -> list[str]:
         "true",
         "--browser.gatherUsageStats",
         "false",
+        "--client.toolbarMode",
+        "viewer",  # no Deploy button, no developer menu: the app is a local tool, not a Streamlit project
         "--",
         "--outputs",
         str(outputs),

@@ -6,9 +6,11 @@ directory inside the outputs root; the config is checked first with the CLI's ow
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,16 +23,30 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm.cli import CONFIG_MODULE, compose_checked, renamed_key
 from ddpm.dashboard.paths import inside
-from ddpm.dashboard.runs import LAUNCH_LOG
+from ddpm.dashboard.runs import ARCHIVE, EXIT_LINE, LAUNCH_LOG, is_train_run
 from ddpm.errors import ConfigError
-from ddpm.runlock import held_by_another
+from ddpm.runlock import RunDirLocked, RunLock, held_by_another
 from ddpm.train.config import validate_train
 
 RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 # Keys the dashboard sets itself: the run directory (kept inside the root) and resuming (the Resume button).
 RESERVED = ("hydra", "resume")
 COMPOSE_LOCK = threading.Lock()  # Hydra's GlobalHydra is process-wide; sessions run in threads
+_LAUNCH_LOCK = threading.Lock()  # claiming a run directory and starting its process is one step
 _children: dict[Path, subprocess.Popen] = {}  # runs started by this server, polled so none lingers as a zombie
+# The experiment the Train page starts from on a machine without CUDA: a short run sized for a CPU.
+CPU_EXPERIMENT = "quickstart"
+
+
+class RunExists(ConfigError):
+    """A run of that name exists already (a second Launch of the same name starts nothing)."""
+
+
+def default_experiment() -> str | None:
+    """The ``experiment`` the Train page preselects: :data:`CPU_EXPERIMENT` without CUDA, else none."""
+    import torch
+
+    return None if torch.cuda.is_available() else CPU_EXPERIMENT
 
 
 def train_groups() -> dict[str, tuple[str | None, list[str]]]:
@@ -108,13 +124,32 @@ def check_config(overrides: list[str]) -> DictConfig:
         if msg := renamed_key("train", o):
             raise ConfigError(msg)
     with COMPOSE_LOCK:
-        cfg = compose_checked("train", overrides)
+        try:
+            cfg = compose_checked("train", overrides)
+        except ConfigError as exc:
+            reason = hydra_reason(exc)
+            if not reason:
+                raise
+            raise ConfigError(f"{exc}: {reason}") from exc
     validate_train(cfg)
     return cfg
 
 
-def run_dir_for(root: str | Path, name: str) -> Path:
-    """The directory of a new run ``name``: ``<root>/train/<name>``, refused if it exists already.
+def hydra_reason(exc: BaseException) -> str:
+    """Why Hydra refused an override when its own message does not say (``Error merging override
+    train.max_steps=abc``): the first line of the first cause that adds something, '' when none does."""
+    told = " ".join(str(exc).split())
+    seen = exc.__cause__
+    while seen is not None:
+        first = (str(seen).strip().splitlines() or [""])[0].strip()
+        if first and "$VALUE" not in first and " ".join(first.split()) not in told:
+            return first
+        seen = seen.__cause__ or seen.__context__
+    return ""
+
+
+def run_path(root: str | Path, name: str) -> Path:
+    """``<root>/train/<name>`` for a checked run name (it may exist).
 
     Args:
         root: the outputs root.
@@ -122,10 +157,46 @@ def run_dir_for(root: str | Path, name: str) -> Path:
     """
     if not RUN_NAME_RE.match(name):
         raise ConfigError(f"run name {name!r}: use letters, digits, '_', '.' and '-' (at most 80, not starting with a symbol)")
-    run = inside(root, Path("train") / name)
+    return inside(root, Path("train") / name)
+
+
+def _exists_message(name: str) -> str:
+    return f"run train/{name} exists already: pick another name, or resume it from the Runs page"
+
+
+def run_dir_for(root: str | Path, name: str) -> Path:
+    """The directory of a new run ``name``: ``<root>/train/<name>``, refused (:class:`RunExists`) if
+    it exists already.
+
+    Args:
+        root: the outputs root.
+        name: letters, digits, ``_ . -``.
+    """
+    run = run_path(root, name)
     if run.exists():
-        raise ConfigError(f"run train/{name} exists already: pick another name, or resume it from the Runs page")
+        raise RunExists(_exists_message(name))
     return run
+
+
+def launch_overrides(overrides: list[str]) -> list[str]:
+    """The overrides a launch passes: ``train.progress=false`` added unless given (the launch log
+    then holds the run's log lines, not a progress bar redrawn at every step)."""
+    given = any(o.lstrip("+~").split("=", 1)[0] == "train.progress" for o in overrides)
+    return list(overrides) if given else [*overrides, "train.progress=false"]
+
+
+def command_line(root: str | Path, name: str, overrides: list[str]) -> str:
+    """The ``ddpm-train`` command line a launch of ``name`` runs, as shown on the Train page.
+
+    Args:
+        root: the outputs root.
+        name: the run's name (left out of the line when it is not a valid name).
+        overrides: the checked overrides.
+    """
+    words = launch_overrides(overrides)
+    with contextlib.suppress(ConfigError):
+        words.append(f"hydra.run.dir={_hydra_path(run_path(root, name))}")
+    return "ddpm-train " + shlex.join(words)
 
 
 def _hydra_path(path: Path) -> str:
@@ -154,7 +225,19 @@ def _start(run: Path, argv: list[str]) -> subprocess.Popen:
         # Own session: the run outlives a restart of the dashboard and its Ctrl-C.
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     _children[run] = proc
+    threading.Thread(target=_record_exit, args=(run, proc), name=f"watch {run.name}", daemon=True).start()
     return proc
+
+
+def _record_exit(run: Path, proc: subprocess.Popen) -> None:
+    """Append the exit status to launch.log when the process ends: the Runs page tells a failed
+    start from a stopped run by it."""
+    code = proc.wait()
+    try:
+        with open(run / LAUNCH_LOG, "a") as log:
+            log.write(EXIT_LINE.format(code) + "\n")
+    except OSError:  # the folder went away (archived or deleted after the run ended)
+        pass
 
 
 def launch(root: str | Path, name: str, overrides: list[str]) -> subprocess.Popen:
@@ -168,8 +251,14 @@ def launch(root: str | Path, name: str, overrides: list[str]) -> subprocess.Pope
     for o in overrides:
         parse_extra(shlex.quote(o))  # the reserved keys are refused here too, whoever built the list
     check_config(overrides)
-    run = run_dir_for(root, name)
-    return _start(run, train_argv(run, overrides))
+    with _LAUNCH_LOCK:  # two clicks in a row: the second finds the folder the first one made
+        run = run_dir_for(root, name)
+        run.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            run.mkdir()
+        except FileExistsError:
+            raise RunExists(_exists_message(name)) from None
+        return _start(run, train_argv(run, launch_overrides(overrides)))
 
 
 def run_overrides(run: Path) -> list[str]:
@@ -243,3 +332,59 @@ def stop(root: str | Path, path: str | Path, wait_s: float = 0.0) -> bool:
             proc.poll()
         time.sleep(0.1)
     return True
+
+
+def _removable(root: str | Path, path: str | Path) -> Path:
+    """The run directory ``path`` if it may be archived or deleted: a training run inside the
+    outputs root (not the root itself) that does not train now."""
+    run = inside(root, path)
+    if run == Path(root).expanduser().resolve() or not run.is_dir() or not is_train_run(run):
+        raise ConfigError(f"{path} is not a training run under the outputs root")
+    if is_live(run):
+        raise ConfigError(f"{path} is training: stop it first")
+    return run
+
+
+def archive(root: str | Path, path: str | Path) -> Path:
+    """Move a run that does not train to ``<root>/archive/<its path>`` (a number added when that
+    is taken); the Runs page no longer lists it, moving the folder back lists it again.
+
+    Args:
+        root: the outputs root.
+        path: the run directory (relative to the root).
+    Returns:
+        the run's new directory.
+    """
+    run = _removable(root, path)
+    base = Path(root).expanduser().resolve()
+    rel = run.relative_to(base)
+    if rel.parts[0] == ARCHIVE:
+        raise ConfigError(f"{path} is archived already")
+    dest = inside(base, Path(ARCHIVE) / rel)
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = inside(base, Path(ARCHIVE) / rel.parent / f"{rel.name}-{n}")
+    try:
+        with RunLock(run):  # a ddpm-train starting in it now is refused until the move is done
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(run, dest)
+    except RunDirLocked:
+        raise ConfigError(f"{path} is training: stop it first") from None
+    return dest
+
+
+def delete(root: str | Path, path: str | Path) -> None:
+    """Delete a run that does not train, with its checkpoints (symlinks in it are removed, never
+    followed).
+
+    Args:
+        root: the outputs root.
+        path: the run directory (relative to the root).
+    """
+    run = _removable(root, path)
+    try:
+        with RunLock(run):
+            shutil.rmtree(run)
+    except RunDirLocked:
+        raise ConfigError(f"{path} is training: stop it first") from None

@@ -3,6 +3,8 @@ and a one-image-per-click generator over a safely loaded checkpoint."""
 
 from __future__ import annotations
 
+import io
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +82,23 @@ def run_sample(root: str | Path, ckpt: str | Path, sampler: str, steps: int | No
         out = inside(root, Path("sample") / f"{stem}-{n}")
     sample(cfg, out)
     return out
+
+
+def preview_grid(png: bytes, width: int = 512) -> bytes:
+    """``samples.png`` upscaled by a whole factor (nearest: the pixels stay sharp) to at least
+    ``width`` pixels, as large as the GIFs beside it (``ddpm-sample`` writes the grid at 1 px per pixel).
+
+    Args:
+        png: the PNG file's bytes.
+        width: the smallest width shown.
+    """
+    grid = Image.open(io.BytesIO(png))
+    k = math.ceil(width / grid.width)
+    if k <= 1:
+        return png
+    buf = io.BytesIO()
+    grid.resize((grid.width * k, grid.height * k), resample=Image.Resampling.NEAREST).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def load_checkpoint_model(root: str | Path, ckpt: str | Path) -> Pretrained:

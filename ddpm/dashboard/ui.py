@@ -27,6 +27,20 @@ def outputs_root() -> Path:
     return Path(st.session_state["outputs_root"])
 
 
+def display_path(path: str | Path) -> str:
+    """A path as the pages show it: relative to the working directory when inside it, else with
+    ``~`` for the home folder."""
+    p = Path(path)
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    if p == cwd:
+        return "."
+    if cwd in p.parents:
+        return str(p.relative_to(cwd))
+    if home in p.parents:
+        return str(Path("~") / p.relative_to(home))
+    return str(p)
+
+
 def show_error(exc: Exception) -> None:
     """A user error as the CLI prints it: one line."""
     st.error(f"error: {exc}")
@@ -43,12 +57,15 @@ def render_run(root: Path, name: str) -> None:
     except ConfigError as exc:
         show_error(exc)
         return
+    if not run.path.is_dir():
+        st.info(f"{name} is no longer under the outputs root (archived or deleted).")
+        return
     live = launch.is_live(run.path)
-    b1, _ = st.columns([1, 5])
+    b1, b2, b3, _ = st.columns([1, 1, 1, 3])
     if live and b1.button("Stop training", key=f"stop-{name}", help="SIGTERM: the run finishes its step and writes a checkpoint"):
         launch.stop(root, name, wait_s=0.5)
         st.info("stop requested: the run writes a checkpoint and exits")
-    resumable = not live and run.status == "stopped" and bool(run.checkpoints)
+    resumable = not live and run.status in ("stopped", "failed") and bool(run.checkpoints)
     if resumable and b1.button("Resume training", key=f"resume-{name}", help="relaunch with resume=latest"):
         try:
             launch.resume(root, name)
@@ -56,6 +73,12 @@ def render_run(root: Path, name: str) -> None:
             show_error(exc)
         else:
             st.rerun()
+    if not live:
+        if b2.button("Archive run", key=f"archive-{name}", help=f"move it to {launch.ARCHIVE}/ under the outputs root"):
+            st.session_state["confirm"] = ("archive", name)
+        if b3.button("Delete run", key=f"delete-{name}", help="remove its folder and checkpoints"):
+            st.session_state["confirm"] = ("delete", name)
+        confirm_removal(root, name)
 
     @st.fragment(run_every=REFRESH_S if live else None)
     def body() -> None:
@@ -67,10 +90,10 @@ def render_run(root: Path, name: str) -> None:
         started_here = launch.is_live(run.path)
         status = "starting" if started_here and run.status != "running" else run.status
         st.subheader(f"{run.name} · {status}")
-        if run.max_steps:
-            st.progress(min(run.step / run.max_steps, 1.0), text=f"step {run.step} / {run.max_steps}")
-        else:
-            st.write(f"step {run.step}")
+        if status == "failed":
+            st.error(f"error: {run.error}")
+        frac, text = run.progress
+        st.progress(frac, text=text)
         c1, c2 = st.columns(2)
         with c1:
             curve = loss_curve(run.path)
@@ -84,14 +107,42 @@ def render_run(root: Path, name: str) -> None:
             else:
                 st.caption("no sample grid yet")
         if run.checkpoints:
-            st.caption("checkpoints: " + ", ".join(p.name for p in run.checkpoints))
+            st.caption(f"checkpoints ({run.checkpoint_count()} files): " + ", ".join(p.name for p in run.checkpoints))
         with st.expander("config"):
             st.code(yaml.safe_dump(read_config(run.path), sort_keys=False), language="yaml")
         log_text = tail(run.path / LAUNCH_LOG) or tail(run.path / "train.log")
         if log_text:
-            with st.expander("log", expanded=status == "stopped" and not run.checkpoints):
+            with st.expander("log", expanded=status == "failed"):
                 st.code(log_text)
         if live != started_here:
             st.rerun()  # the whole page: the buttons change and the refresh switches on or off
 
     body()
+
+
+def confirm_removal(root: Path, name: str) -> None:
+    """The confirmation of a pending Archive or Delete of run ``name`` (Yes / Cancel); once done,
+    the page reruns without the run and says where it went."""
+    pending = st.session_state.get("confirm")
+    if not pending or pending[1] != name:
+        return
+    action = pending[0]
+    what = f"move {name} to {launch.ARCHIVE}/{name}" if action == "archive" else f"delete {name} and all its checkpoints"
+    st.warning(f"{what.capitalize()}?" + (" This cannot be undone." if action == "delete" else ""))
+    c1, c2, _ = st.columns([1, 1, 4])
+    if c1.button(f"Yes, {action}", key=f"confirm-{action}-{name}", type="primary"):
+        st.session_state.pop("confirm", None)
+        try:
+            dest = launch.archive(root, name) if action == "archive" else launch.delete(root, name)
+        except ConfigError as exc:
+            show_error(exc)
+            return
+        for key in ("run", "launched"):
+            if st.session_state.get(key) == name:
+                st.session_state.pop(key)
+        done = f"archived to {dest.relative_to(root)}" if dest is not None else "deleted"
+        st.session_state["removed"] = f"{name}: {done}"
+        st.rerun()
+    if c2.button("Cancel", key=f"cancel-{action}-{name}"):
+        st.session_state.pop("confirm", None)
+        st.rerun()

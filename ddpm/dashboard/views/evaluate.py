@@ -3,8 +3,8 @@
 import streamlit as st
 
 from ddpm.dashboard.paths import relative
-from ddpm.dashboard.runs import files, read_csv, results
-from ddpm.dashboard.ui import outputs_root
+from ddpm.dashboard.runs import checkpoint_choices, files, read_csv, results
+from ddpm.dashboard.ui import display_path, outputs_root
 
 root = outputs_root()
 st.title("Evaluate")
@@ -12,7 +12,11 @@ evals = results(root, "metrics.json")
 if evals:
     st.dataframe([{"run": name} | scalars for name, scalars in evals], hide_index=True)
 else:
-    st.info(f"No evaluations under {root} yet (ddpm-evaluate writes metrics.json).")
+    st.info(f"No evaluations under {display_path(root)} yet: ddpm-evaluate writes metrics.json. For the most trained checkpoint here:")
+    choices = checkpoint_choices(root)
+    ckpt = choices[0].path if choices else root / "train" / "<run>" / "checkpoints" / "last.pt"
+    run = ckpt.parent.parent.name
+    st.code(f"ddpm-evaluate ckpt={ckpt} hydra.run.dir={root / 'evaluate' / run}", language="bash", wrap_lines=True)
 
 st.header("Sweeps")
 tables = files(root, "*.csv")

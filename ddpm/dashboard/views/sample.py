@@ -4,19 +4,20 @@ import streamlit as st
 
 from ddpm.dashboard import launch, sampling
 from ddpm.dashboard.paths import inside, relative
-from ddpm.dashboard.runs import find_runs
-from ddpm.dashboard.ui import outputs_root, show_error
+from ddpm.dashboard.runs import checkpoint_choices
+from ddpm.dashboard.ui import display_path, outputs_root, show_error
 from ddpm.errors import USER_ERRORS
 
 NOUNS = {"cryptopunks": "punk", "mnist": "digit", "cats": "cat"}
 
 root = outputs_root()
 st.title("Sample")
-ckpts = [relative(root, p) for r in find_runs(root) for p in r.checkpoints]
-if not ckpts:
-    st.info(f"No checkpoints under {root} yet: train a model first.")
+choices = checkpoint_choices(root)  # the most trained run first, its best.pt before last.pt
+if not choices:
+    st.info(f"No checkpoints under {display_path(root)} yet: train a model first.")
     st.stop()
-ckpt = st.selectbox("Checkpoint", ckpts, key="ckpt")
+labels = {relative(root, c.path): c.label(root) for c in choices}
+ckpt = st.selectbox("Checkpoint", list(labels), format_func=labels.__getitem__, key="ckpt", help="the most trained first")
 c1, c2, c3, c4 = st.columns(4)
 samplers = launch.group_options("sampler")
 sampler = c1.selectbox("Sampler", samplers, index=samplers.index("dpm_solver") if "dpm_solver" in samplers else 0, key="sampler")
@@ -24,6 +25,11 @@ steps = c2.number_input("Steps (0: the sampler's default)", min_value=0, max_val
 seed = c3.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, key="seed")
 count = c4.number_input("Images", min_value=1, max_value=1024, value=16, key="count")
 noise = st.checkbox("noise GIF (needs the checkpoint's dataset here)", value=True, key="noise")
+if sampler == "exact_score":
+    st.info(
+        "sampler=exact_score ignores the network: it follows the exact score of the checkpoint's training images, "
+        "so every sample is a copy of a training image (the memorising limit, see docs/regimes.md)."
+    )
 
 if st.button("Sample", type="primary"):
     with st.spinner("sampling ..."):
@@ -34,13 +40,13 @@ if st.button("Sample", type="primary"):
 if "sample_dir" in st.session_state:
     out = root / relative(root, st.session_state["sample_dir"])
     st.caption(f"written to {relative(root, out)}")
-    cols = st.columns(3)
+    cols = st.columns([2, 1, 1])
     for col, (fname, mime) in zip(
         cols, [("samples.png", "image/png"), ("sampling.gif", "image/gif"), ("noise.gif", "image/gif")], strict=True
     ):
         if (out / fname).is_file():
             data = (out / fname).read_bytes()
-            col.image(data, caption=fname)
+            col.image(sampling.preview_grid(data) if fname == "samples.png" else data, caption=fname)
             col.download_button(f"Download {fname}", data, file_name=fname, mime=mime, key=f"dl-{fname}")
 
 st.header("Generator")
