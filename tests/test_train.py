@@ -179,3 +179,18 @@ def test_eval_every_logs_fid_and_keeps_the_best_checkpoint(data_dir, tmp_path):
     fids = [e.value for e in acc.Scalars("eval/fid")]
     assert [e.step for e in acc.Scalars("eval/fid")] == [10, 20]
     assert min(fids) == pytest.approx(best["eval"]["fid"], rel=1e-5)
+
+
+def test_log_gives_peak_memory_and_each_epochs_wall_time(data_dir, tmp_path, caplog):
+    """64 images in batches of 16: an epoch every 4 steps; the step lines carry the peak resident memory."""
+    import re
+
+    over = {"dataset.n": 64, "train.max_steps": 8, "train.log_every": 4, "train.ckpt_every": 0, "runtime.num_threads": 1}
+    with caplog.at_level("INFO", logger="ddpm.train"):
+        run(tmp_path, "epochs", data_dir, **over)
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name == "ddpm.train")
+    epochs = re.findall(r"epoch (\d+) done at step (\d+): ([0-9.]+) s wall for its (\d+) steps run here", text)
+    assert [(e, s, n) for e, s, _, n in epochs] == [("1", "4", "4"), ("2", "8", "4")]
+    assert all(0 < float(t) < 120 for _, _, t, _ in epochs)
+    rss = [float(m) for m in re.findall(r"^step \d+ loss .* img/s [0-9.]+ max_rss_mib (\d+)$", text, re.M)]
+    assert len(rss) == 2 and all(100 < m < 100_000 for m in rss)  # torch alone holds more than 100 MiB

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,34 @@ class BudgetClock:
         self.spent += self.now() - self._start
 
 
+def agree_between_steps(signum: int | None, spent: float, reduce_max: Callable[[torch.Tensor], None] | None) -> tuple[int | None, float]:
+    """What every rank acts on after a step: a stop signal any rank received, and the budget clock
+    of the slowest rank. The LR schedule and the budget read that one clock, so all ranks take the
+    same LR (each rank's own clock differs) and the checkpoint stores the value every rank used.
+
+    Args:
+        signum: the signal this rank received, or None.
+        spent: this rank's budget seconds.
+        reduce_max: all-reduces a float64 tensor in place with MAX (None: a single process).
+    """
+    if reduce_max is None:
+        return signum, spent
+    flag = torch.tensor([float(signum or 0), spent], dtype=torch.float64)
+    reduce_max(flag)
+    return int(flag[0].item()) or None, float(flag[1].item())
+
+
+def peak_memory_mib(device: torch.device) -> str:
+    """``max_rss_mib N`` (peak resident memory of this process) and, on CUDA, ``cuda_max_alloc_mib N``."""
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)  # bytes / KiB
+    out = f"max_rss_mib {rss:.0f}"
+    if device.type == "cuda":
+        out += f" cuda_max_alloc_mib {torch.cuda.max_memory_allocated(device) / 2**20:.0f}"
+    return out
+
+
 class _StopSignal:
     """Turns SIGINT/SIGTERM into a flag checked between steps (finish step, checkpoint, exit).
 
@@ -255,6 +284,8 @@ class Trainer:
             self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, fused=fused
         )
         self.clock = BudgetClock(tc.budget_clock)
+        # the budget seconds all ranks agreed on at the last step (agree_between_steps): the LR reads these
+        self.shared_spent = 0.0
         self.budget_s = math.inf if tc.time_budget_min is None else 60.0 * tc.time_budget_min
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, tc.warmup_steps, tc.lr_schedule, self.progress(step))
@@ -318,7 +349,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path} does not fit this model: {str(exc).splitlines()[0]}") from exc
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
-        self.clock.spent = float(state.get("budget_spent_s", 0.0))
+        self.clock.spent = self.shared_spent = float(state.get("budget_spent_s", 0.0))
         self.best_fid = float(state.get("best_fid", math.inf))
         if self.stream is not None:  # the loader continues at the checkpoint's batch
             self.stream.load_state_dict(state.get("data_position"), self.step, path)
@@ -382,10 +413,16 @@ class Trainer:
         """Share of the run done after warm-up at ``step``: of max_steps, or of the time budget if further along."""
         tc = self.cfg.train
         by_steps = (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps)
-        return max(by_steps, self.clock.spent / self.budget_s)
+        return max(by_steps, self.shared_spent / self.budget_s)
 
     def budget_spent(self) -> bool:
         return self.clock.spent >= self.budget_s
+
+    def _reduce_max(self, t: torch.Tensor) -> None:
+        """All-reduce (MAX) a CPU tensor in place across the ranks, on the backend's device."""
+        on = t.to(self.rt.device)
+        dist.all_reduce(on, op=dist.ReduceOp.MAX)
+        t.copy_(on.cpu())
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward/backward over all micro-batches, then one optimizer step. Returns (loss, grad norm)."""
@@ -536,6 +573,8 @@ class Trainer:
         first_loss: float | None = None
         stop = _StopSignal()
         out_of_time = self.budget_spent()
+        reduce_max = self._reduce_max if rt.distributed else None
+        epoch_t, epoch_first = time.perf_counter(), self.step  # wall time of each epoch, from its first step run here
         from ddpm.regimes.monitor import regimes_steps
 
         regimes_at = set(regimes_steps(tc.regimes_every, tc.regimes_per_decade, tc.max_steps))
@@ -543,11 +582,11 @@ class Trainer:
             while self.step < tc.max_steps and stop.signum is None and not out_of_time:
                 with self.clock:
                     loss, grad_norm = self.train_step()
+                # a signal seen by any rank stops all of them at the same step; the slowest rank's clock is
+                # every rank's clock, so the budget ends at the same step and the LR is the same on all
+                stop.signum, self.shared_spent = agree_between_steps(stop.signum, self.clock.spent, reduce_max)
+                self.clock.spent = self.shared_spent
                 out_of_time = self.budget_spent()
-                if rt.distributed:  # a signal or an spent budget seen by any rank stops all of them at the same step
-                    flag = torch.tensor([float(stop.signum or 0), float(out_of_time)], device=rt.device)
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    stop.signum, out_of_time = int(flag[0].item()) or None, bool(flag[1].item())
                 window_loss += loss
                 window_steps += 1
                 if tc.log_every and (self.step % tc.log_every == 0 or self.step == tc.max_steps or out_of_time):
@@ -561,7 +600,15 @@ class Trainer:
                     lr = self.scheduler.get_last_lr()[0]
                     bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{ips:.0f}")
                     if rt.is_main:
-                        log.info("step %d loss %.5f grad_norm %.3f lr %.2e img/s %.1f", self.step, last_loss, float(grad_norm), lr, ips)
+                        log.info(
+                            "step %d loss %.5f grad_norm %.3f lr %.2e img/s %.1f %s",
+                            self.step,
+                            last_loss,
+                            float(grad_norm),
+                            lr,
+                            ips,
+                            peak_memory_mib(rt.device),
+                        )
                         writer.add_scalar("train/loss", last_loss, self.step)
                         writer.add_scalar("train/grad_norm", float(grad_norm), self.step)
                         writer.add_scalar("train/lr", lr, self.step)
@@ -570,6 +617,18 @@ class Trainer:
                             writer.add_scalar("train/max_memory_gb", torch.cuda.max_memory_allocated(rt.device) / 2**30, self.step)
                     window_loss.zero_()
                     window_steps, window_t = 0, time.perf_counter()
+                if self.step % self.steps_per_epoch == 0:
+                    seconds = time.perf_counter() - epoch_t
+                    if rt.is_main:
+                        log.info(
+                            "epoch %d done at step %d: %.2f s wall for its %d steps run here",
+                            self.step // self.steps_per_epoch,
+                            self.step,
+                            seconds,
+                            self.step - epoch_first,
+                        )
+                        writer.add_scalar("train/epoch_seconds", seconds, self.step)
+                    epoch_t, epoch_first = time.perf_counter(), self.step
                 if tc.ckpt_every and self.step % tc.ckpt_every == 0:
                     self.save()
                 if tc.sample_every and self.step % tc.sample_every == 0:
