@@ -194,3 +194,11 @@ def test_log_gives_peak_memory_and_each_epochs_wall_time(data_dir, tmp_path, cap
     assert all(0 < float(t) < 120 for _, _, t, _ in epochs)
     rss = [float(m) for m in re.findall(r"^step \d+ loss .* img/s [0-9.]+ max_rss_mib (\d+)$", text, re.M)]
     assert len(rss) == 2 and all(100 < m < 100_000 for m in rss)  # torch alone holds more than 100 MiB
+    # epochs shorter than log_every steps: one line per log_every steps, the mean of its epochs
+    caplog.clear()
+    with caplog.at_level("INFO", logger="ddpm.train"):
+        run(tmp_path, "epochs_short", data_dir, **{**over, "train.log_every": 8})
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name == "ddpm.train")
+    assert re.findall(r"epoch (\d+) done at step (\d+): [0-9.]+ s wall for its (\d+) steps run here(.*)", text) == [
+        ("2", "8", "4", " (mean of the last 2 epochs)")
+    ]

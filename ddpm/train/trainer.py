@@ -617,17 +617,22 @@ class Trainer:
                             writer.add_scalar("train/max_memory_gb", torch.cuda.max_memory_allocated(rt.device) / 2**30, self.step)
                     window_loss.zero_()
                     window_steps, window_t = 0, time.perf_counter()
-                if self.step % self.steps_per_epoch == 0:
+                # epochs shorter than log_every steps (small subsets) are summed into one line per log_every steps
+                if self.step % self.steps_per_epoch == 0 and (
+                    not tc.log_every or self.steps_per_epoch >= tc.log_every or self.step % tc.log_every == 0
+                ):
                     seconds = time.perf_counter() - epoch_t
+                    epochs = max(1, (self.step - epoch_first) // self.steps_per_epoch)
                     if rt.is_main:
                         log.info(
-                            "epoch %d done at step %d: %.2f s wall for its %d steps run here",
+                            "epoch %d done at step %d: %.2f s wall for its %d steps run here%s",
                             self.step // self.steps_per_epoch,
                             self.step,
-                            seconds,
-                            self.step - epoch_first,
+                            seconds / epochs,
+                            self.step - epoch_first if epochs == 1 else self.steps_per_epoch,
+                            "" if epochs == 1 else f" (mean of the last {epochs} epochs)",
                         )
-                        writer.add_scalar("train/epoch_seconds", seconds, self.step)
+                        writer.add_scalar("train/epoch_seconds", seconds / epochs, self.step)
                     epoch_t, epoch_first = time.perf_counter(), self.step
                 if tc.ckpt_every and self.step % tc.ckpt_every == 0:
                     self.save()
