@@ -13,7 +13,7 @@ unfinished jobs and skips finished ones. Then :func:`ddpm.regimes.law.collect` w
 With ``--gmm`` the jobs are Gaussian-mixture runs with a small MLP (:mod:`ddpm.regimes.gmm`) in d =
 ``--dim`` dimensions, trained in this process's workers, one per core:
 
-    python scripts/memorisation_law.py outputs/memorisation_law_gmm --gmm --n 32,64,128,256,512 --steps-per-image 100 --budget-min 10
+    python scripts/memorisation_law.py outputs/memorisation_law_gmm --gmm --n 32,48,64,96,128,192,256,384,512 --steps-per-image 120 --budget-min 10
 
 With ``--halves`` each N trains two networks on disjoint halves (``dataset.subset_part=0|1``) for
 ``--steps`` steps each, and :mod:`ddpm.regimes.halves` compares their samples from the same seeds:
@@ -45,7 +45,7 @@ COMMAND = shlex.join(["python", "scripts/memorisation_law.py", *(a for a in sys.
 # Planning rates: training steps per CPU-second of one job on one thread, its regimes measurements
 # included (cpu_seconds.json of the documented grid: docs/regimes.md#the-memorisation-law).
 RATES = {8: 27.0, 12: 15.0, 16: 9.0}
-GMM_RATE = 200.0  # steps/s of a Gaussian-mixture run (MLP 256 x 3, batch 64, d = 8) with its measurements
+GMM_RATE = 400.0  # steps per CPU-second of a Gaussian-mixture run (MLP 256 x 3, batch 64, d = 8) with its measurements
 
 
 def parse_grid(args: argparse.Namespace) -> list[Job]:
