@@ -605,9 +605,9 @@ def test_sample_page(ckpt_root: Path, data_dir: Path, monkeypatch: pytest.Monkey
     assert len(at.get("download_button")) == 3
     out = next((ckpt_root / "sample").iterdir())
     grid = Image.open(out / "samples.png")
-    big = Image.open(io.BytesIO(sampling.preview_grid((out / "samples.png").read_bytes())))
-    k = big.width // grid.width
-    assert big.width >= 512 and big.size == (grid.width * k, grid.height * k)
+    gif = Image.open(out / "sampling.gif")
+    big = Image.open(io.BytesIO(sampling.preview_grid((out / "samples.png").read_bytes(), gif.width)))
+    assert gif.width > grid.width and big.size == gif.size  # shown as large as the GIFs
     assert big.resize(grid.size, resample=Image.Resampling.NEAREST).tobytes() == grid.tobytes()
     at.button[1].click().run()
     assert not at.exception and "a new digit per click (mnist, seed 0)" in at.get("image")[-1].captions[0]

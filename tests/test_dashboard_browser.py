@@ -1,6 +1,7 @@
 """A real browser drives ddpm-dashboard: headless Chromium (the Debian package) over the Chrome
-DevTools protocol launches a tiny run from the Train page, sees its grid, stops and resumes it on
-the Runs page, samples from it on the Sample page, and saves screenshots."""
+DevTools protocol launches a tiny run from the Train page with a double click (one run starts),
+sees its grid, stops and resumes it on the Runs page, samples from it on the Sample page, and saves
+screenshots."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from conftest import tiny_train_overrides
 
 from ddpm.checkpoint import load_checkpoint
 from ddpm.dashboard import runs
-from ddpm.dashboard.launch import trainer_pid
+from ddpm.dashboard.launch import default_experiment, trainer_pid
 
 pytestmark = pytest.mark.slow
 MAX_STEPS = 100_000
@@ -104,10 +105,11 @@ class Browser:
         for kind in ("keyDown", "keyUp"):
             self.call("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter", windowsVirtualKeyCode=13, text="\r")
 
-    def click(self, label: str, timeout: float = 60) -> None:
+    def click(self, label: str, timeout: float = 60) -> tuple[float, float]:
         """Click (mouse down and up at its centre) the enabled button of the page body whose text is
         ``label`` (not Streamlit's own toolbar, which has a Stop button of its own while a script runs),
-        once the app is idle and the button is not a stale one left from the previous run of the page."""
+        once the app is idle and the button is not a stale one left from the previous run of the page.
+        Returns where it clicked."""
         find = (
             "(() => { if (document.querySelector('[data-testid^=\"stStatusWidgetRunning\"]')) return null;"
             " const main = document.querySelector('[data-testid=\"stMainBlockContainer\"]');"
@@ -117,8 +119,13 @@ class Browser:
             " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
         ).replace("LABEL", json.dumps(label))
         x, y = wait_for(lambda: self.js(find), timeout, f"an enabled button {label!r} in an idle app")
+        self.press(x, y)
+        return x, y
+
+    def press(self, x: float, y: float, count: int = 1) -> None:
+        """Mouse down and up at (x, y); ``count=2`` is the second click of a double click."""
         for kind in ("mousePressed", "mouseReleased"):
-            self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+            self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=count)
 
     def screenshot(self, path: Path) -> Path:
         wait_for(lambda: self.js("[...document.images].every(i => i.complete && i.naturalWidth > 0)"), 30, "the images to load")
@@ -172,17 +179,31 @@ def test_browser_trains_watches_stops_resumes_and_samples(chromium: str, data_di
         b = Browser(page["webSocketDebuggerUrl"])
         b.call("Page.enable")
 
-        # Train: the whole run from the typed overrides (group choices left at their defaults).
+        # Train: the whole run from the typed overrides (group choices left at their defaults: on a
+        # machine without CUDA the page starts from experiment=quickstart).
         b.goto(f"{url}/train", "Extra overrides")
+        assert "Deploy" not in b.text()  # Streamlit's toolbar is hidden (client.toolbarMode=viewer)
         cache = tmp_path / "cache"
-        # max_steps out of reach: the run trains until stopped, however fast the machine
-        extra = tiny_train_overrides(data_dir, cache, **{"train.max_steps": MAX_STEPS, "train.sample_every": 10, "train.log_every": 5})
+        # max_steps out of reach and no time budget: the run trains until stopped, however fast the machine
+        extra = tiny_train_overrides(
+            data_dir,
+            cache,
+            **{"train.max_steps": MAX_STEPS, "train.sample_every": 10, "train.log_every": 5, "train.time_budget_min": "null"},
+        )
         b.type_into("Extra overrides", " ".join(extra))
-        b.wait_text("ddpm-train model=tiny", 60)
+        start = f"experiment={default_experiment()} " if default_experiment() else ""
+        b.wait_text(f"ddpm-train {start}model=tiny", 60)
         b.type_into("Run name (directory train/<name> under the outputs root)", "browser")
         time.sleep(1)  # let the rerun for the name settle before the click
-        b.click("Launch")
-        b.wait_text("train/browser · ", 60)
+        # A double click whose second press comes once the first has started the run (a quicker second
+        # press only interrupts the first click's rerun): one run, under the name typed.
+        x, y = b.click("Launch")
+        wait_for(lambda: (outputs / "train" / "browser").is_dir(), 60, "the first click's run folder")
+        b.press(x, y, count=2)
+        b.wait_text("train/browser exists already: it was launched by the first click", 60)
+        time.sleep(2)  # anything a late rerun would start
+        assert [p.name for p in (outputs / "train").iterdir()] == ["browser"]
+        assert "error:" not in b.text()
         b.wait_text("latest grid: step_", 240)
         b.screenshot(tmp_path / "training.png")
         run = outputs / "train" / "browser"

@@ -4,7 +4,6 @@ and a one-image-per-click generator over a safely loaded checkpoint."""
 from __future__ import annotations
 
 import io
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,16 +83,17 @@ def run_sample(root: str | Path, ckpt: str | Path, sampler: str, steps: int | No
     return out
 
 
-def preview_grid(png: bytes, width: int = 512) -> bytes:
-    """``samples.png`` upscaled by a whole factor (nearest: the pixels stay sharp) to at least
-    ``width`` pixels, as large as the GIFs beside it (``ddpm-sample`` writes the grid at 1 px per pixel).
+def preview_grid(png: bytes, width: int) -> bytes:
+    """``samples.png`` upscaled by a whole factor (nearest: the pixels stay sharp) to about ``width``
+    pixels: as large as the GIFs beside it (``ddpm-sample`` writes the grid at 1 px per pixel, the
+    GIFs larger).
 
     Args:
         png: the PNG file's bytes.
-        width: the smallest width shown.
+        width: the width of the GIFs (0: twice the grid's own).
     """
     grid = Image.open(io.BytesIO(png))
-    k = math.ceil(width / grid.width)
+    k = max(1, round(width / grid.width)) if width else 2
     if k <= 1:
         return png
     buf = io.BytesIO()

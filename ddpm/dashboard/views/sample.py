@@ -1,6 +1,7 @@
 """Sample: ddpm-sample on a checkpoint (grid, sampling GIF, noise GIF) and a one-per-click generator."""
 
 import streamlit as st
+from PIL import Image
 
 from ddpm.dashboard import launch, sampling
 from ddpm.dashboard.paths import inside, relative
@@ -40,13 +41,15 @@ if st.button("Sample", type="primary"):
 if "sample_dir" in st.session_state:
     out = root / relative(root, st.session_state["sample_dir"])
     st.caption(f"written to {relative(root, out)}")
-    cols = st.columns([2, 1, 1])
+    cols = st.columns(3)
+    gif = out / "sampling.gif"
+    gif_width = Image.open(gif).width if gif.is_file() else 0
     for col, (fname, mime) in zip(
         cols, [("samples.png", "image/png"), ("sampling.gif", "image/gif"), ("noise.gif", "image/gif")], strict=True
     ):
         if (out / fname).is_file():
             data = (out / fname).read_bytes()
-            col.image(sampling.preview_grid(data) if fname == "samples.png" else data, caption=fname)
+            col.image(sampling.preview_grid(data, gif_width) if fname == "samples.png" else data, caption=fname)
             col.download_button(f"Download {fname}", data, file_name=fname, mime=mime, key=f"dl-{fname}")
 
 st.header("Generator")
