@@ -187,6 +187,7 @@ def level_lambdas(tree: Tree) -> list[dict[str, Any]]:
             per_parent.append(
                 {
                     "parent": tree.names[level - 1][p],
+                    "into": " / ".join(tree.names[level][k] for k in kids),
                     "weight": float(pw[p]),
                     "children": len(kids),
                     "Lambda": lam,

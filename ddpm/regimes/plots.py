@@ -311,7 +311,11 @@ def hierarchy_curves(path: Path, curves: dict[str, np.ndarray], levels: list[dic
     ax0.set_ylabel("φ_ℓ: clones end in the same level-ℓ cluster")
     ax1.set_ylabel("φ̃_ℓ = (φ_ℓ/φ_{ℓ-1} - B_ℓ)/(1 - B_ℓ)")
     ax0.legend(fontsize=7)
-    ax1.legend(fontsize=7, title="lines: posterior identity, points: cloning", title_fontsize=7)
+    ax1.legend(
+        fontsize=7,
+        title="lines: posterior identity, points: cloning" + (", dotted: two-class closed form" if "theory_t" in curves else ""),
+        title_fontsize=7,
+    )
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
 

@@ -145,7 +145,8 @@ def curvature_sign_change(axis: Axis, t_min: float, t_max: float, kind: str = "m
 
 
 def family_times(centre: float, curves: int, t_min: float, t_max: float) -> np.ndarray:
-    """The plotted family: ``curves`` times log-spaced from 0.4 to 2 times ``centre`` (within the grid)."""
+    """The plotted family: ``curves`` times log-spaced from 0.4 to 2 times ``centre`` (the sign change
+    t*, else t_S), within the grid."""
     if curves == 1:
         return np.array([min(max(centre, t_min), t_max)])
     return np.clip(centre * np.geomspace(0.4, 2.0, curves), t_min, t_max)
@@ -193,7 +194,7 @@ def measure_potential(
     }
     if t_star is not None and t_s > 0:
         rec["potential_t_curvature_minus_t_S"] = t_star - t_s
-    centre = t_s if t_s > 0 else (t_star or 1.0)
+    centre = t_star or (t_s if t_s > 0 else 1.0)  # the family spans the sign change: wells on both sides
     times = family_times(centre, int(cfg.curves), t_min, t_max)
     reach = max(math.exp(-t) * float(np.quantile(np.abs(axis.q), 0.99)) + 2 * math.sqrt(-math.expm1(-2 * t)) for t in times)
     q = np.linspace(-reach, reach, int(cfg.grid))
