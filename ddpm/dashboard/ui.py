@@ -47,8 +47,8 @@ def show_error(exc: Exception) -> None:
 
 
 def render_run(root: Path, name: str) -> None:
-    """Stop/Resume, status, progress, loss curve, latest grid and checkpoints of one run; re-read
-    every :data:`REFRESH_S` seconds while it trains.
+    """Stop/Resume, Archive/Delete, status (a failed run's error), progress, loss curve, latest grid
+    and checkpoints of one run; re-read every :data:`REFRESH_S` seconds while it trains.
 
     The buttons belong to the whole page, not to the refreshing part: a click then reruns the page
     (a click on a button inside the fragment can be lost while the page itself reruns)."""
@@ -61,12 +61,12 @@ def render_run(root: Path, name: str) -> None:
         st.info(f"{name} is no longer under the outputs root (archived or deleted).")
         return
     live = launch.is_live(run.path)
-    b1, b2, b3, _ = st.columns([1, 1, 1, 3])
-    if live and b1.button("Stop training", key=f"stop-{name}", help="SIGTERM: the run finishes its step and writes a checkpoint"):
+    bar = st.container(horizontal=True)  # the run's buttons side by side, from the left
+    if live and bar.button("Stop training", key=f"stop-{name}", help="SIGTERM: the run finishes its step and writes a checkpoint"):
         launch.stop(root, name, wait_s=0.5)
         st.info("stop requested: the run writes a checkpoint and exits")
     resumable = not live and run.status in ("stopped", "failed") and bool(run.checkpoints)
-    if resumable and b1.button("Resume training", key=f"resume-{name}", help="relaunch with resume=latest"):
+    if resumable and bar.button("Resume training", key=f"resume-{name}", help="relaunch with resume=latest"):
         try:
             launch.resume(root, name)
         except ConfigError as exc:
@@ -74,9 +74,9 @@ def render_run(root: Path, name: str) -> None:
         else:
             st.rerun()
     if not live:
-        if b2.button("Archive run", key=f"archive-{name}", help=f"move it to {launch.ARCHIVE}/ under the outputs root"):
+        if bar.button("Archive run", key=f"archive-{name}", help=f"move it to {launch.ARCHIVE}/ under the outputs root"):
             st.session_state["confirm"] = ("archive", name)
-        if b3.button("Delete run", key=f"delete-{name}", help="remove its folder and checkpoints"):
+        if bar.button("Delete run", key=f"delete-{name}", help="remove its folder and checkpoints"):
             st.session_state["confirm"] = ("delete", name)
         confirm_removal(root, name)
 
@@ -129,8 +129,8 @@ def confirm_removal(root: Path, name: str) -> None:
     action = pending[0]
     what = f"move {name} to {launch.ARCHIVE}/{name}" if action == "archive" else f"delete {name} and all its checkpoints"
     st.warning(f"{what.capitalize()}?" + (" This cannot be undone." if action == "delete" else ""))
-    c1, c2, _ = st.columns([1, 1, 4])
-    if c1.button(f"Yes, {action}", key=f"confirm-{action}-{name}", type="primary"):
+    row = st.container(horizontal=True)
+    if row.button(f"Yes, {action}", key=f"confirm-{action}-{name}", type="primary"):
         st.session_state.pop("confirm", None)
         try:
             dest = launch.archive(root, name) if action == "archive" else launch.delete(root, name)
@@ -143,6 +143,6 @@ def confirm_removal(root: Path, name: str) -> None:
         done = f"archived to {dest.relative_to(root)}" if dest is not None else "deleted"
         st.session_state["removed"] = f"{name}: {done}"
         st.rerun()
-    if c2.button("Cancel", key=f"cancel-{action}-{name}"):
+    if row.button("Cancel", key=f"cancel-{action}-{name}"):
         st.session_state.pop("confirm", None)
         st.rerun()
