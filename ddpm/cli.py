@@ -1,7 +1,7 @@
 """The Hydra entry points' shared shell: config checks up front, user errors as one line.
 
-Every ``ddpm-*`` command is ``@hydra_main(config_name=..., register=...)`` over a function
-``fn(cfg, run_dir)``. Before Hydra runs, the command line is checked for keys that were renamed and
+Every ``ddpm-*`` command is ``@hydra_main(config_name=...)`` over a function ``fn(cfg, run_dir)``
+(the commands and their schemas are listed in :mod:`ddpm.commands`). Before Hydra runs, the command line is checked for keys that were renamed and
 composed once with Hydra's compose API, so that an old key, an unknown group option, key or wrongly
 typed value is reported as one ``error: ...`` line with exit code 2 instead of Hydra's multi-line report.
 """
@@ -22,7 +22,6 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ddpm.config import register_configs
 from ddpm.errors import EXIT_USAGE, USER_ERRORS, ConfigError
 from ddpm.runlock import held_by_another, locked_message
 
@@ -120,6 +119,9 @@ def compose_checked(config_name: str, overrides: list[str]) -> DictConfig:
     kept = [a for a in overrides if not a.lstrip("+~").startswith("hydra.") and not a.lstrip("+~").startswith("hydra/")]
     from hydra import compose, initialize_config_module
 
+    from ddpm.commands import register_schemas  # here, not at the top: the commands' modules import this one
+
+    register_schemas()
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
             return compose(config_name, overrides=kept)
@@ -190,18 +192,14 @@ def refuse_live_run_dir(argv: list[str]) -> None:
                 fail(locked_message(run_dir))
 
 
-def hydra_main(
-    config_name: str, register: Callable[[], None] = register_configs, extra_errors: tuple[type[BaseException], ...] = ()
-) -> Callable:
-    """Decorate ``fn(cfg, run_dir)`` into a console-script ``main()`` driven by Hydra.
+def hydra_main(config_name: str, extra_errors: tuple[type[BaseException], ...] = ()) -> Callable:
+    """Decorate ``fn(cfg, run_dir)`` into a console-script ``main()`` driven by Hydra; the schemas are
+    registered when ``main()`` runs, not when the command's module is imported.
 
     Args:
         config_name: the primary config, ``conf/<config_name>.yaml``.
-        register: stores the command's schemas in Hydra's ConfigStore (the default: the shared
-            groups and ``train_schema``).
         extra_errors: exception types reported as one line besides :data:`ddpm.errors.USER_ERRORS`.
     """
-    register()
     errors = USER_ERRORS + tuple(extra_errors)
 
     def decorate(fn: Callable[[DictConfig, Path], Any]) -> Callable[[], Any]:
@@ -221,6 +219,9 @@ def hydra_main(
         hydra_task = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name)(task)
 
         def main() -> Any:
+            from ddpm.commands import register_schemas
+
+            register_schemas()
             precheck(config_name, sys.argv[1:])
             if int(os.environ.get("RANK", "0")) > 0:
                 # torchrun: only rank 0 writes the run dir (config copies, log file).

@@ -2,18 +2,19 @@
 
 The groups every command shares (``dataset``, ``model``, ``schedule``, ``sampler``, ``runtime``,
 ``paths``) and the training config live here; each other command keeps its own schema beside it
-(``ddpm/<command>/config.py``) and registers it through its ``register()``. Each YAML group file
+(``ddpm/<command>/config.py``); :mod:`ddpm.commands` lists them and stores them all in Hydra's ConfigStore. Each YAML group file
 under ``conf/`` is merged into these dataclasses (struct mode), so only the fields declared here
 exist. Value ranges are checked by :func:`validate_train` (and the commands' ``validate_*``) before any work.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from ddpm.errors import ConfigError
@@ -169,14 +170,20 @@ class TrainConfig:
     experiment: str | None = None  # name of the applied experiment preset (informational)
 
 
-def register_configs() -> None:
-    """Register the shared group schemas and ``train_schema`` with Hydra's ConfigStore (idempotent).
+def checks_runtime(validate: Callable[[Any], None]) -> Callable[[Any], None]:
+    """The opening every command's ``validate_<command>`` shares: :func:`check_runtime` on the
+    config's ``runtime`` group, then the command's own checks.
 
-    The other commands call this from their own ``register()`` before storing their schema.
+    Args:
+        validate: the command's checks of its composed config.
     """
-    cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
-    cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
+
+    @functools.wraps(validate)
+    def checked(cfg: Any) -> None:
+        check_runtime(cfg.runtime)
+        validate(cfg)
+
+    return checked
 
 
 def check_runtime(r: Any) -> None:
@@ -191,6 +198,7 @@ def check_memorisation(m: Any) -> None:
 
 
 def _check(ok: bool, msg: str) -> None:
+    """Raise :class:`ConfigError` with ``msg`` unless ``ok``: the one check every ``validate_*`` uses."""
     if not ok:
         raise ConfigError(msg)
 

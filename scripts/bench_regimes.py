@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from hydra import compose, initialize_config_module
 
-    from ddpm.config import register_configs
+    from ddpm.commands import register_schemas
     from ddpm.regimes.data import data_source, load_points
 
-    register_configs()
+    register_schemas()
     with initialize_config_module("ddpm.conf", version_base="1.3"):
         cfg = compose("regimes", overrides=["dataset=mnist", f"paths.data_dir={args.data_dir}"])
     mnist = load_points(data_source(cfg), cfg.paths.data_dir, cfg.paths.cache_dir)

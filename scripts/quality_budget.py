@@ -97,9 +97,9 @@ def compose_train(preset: str, overrides: list[str]):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from ddpm.config import register_configs
+    from ddpm.commands import register_schemas
 
-    register_configs()
+    register_schemas()
     try:
         with initialize_config_module("ddpm.conf", version_base="1.3"):
             return compose("train", overrides=[f"experiment={preset}", *(o for o in overrides if not o.startswith("hydra."))])
@@ -111,9 +111,9 @@ def default_sampler_cfg(ckpt: Path):
     """The ``sampler`` node ``ddpm-sample ckpt=...`` uses when none is given."""
     from hydra import compose, initialize_config_module
 
-    from ddpm.sample.config import register
+    from ddpm.commands import register_schemas
 
-    register()
+    register_schemas()
     with initialize_config_module("ddpm.conf", version_base="1.3"):
         return compose("sample", overrides=[f"ckpt={ckpt}"]).sampler
 

@@ -34,10 +34,10 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_module
 
+from ddpm.commands import register_schemas
 from ddpm.evaluate.sample_quality import SampleScorer
 from ddpm.generate import generate
 from ddpm.pretrained import load_pretrained
-from ddpm.sample.config import register as register_sample_config
 from ddpm.samplers import build_sampler, make_eps_fn
 from ddpm.tables import markdown_table
 
@@ -84,7 +84,7 @@ def main() -> None:
         p.error("give --sampler and/or --preset")
 
     torch.set_grad_enabled(False)
-    register_sample_config()
+    register_schemas()
     ckpt = Path(args.ckpt)
     ckpt = ckpt / "checkpoints" / "last.pt" if ckpt.is_dir() else ckpt
     pre = load_pretrained(ckpt, torch.device("cpu"), use_ema=True)

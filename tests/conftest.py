@@ -9,15 +9,12 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from ddpm.config import register_configs
-from ddpm.evaluate.config import register as register_evaluate
-from ddpm.regimes.config import register as register_regimes
-from ddpm.sample.config import register as register_sample
-from ddpm.visualize.config import register as register_visualize
+from ddpm.commands import COMMANDS, register_schemas
 
 REPO = Path(__file__).resolve().parents[1]
-for register in (register_configs, register_evaluate, register_regimes, register_sample, register_visualize):
-    register()
+register_schemas()
+# Every command's name (ddpm-<name>, conf/<name>.yaml), from the one list of commands.
+COMMAND_NAMES = tuple(c.name for c in COMMANDS)
 
 
 def data_root() -> Path | None:

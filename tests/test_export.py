@@ -15,16 +15,16 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from ddpm.checkpoint import save_checkpoint
+from ddpm.commands import register_schemas
 from ddpm.errors import CheckpointError, ConfigError
 from ddpm.export.cli import export
-from ddpm.export.config import register as register_export
 from ddpm.generate import generate
 from ddpm.models import build_model
 from ddpm.pretrained import load_pretrained
 from ddpm.sample import sample
 from ddpm.samplers import build_sampler, make_eps_fn
 
-register_export()
+register_schemas()
 SCRIPT = Path(sys.executable).with_name("ddpm-export")
 
 

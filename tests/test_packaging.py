@@ -87,7 +87,7 @@ def test_wheel_ships_configs_and_runs_outside_the_repo(data_dir, tmp_path):
     assert (target / "ddpm" / "conf" / "train.yaml").is_file()
     assert (target / "ddpm" / "conf" / "hydra" / "launcher" / "slurm.yaml").is_file()
     code = (
-        "import sys, ddpm; from ddpm.train import main; print('FROM', ddpm.__file__); "
+        "import sys, ddpm; from ddpm.train.cli import main; print('FROM', ddpm.__file__); "
         f"sys.argv = ['ddpm-train', 'dry_run=true', 'dataset=cryptopunks', 'paths.data_dir={data_dir}', "
         f"'paths.cache_dir={tmp_path / 'cache'}', 'hydra.run.dir={tmp_path / 'run'}']; main()"
     )

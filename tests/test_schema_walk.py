@@ -26,13 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import compose_config
+from conftest import COMMAND_NAMES, compose_config
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ddpm.errors import ConfigError, DataError
 
-COMMANDS = ("train", "sample", "evaluate", "visualize", "regimes")
+COMMANDS = COMMAND_NAMES  # every command of ddpm.commands.COMMANDS
+# The fewest cases a command's walk must make (a walk that finds too few fields is vacuous); ddpm-export
+# has five fields (eight cases).
+MIN_CASES = {"export": 8}
 HUGE_INT = 10**12
 # Label -> value, per field type. Bool fields get a non-bool; lists get the empty list.
 BAD_VALUES: dict[str, dict[str, object]] = {
@@ -50,6 +53,7 @@ ACCEPTED: list[tuple[str, set[str] | None, str]] = [
     ("* *.root", None, "a path below the data root: opened at start-up, a missing one is one line naming it"),
     ("* *.path", None, "a path: opened at start-up, a missing one is one line naming it"),
     ("* ckpt", None, "a path: opened at start-up, a missing one is one line naming it"),
+    ("export name", {"unknown"}, "any plain file stem names the exported pair"),
     ("* *weights_path", None, "a path: opened when used, a missing one is one line naming it"),
     ("* *seed", {"negative", "zero", "huge"}, "any integer seeds a generator"),
     ("* *.name", {"empty", "unknown"}, "a group's own name, informational (the group option chosen is what counts)"),
@@ -185,7 +189,9 @@ def start_up_checks(cmd: str, cfg: DictConfig) -> None:
             {"name": "linear", "T": 1000, "beta_start": 1e-4, "beta_end": 0.02, "cosine_s": 0.008, "max_beta": 0.999}
         )
         build_sampler(sampler, GaussianDiffusion(NoiseSchedule.from_config(schedule_cfg), "eps"))
-    resolve_device(str(cfg.runtime.device))
+    runtime = OmegaConf.select(cfg, "runtime")
+    if runtime is not None:  # ddpm-export runs on the CPU and has no runtime group
+        resolve_device(str(runtime.device))
 
 
 def leaves(node: DictConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -212,7 +218,7 @@ def kind(node: Any) -> str | None:
 
 
 def base_config(cmd: str) -> DictConfig:
-    return compose_config(cmd, ["ckpt=/nonexistent/last.pt"] if cmd in ("sample", "evaluate", "visualize") else [])
+    return compose_config(cmd, ["ckpt=/nonexistent/last.pt"] if cmd in ("sample", "evaluate", "visualize", "export") else [])
 
 
 def _leaf(cfg: DictConfig, key: str) -> Any:
@@ -286,7 +292,7 @@ def unexplained(cmd: str, accepted: dict[str, set[str]]) -> dict[str, list[str]]
 @pytest.mark.parametrize("cmd", COMMANDS)
 def test_every_field_refuses_bad_values(cmd: str) -> None:
     cases, accepted, crashed = walk(cmd)
-    assert cases >= 50, f"only {cases} cases: the walk found too few fields"
+    assert cases >= MIN_CASES.get(cmd, 50), f"only {cases} cases: the walk found too few fields"
     assert not crashed, f"{cmd}: values that end in a traceback instead of one line: {crashed}"
     assert unexplained(cmd, accepted) == {}, (
         f"{cmd}: accepted bad values without a check or a documented reason (add a check to validate_{cmd}, "

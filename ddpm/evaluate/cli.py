@@ -31,7 +31,7 @@ from ddpm.cli import hydra_main
 from ddpm.conditioning import per_class_accuracy, round_robin_labels
 from ddpm.data import from_model_range, load_dataset, open_split, to_model_range
 from ddpm.errors import ConfigError
-from ddpm.evaluate.config import register, validate_evaluate
+from ddpm.evaluate.config import validate_evaluate
 from ddpm.generate import generate
 from ddpm.pretrained import load_for_inference, network
 from ddpm.samplers import build_sampler, make_eps_fn
@@ -334,7 +334,7 @@ def summary_lines(result: dict) -> str:
     return "\n".join(lines)
 
 
-main = hydra_main(config_name="evaluate", register=register)(evaluate)
+main = hydra_main(config_name="evaluate")(evaluate)
 
 if __name__ == "__main__":
     main()

@@ -8,11 +8,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from ddpm.config import MemorisationConfig, PathsConfig, RuntimeConfig, SamplerConfig, check_memorisation, check_runtime, register_configs
-from ddpm.errors import ConfigError
+from ddpm.config import MemorisationConfig, PathsConfig, RuntimeConfig, SamplerConfig, _check, check_memorisation, checks_runtime
 
 MAX_GUIDANCE = 100.0  # far beyond useful scales (1-10): a larger one is a typo
 METRICS = ("fid", "kid", "isc", "coverage", "denoise", "memorisation")
@@ -63,26 +61,13 @@ class EvaluateConfig:
     progress: bool = True
 
 
-def register() -> None:
-    """Store the shared group schemas, ``evaluate_schema`` and the ``feature_extractor`` group's schema in Hydra's ConfigStore."""
-    register_configs()
-    cs = ConfigStore.instance()
-    cs.store(name="evaluate_schema", node=EvaluateConfig)
-    cs.store(group="feature_extractor", name="feature_extractor_schema", node=FeatureExtractorConfig)
-
-
-def _check(ok: bool, msg: str) -> None:
-    if not ok:
-        raise ConfigError(msg)
-
-
+@checks_runtime
 def validate_evaluate(cfg: Any) -> None:
     """Range checks of an evaluate config; raises :class:`ConfigError`.
 
     Args:
         cfg: the composed ``evaluate`` config.
     """
-    check_runtime(cfg.runtime)
     bad = [m for m in cfg.metrics if m not in METRICS]
     _check(not bad, f"unknown metric(s) {bad}; choose from {', '.join(METRICS)}")
     _check(len(cfg.metrics) > 0, "metrics is empty; choose from " + ", ".join(METRICS))

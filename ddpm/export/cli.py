@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm.cli import check_outputs, hydra_main
 from ddpm.errors import ConfigError
-from ddpm.export.config import register, validate_export
+from ddpm.export.config import OUTPUTS, validate_export
 from ddpm.export.format import SUFFIX, write_export
 from ddpm.pretrained import load_pretrained
 
@@ -35,7 +35,7 @@ def export(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         raise ConfigError("pass the checkpoint to export: ckpt=PATH (a .pt file or a training run dir)")
     run_dir = Path(run_dir)
     name = str(cfg.name)
-    check_outputs(run_dir, (name + SUFFIX, name + ".json"), bool(cfg.overwrite))
+    check_outputs(run_dir, tuple(o.format(name=name) for o in OUTPUTS), bool(cfg.overwrite))
     # Loading through load_pretrained checks the weights against the model the config builds.
     pre = load_pretrained(cfg.ckpt, "cpu", use_ema=bool(cfg.use_ema), channels_last=False)
     weights_path = run_dir / (name + SUFFIX)
@@ -52,7 +52,7 @@ def export(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     return {"weights": str(weights_path), "config": str(cfg_path), "step": pre.step}
 
 
-@hydra_main(config_name="export", register=register)
+@hydra_main(config_name="export")
 def main(cfg: DictConfig, run_dir: Path) -> None:
     export(cfg, run_dir)
 

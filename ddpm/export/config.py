@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from ddpm.config import register_configs
-from ddpm.errors import ConfigError
+from ddpm.config import _check
 
 FORMATS = ("safetensors",)
+# What ddpm-export writes into its run dir, for export name ``name`` (kept unless overwrite=true).
+OUTPUTS = ("{name}.safetensors", "{name}.json")
 
 
 @dataclass
@@ -23,20 +23,15 @@ class ExportConfig:
     overwrite: bool = False  # allow replacing an earlier export in the same run dir
 
 
-def register() -> None:
-    """Store the shared group schemas and ``export_schema`` in Hydra's ConfigStore."""
-    register_configs()
-    ConfigStore.instance().store(name="export_schema", node=ExportConfig)
-
-
 def validate_export(cfg: Any) -> None:
     """Range checks of an ``export`` config; raises :class:`ConfigError`.
 
     Args:
         cfg: the composed ``export`` config.
     """
-    if cfg.format not in FORMATS:
-        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {cfg.format!r}")
+    _check(cfg.format in FORMATS, f"format must be one of {', '.join(FORMATS)}, got {cfg.format!r}")
     name = str(cfg.name)
-    if not name or name in (".", "..") or "/" in name or "\\" in name:
-        raise ConfigError(f"name must be a plain file stem (no folders), got {name!r}")
+    _check(
+        bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name,
+        f"name must be a plain file stem (no folders), got {name!r}",
+    )

@@ -23,7 +23,7 @@ from ddpm.errors import ConfigError
 from ddpm.pretrained import network
 from ddpm.regimes import plots, theory
 from ddpm.regimes.collapse import measure_collapse
-from ddpm.regimes.config import SYNTHETIC, check_times, register, validate_regimes
+from ddpm.regimes.config import SYNTHETIC, check_times, validate_regimes
 from ddpm.regimes.data import Points, data_source, load_points
 from ddpm.regimes.score import ExactScore
 from ddpm.regimes.seeds import generator
@@ -324,7 +324,7 @@ def run_regimes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return rec
 
 
-@hydra_main(config_name="regimes", register=register)
+@hydra_main(config_name="regimes")
 def main(cfg: DictConfig, run_dir: Path) -> None:
     """Measure speciation and collapse times (see docs/regimes.md)."""
     run_regimes(cfg, run_dir)

@@ -8,7 +8,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from ddpm.config import (
@@ -18,13 +17,12 @@ from ddpm.config import (
     PathsConfig,
     RuntimeConfig,
     ScheduleConfig,
+    _check,
     check_dataset,
     check_memorisation,
-    check_runtime,
     check_schedule,
-    register_configs,
+    checks_runtime,
 )
-from ddpm.errors import ConfigError
 from ddpm.schedules import NoiseSchedule
 
 SYNTHETIC = ("gaussian", "gaussian_spectrum", "mixture", "hierarchical")
@@ -131,7 +129,7 @@ class PotentialConfig:
 
     classes: list[int] = field(default_factory=lambda: [0, 1])  # the two classes (labels of the data)
     kind: str = "marginal"  # marginal: density of the projection on the axis; section: p_t on the line itself
-    curves: int = 7  # times of the plotted family, log-spaced from 0.4 t* to 2 t* (t*: the curvature's sign change, else t_S)
+    curves: int = 7  # times of the plotted family, log-spaced from 0.4 t_S to 2 t_S
     grid: int = 201  # points along the axis
 
 
@@ -158,24 +156,13 @@ class RegimesConfig:
     eigenvalues: int = 8  # top eigenvalues (and their times) reported
 
 
-def register() -> None:
-    """Store the shared group schemas and ``regimes_schema`` in Hydra's ConfigStore."""
-    register_configs()
-    ConfigStore.instance().store(name="regimes_schema", node=RegimesConfig)
-
-
-def _check(ok: bool, msg: str) -> None:
-    if not ok:
-        raise ConfigError(msg)
-
-
+@checks_runtime
 def validate_regimes(cfg: Any) -> None:
     """Range checks of a composed regimes config; raises :class:`ConfigError`.
 
     Args:
         cfg: the composed ``regimes`` config.
     """
-    check_runtime(cfg.runtime)
     _check(
         cfg.runtime.precision == "fp32",
         f"ddpm-regimes computes in kernel.dtype: runtime.precision must be fp32, got {cfg.runtime.precision!r}",

@@ -1,11 +1,12 @@
 """``ddpm-sample``: generate images, a sampling GIF and a noising GIF from a trained checkpoint.
 
-``cli`` runs the command (:func:`sample`), ``config`` holds its schema (``SampleConfig``).
+``run`` does the work (:func:`sample`), ``cli`` is the console script, ``config`` holds its schema
+(``SampleConfig``), its checks and its outputs.
 """
 
 from ddpm.pretrained import data_dir_of, real_images, resolve_ckpt
-from ddpm.sample.cli import OUTPUTS, TrajectoryRecorder, forward_states, main, sample, save_png, state_steps
-from ddpm.sample.config import GifConfig, SampleConfig, validate_sample
+from ddpm.sample.config import OUTPUTS, GifConfig, SampleConfig, validate_sample
+from ddpm.sample.run import TrajectoryRecorder, forward_states, sample, save_png, state_steps
 
 __all__ = [
     "OUTPUTS",
@@ -14,7 +15,6 @@ __all__ = [
     "TrajectoryRecorder",
     "data_dir_of",
     "forward_states",
-    "main",
     "real_images",
     "resolve_ckpt",
     "sample",

@@ -6,12 +6,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from ddpm.config import PathsConfig, RuntimeConfig, SamplerConfig, check_runtime, register_configs
-from ddpm.errors import ConfigError
+from ddpm.config import PathsConfig, RuntimeConfig, SamplerConfig, _check, checks_runtime
 
+# What ddpm-sample writes into its run dir (an earlier run's are kept unless overwrite=true).
+OUTPUTS = ("samples.png", "sampling.gif", "noise.gif", "images", "sample.json")
 MAX_GUIDANCE = 100.0  # far beyond useful scales (1-10): a larger one is a typo
 
 
@@ -45,24 +45,13 @@ class SampleConfig:
     progress: bool = True
 
 
-def register() -> None:
-    """Store the shared group schemas and ``sample_schema`` in Hydra's ConfigStore."""
-    register_configs()
-    ConfigStore.instance().store(name="sample_schema", node=SampleConfig)
-
-
-def _check(ok: bool, msg: str) -> None:
-    if not ok:
-        raise ConfigError(msg)
-
-
+@checks_runtime
 def validate_sample(cfg: Any) -> None:
     """Range checks of a ``sample`` config; raises :class:`ConfigError`.
 
     Args:
         cfg: the composed ``sample`` config.
     """
-    check_runtime(cfg.runtime)
     _check(cfg.num_samples >= 1, f"num_samples must be >= 1, got {cfg.num_samples}")
     _check(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
     _check(cfg.grid_images >= 1, f"grid_images must be >= 1, got {cfg.grid_images}")

@@ -1,7 +1,6 @@
-"""``ddpm-train``: ``cli`` runs the command, ``trainer`` holds the loop (:class:`Trainer`, :func:`train`),
+"""``ddpm-train``: ``cli`` is the console script, ``trainer`` holds the loop (:class:`Trainer`, :func:`train`),
 ``config`` its range checks (its schema ``TrainConfig`` is shared, in :mod:`ddpm.config`)."""
 
-from ddpm.train.cli import main
 from ddpm.train.config import validate_train
 from ddpm.train.trainer import (
     BudgetClock,
@@ -19,7 +18,6 @@ __all__ = [
     "TrainingDiverged",
     "config_differences",
     "lr_factor",
-    "main",
     "parse_step_ranges",
     "train",
     "validate_train",

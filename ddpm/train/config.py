@@ -7,11 +7,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ddpm.config import MAX_REGIMES_SAMPLES, _check, check_dataset, check_memorisation, check_model, check_runtime, check_schedule
+from ddpm.config import MAX_REGIMES_SAMPLES, _check, check_dataset, check_memorisation, check_model, check_schedule, checks_runtime
 from ddpm.data.residency import check_residency
 from ddpm.schedules import NoiseSchedule
 
 
+@checks_runtime
 def validate_train(cfg: Any) -> None:
     """Range checks that the type system cannot express; raises :class:`ConfigError`."""
     t = cfg.train
@@ -56,7 +57,6 @@ def validate_train(cfg: Any) -> None:
     _check(t.max_bad_steps >= 1, f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}")
     _check(t.grad_accum_steps >= 1, f"train.grad_accum_steps must be >= 1, got {t.grad_accum_steps}")
     _check(0.0 <= t.cond_drop_prob < 1.0, f"train.cond_drop_prob must lie in [0, 1), got {t.cond_drop_prob}")
-    check_runtime(cfg.runtime)
     for key in ("lr", "weight_decay", "p_mean", "p_std"):  # NaN fails the range checks above; inf needs its own
         _check(math.isfinite(t[key]), f"train.{key} must be finite, got {t[key]}")
     check_schedule(cfg.schedule)

@@ -5,11 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from ddpm.config import PathsConfig, RuntimeConfig, SamplerConfig, check_runtime, register_configs
-from ddpm.errors import ConfigError
+from ddpm.config import PathsConfig, RuntimeConfig, SamplerConfig, _check, checks_runtime
+
+# What ddpm-visualize writes into its run dir (an earlier run's are kept unless overwrite=true).
+OUTPUTS = (
+    "metrics.csv",
+    "metrics.json",
+    "final_vs_start.png",
+    "trajectory.png",
+    "x0_strip.png",
+    "schedules.png",
+    "denoise_overview.png",
+    "tb",
+)
 
 
 @dataclass
@@ -34,24 +44,13 @@ class VisualizeConfig:
     progress: bool = True
 
 
-def register() -> None:
-    """Store the shared group schemas and ``visualize_schema`` in Hydra's ConfigStore."""
-    register_configs()
-    ConfigStore.instance().store(name="visualize_schema", node=VisualizeConfig)
-
-
-def _check(ok: bool, msg: str) -> None:
-    if not ok:
-        raise ConfigError(msg)
-
-
+@checks_runtime
 def validate_visualize(cfg: Any) -> None:
     """Range checks of a ``visualize`` config; raises :class:`ConfigError`.
 
     Args:
         cfg: the composed ``visualize`` config.
     """
-    check_runtime(cfg.runtime)
     _check(len(cfg.steps) + len(cfg.times) > 0, "choose where to noise to: steps=[k,...] (schedule steps) and/or times=[t,...] (OU times)")
     _check(cfg.num_images >= 1, f"num_images must be >= 1, got {cfg.num_images}")
     _check(cfg.split in ("train", "test"), f"split must be train or test, got {cfg.split!r}")
