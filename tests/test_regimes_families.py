@@ -18,8 +18,8 @@ from ddpm.regimes import potential as pot
 from ddpm.regimes.cli import run_regimes
 from ddpm.regimes.hierarchy import Tree, chance_bases, conditional_normalised, level_lambdas, synthetic_tree, tree_from_classes
 from ddpm.regimes.linear import GaussianScore, covariance_eigen, eps_distances
-from ddpm.regimes.score import ExactScore
 from ddpm.schedules import NoiseSchedule
+from ddpm.score import ExactScore
 
 FAST = ["runtime.num_threads=1", "speciation.points=24", "speciation.queries=512", "speciation.t_min=0.1"]
 
@@ -156,6 +156,23 @@ def test_surrogate_of_points_is_their_mean_and_covariance(gram: bool, monkeypatc
     t = 0.5
     cov_t = math.exp(-2 * t) * cov + -math.expm1(-2 * t) * torch.eye(d, dtype=torch.float64)
     torch.testing.assert_close(gs.score(q, t), -torch.linalg.solve(cov_t, (q - math.exp(-t) * x.mean(0)).T).T, rtol=1e-8, atol=1e-8)
+
+
+def test_surrogate_beyond_the_gram_size_keeps_the_top_and_the_total_variance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """n and d beyond the exact routes: the top eigenvalues by a randomised SVD, the rest of the
+    variance spread evenly over the other directions (the trace is kept)."""
+    import ddpm.regimes.linear as linear
+
+    monkeypatch.setattr(linear, "FULL_EIG_MAX", 8)
+    scale = torch.cat([torch.tensor([5.0, 4.0, 3.0], dtype=torch.float64), torch.full((27,), 0.3, dtype=torch.float64)])
+    x = torch.randn(400, 30, generator=torch.Generator().manual_seed(10), dtype=torch.float64) * scale
+    mu, lam, vec, rest = covariance_eigen(x, top=5)
+    xc = x - x.mean(0)
+    exact = torch.linalg.eigvalsh(xc.T @ xc / 400).flip(0)
+    torch.testing.assert_close(lam[:3], exact[:3], rtol=1e-6, atol=0)
+    assert float(lam.sum()) + 25 * rest == pytest.approx(float(exact.sum()), rel=1e-9)
+    gs = GaussianScore(mu, lam, vec, rest)
+    assert torch.isfinite(gs.eps(x[:4], 1e-3)).all()
 
 
 def test_gaussian_score_sampler_draws_the_surrogate() -> None:
