@@ -147,7 +147,9 @@ def test_trained_checkpoint_analysis(data_dir, tmp_path):
     assert rec["schedule"]["t_end"] == pytest.approx(
         float(NoiseSchedule.from_config(compose_config("train", ["schedule.T=100"]).schedule).ou_times[-1])
     )
-    assert 0.0 <= rec["memorised_fraction"] <= 1.0
+    # a 20-step network copies none of its 400 images: f_mem 0 and no collapse time (null, not a number)
+    assert rec["network_memorised_fraction"] == 0.0 and rec["network_copies"] == 0 and rec["network_t_C"] is None
+    assert rec["memorisation_threshold"] == pytest.approx(1 / 3)
     assert rec["ckpt_step"] == 20
     curves = np.load(tmp_path / "curves.npz")
     assert np.all(curves["gap_train_k"] < 100)
@@ -158,8 +160,8 @@ def test_trained_checkpoint_analysis(data_dir, tmp_path):
 
 
 def test_gap_is_zero_for_the_exact_score():
-    from ddpm.regimes.score import ExactScore
     from ddpm.regimes.trained import eps_gap
+    from ddpm.score import ExactScore
 
     a = torch.randn(20, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ks = ExactScore(a, dtype="float64")
