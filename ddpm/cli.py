@@ -167,21 +167,6 @@ def refuse_unwritable_run_dir(argv: list[str]) -> None:
                 fail(f"cannot write into {run_dir}: {exc.strerror} ({probe}); choose another hydra.run.dir")
 
 
-def check_outputs(run_dir: Path, names: tuple[str, ...], overwrite: bool) -> None:
-    """Refuse to replace the outputs of an earlier run unless ``overwrite=true``.
-
-    Args:
-        run_dir: the command's run dir.
-        names: the files and folders the command writes there.
-        overwrite: the command's ``overwrite`` setting.
-    """
-    found = [n for n in names if (run_dir / n).exists()]
-    if found and not overwrite:
-        raise ConfigError(
-            f"{run_dir} already holds {', '.join(found)} from an earlier run; choose another hydra.run.dir or pass overwrite=true"
-        )
-
-
 def refuse_live_run_dir(argv: list[str]) -> None:
     """Hydra rewrites <run dir>/.hydra/*.yaml and appends to its log before the command runs: refuse
     a ``hydra.run.dir=`` that a live training run holds now, not after those writes."""

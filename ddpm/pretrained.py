@@ -12,8 +12,8 @@ from ddpm.checkpoint import load_checkpoint
 from ddpm.data import ImageData, load_dataset, open_split, to_model_range
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError, ConfigError
-from ddpm.export.format import SUFFIX as EXPORT_SUFFIX
-from ddpm.export.format import is_export, read_export, subset_from_json
+from ddpm.export_format import SUFFIX as EXPORT_SUFFIX
+from ddpm.export_format import is_export, read_export, subset_from_json
 from ddpm.models import UNet, build_model
 from ddpm.runtime import Runtime, resolve_memory_format, setup_runtime
 from ddpm.schedules import NoiseSchedule

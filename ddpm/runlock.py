@@ -1,4 +1,6 @@
-"""One live ``ddpm-train`` per run directory: an exclusive ``flock`` on ``<run_dir>/.lock``.
+"""Guards of a run directory: one live ``ddpm-train`` per run directory (an exclusive ``flock`` on
+``<run_dir>/.lock``), and no command replaces an earlier run's outputs without ``overwrite=true``
+(:func:`check_outputs`).
 
 The kernel drops the lock when its process dies, however it dies, so a killed run never leaves a
 stale lock behind and ``resume=latest`` works right after.
@@ -10,6 +12,8 @@ import fcntl
 import os
 from pathlib import Path
 from typing import Any
+
+from ddpm.errors import ConfigError
 
 
 class RunDirLocked(RuntimeError):
@@ -59,3 +63,18 @@ def held_by_another(run_dir: Path) -> bool:
     finally:
         os.close(fd)  # closing releases a lock taken just now
     return False
+
+
+def check_outputs(run_dir: Path, names: tuple[str, ...], overwrite: bool) -> None:
+    """Refuse to replace the outputs of an earlier run unless ``overwrite=true``.
+
+    Args:
+        run_dir: the command's run dir.
+        names: the files and folders the command writes there.
+        overwrite: the command's ``overwrite`` setting.
+    """
+    found = [n for n in names if (run_dir / n).exists()]
+    if found and not overwrite:
+        raise ConfigError(
+            f"{run_dir} already holds {', '.join(found)} from an earlier run; choose another hydra.run.dir or pass overwrite=true"
+        )

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     from ddpm.regimes.collapse import draw_queries, estimator_curves, log_grid
-    from ddpm.regimes.score import ExactScore
+    from ddpm.score import ExactScore
 
     g = torch.Generator().manual_seed(0)
     a = torch.rand(args.n, args.d, generator=g) * 2 - 1

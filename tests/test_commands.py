@@ -34,7 +34,7 @@ def test_every_command_is_complete():
         cfg = compose_config(c.name, ["ckpt=/nonexistent/last.pt"] if "ckpt" in c.schema.__dataclass_fields__ else [])
         assert set(cfg) >= set(c.schema.__dataclass_fields__) - {"defaults"}, c.name
     assert command("sample").outputs == importlib.import_module("ddpm.sample").OUTPUTS
-    assert command("export").outputs[0] == "{name}" + importlib.import_module("ddpm.export.format").SUFFIX
+    assert command("export").outputs[0] == "{name}" + importlib.import_module("ddpm.export_format").SUFFIX
 
 
 def test_package_inits_do_not_import_cli():

@@ -20,9 +20,9 @@ from ddpm.regimes.halves import pair_statistics
 from ddpm.regimes.law import collect, first_reach, fit_power_law, tau_gen
 from ddpm.regimes.monitor import append_row, read_rows, regimes_steps
 from ddpm.regimes.plan import Job, check_budget, pack
-from ddpm.regimes.score import ExactScore
 from ddpm.regimes.tracking import exact_eps_fn, measure_trajectories
 from ddpm.schedules import NoiseSchedule
+from ddpm.score import ExactScore
 
 ROOT = Path(__file__).resolve().parents[1]
 

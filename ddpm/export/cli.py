@@ -14,11 +14,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm.cli import check_outputs, hydra_main
+from ddpm.cli import hydra_main
 from ddpm.errors import ConfigError
 from ddpm.export.config import OUTPUTS, validate_export
-from ddpm.export.format import SUFFIX, write_export
+from ddpm.export_format import SUFFIX, write_export
 from ddpm.pretrained import load_pretrained
+from ddpm.runlock import check_outputs
 
 log = logging.getLogger("ddpm.export")
 

@@ -8,10 +8,11 @@ from typing import Any
 from omegaconf import MISSING
 
 from ddpm.config import _check
+from ddpm.export_format import SUFFIX
 
 FORMATS = ("safetensors",)
 # What ddpm-export writes into its run dir, for export name ``name`` (kept unless overwrite=true).
-OUTPUTS = ("{name}.safetensors", "{name}.json")
+OUTPUTS = ("{name}" + SUFFIX, "{name}.json")
 
 
 @dataclass

@@ -25,13 +25,13 @@ from ddpm.regimes import plots, theory
 from ddpm.regimes.collapse import measure_collapse
 from ddpm.regimes.config import SYNTHETIC, check_times, validate_regimes
 from ddpm.regimes.data import Points, data_source, load_points
-from ddpm.regimes.score import ExactScore
 from ddpm.regimes.seeds import generator
 from ddpm.regimes.speciation import measure_speciation
 from ddpm.regimes.spectrum import analyse_spectrum
 from ddpm.regimes.tracking import exact_eps_fn, measure_trajectories
 from ddpm.runtime import setup_runtime
 from ddpm.schedules import NoiseSchedule
+from ddpm.score import ExactScore
 
 log = logging.getLogger("ddpm.regimes")
 

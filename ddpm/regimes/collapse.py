@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddpm.regimes.score import ExactScore
 from ddpm.regimes.seeds import generator
+from ddpm.score import ExactScore
 
 
 def log_grid(t_min: float, t_max: float, points: int) -> np.ndarray:

@@ -40,10 +40,10 @@ from ddpm.errors import ConfigError
 from ddpm.regimes.collapse import draw_queries, last_crossing, log_grid
 from ddpm.regimes.config import LINKAGES  # noqa: F401  (the linkage methods, checked by validate_regimes)
 from ddpm.regimes.sampling import EpsFnT, backward, nearest_visited, visited_steps
-from ddpm.regimes.score import ExactScore
 from ddpm.regimes.seeds import generator
 from ddpm.regimes.theory import clone_probability_two_class, speciation_time
 from ddpm.schedules import NoiseSchedule
+from ddpm.score import ExactScore
 
 
 @dataclass

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from ddpm.errors import DataError
-from ddpm.regimes.score import _as_times, delta
 from ddpm.regimes.seeds import generator
+from ddpm.score import _as_times, delta
 
 # Above this dimension the covariance is eigendecomposed through the n x n Gram matrix (n <= this),
 # or by a randomised top-k SVD.
@@ -149,7 +149,7 @@ def eps_distances(
 
     Args:
         eps_net: the network's ε(x, k, t) on flattened float64 states, or None (then only exact_gauss).
-        exact: the :class:`ddpm.regimes.score.ExactScore` of the training points.
+        exact: the :class:`ddpm.score.ExactScore` of the training points.
         gauss: the Gaussian surrogate of the same points.
         schedule: the discrete schedule (ᾱ and t of every step).
         data: points to noise (n, d).

@@ -33,10 +33,10 @@ from ddpm.memorisation import memorisation, reference_images
 from ddpm.pretrained import Pretrained
 from ddpm.regimes.collapse import measure_collapse
 from ddpm.regimes.data import Points
-from ddpm.regimes.score import ExactScore
 from ddpm.regimes.spectrum import analyse_spectrum
 from ddpm.regimes.trained import eps_gap, network_eps_fn
 from ddpm.samplers import make_eps_fn
+from ddpm.score import ExactScore
 
 log = logging.getLogger("ddpm.regimes")
 

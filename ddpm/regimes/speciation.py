@@ -18,10 +18,10 @@ import torch
 
 from ddpm.regimes.collapse import draw_queries, last_crossing, log_grid
 from ddpm.regimes.sampling import EpsFnT, backward, nearest_visited, visited_steps
-from ddpm.regimes.score import ExactScore, delta
 from ddpm.regimes.seeds import generator
 from ddpm.regimes.theory import normalised_clone_probability
 from ddpm.schedules import NoiseSchedule
+from ddpm.score import ExactScore, delta
 
 
 def mixture_posterior(means: torch.Tensor, sigma: float) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:

@@ -26,9 +26,9 @@ import torch
 from ddpm.memorisation import Memorisation, memorisation
 from ddpm.regimes.collapse import last_crossing
 from ddpm.regimes.sampling import EpsFnT, backward, visited_steps
-from ddpm.regimes.score import ExactScore
 from ddpm.regimes.seeds import generator
 from ddpm.schedules import NoiseSchedule
+from ddpm.score import ExactScore
 
 
 def exact_eps_fn(score: ExactScore) -> EpsFnT:

@@ -16,9 +16,9 @@ import torch
 from ddpm.pretrained import Pretrained
 from ddpm.regimes.collapse import log_grid
 from ddpm.regimes.sampling import EpsFnT
-from ddpm.regimes.score import ExactScore
 from ddpm.regimes.seeds import generator
 from ddpm.samplers import make_eps_fn
+from ddpm.score import ExactScore
 
 
 def network_eps_fn(pre: Pretrained, device: torch.device | str = "cpu", model: torch.nn.Module | None = None) -> EpsFnT:

@@ -26,13 +26,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 import ddpm
-from ddpm.cli import check_outputs
 from ddpm.conditioning import class_rows, round_robin_labels
 from ddpm.data import from_model_range
 from ddpm.errors import ConfigError
 from ddpm.generate import generate
 from ddpm.gifs import frame_indices, grid_frame, save_grid, write_gif
 from ddpm.pretrained import Pretrained, load_for_inference, network, real_images
+from ddpm.runlock import check_outputs
 from ddpm.sample.config import OUTPUTS, validate_sample
 from ddpm.samplers import Sampler, StackedRandomGenerator, build_sampler, make_eps_fn
 

@@ -1,5 +1,5 @@
 """``sampler=exact_score``: the ancestral DDPM chain driven by the exact empirical score of n
-training points instead of a network (the streamed kernel of :mod:`ddpm.regimes.score`).
+training points instead of a network (the streamed kernel of :mod:`ddpm.score`).
 
 The empirical law of n points is what a network that memorised perfectly would sample: below the
 collapse time t_C each trajectory is captured by one training point, so every sample is a copy of
@@ -19,7 +19,7 @@ from ddpm.samplers.ddpm import DDPMSampler
 class ExactScoreSampler(DDPMSampler):
     """Args (besides :class:`DDPMSampler`'s):
     points: training points in model range, flattened (n, d) or as images (n, C, H, W).
-    dtype: ``float32`` (fast) or ``float64`` kernel (see :class:`ddpm.regimes.score.ExactScore`).
+    dtype: ``float32`` (fast) or ``float64`` kernel (see :class:`ddpm.score.ExactScore`).
     chunk_size: training points per streamed chunk.
     """
 
@@ -39,7 +39,7 @@ class ExactScoreSampler(DDPMSampler):
         super().__init__(diffusion, steps, spacing, clip_denoised, max_step, variance, **grid)
         if points is None or len(points) < 1:
             raise ConfigError("sampler=exact_score needs training points (ddpm-sample uses the checkpoint's training set)")
-        from ddpm.regimes.score import ExactScore
+        from ddpm.score import ExactScore
 
         self.score = ExactScore(points.flatten(1).double(), None, dtype, chunk_size, points.device)
         self.ou_times = diffusion.schedule.ou_times

@@ -32,12 +32,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 import ddpm
-from ddpm.cli import check_outputs
 from ddpm.errors import ConfigError
 from ddpm.generate import denoise_from, noise_to_step
 from ddpm.gifs import frame_indices
 from ddpm.pretrained import load_for_inference, network, real_images
 from ddpm.quality import mse_per_image, ssim_per_image
+from ddpm.runlock import check_outputs
 from ddpm.samplers import build_sampler, make_eps_fn
 from ddpm.schedules import NoiseSchedule
 from ddpm.visualize.config import OUTPUTS, validate_visualize
