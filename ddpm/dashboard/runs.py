@@ -78,7 +78,7 @@ class Run:
         speed = f" · {self.images_per_s:.0f} img/s" if self.images_per_s else ""
         if self.time_budget_min:
             budget_s = 60.0 * self.time_budget_min
-            spent = self.elapsed_s or 0.0
+            spent = min(self.elapsed_s or 0.0, budget_s)  # the log's clock also runs through grids and checkpoints
             frac = 1.0 if self.status == "finished" else min(spent / budget_s, 1.0)
             return frac, f"{_minutes(spent)} / {_minutes(budget_s)} min of the time budget · step {self.step}{speed}"
         if self.max_steps:
@@ -89,7 +89,8 @@ class Run:
     def progress_short(self) -> str:
         """The Runs table's progress cell: minutes of the budget, or steps of max_steps."""
         if self.time_budget_min:
-            return f"{_minutes(self.elapsed_s or 0.0)} / {_minutes(60.0 * self.time_budget_min)} min"
+            budget_s = 60.0 * self.time_budget_min
+            return f"{_minutes(min(self.elapsed_s or 0.0, budget_s))} / {_minutes(budget_s)} min"
         return f"{self.step} / {self.max_steps} steps" if self.max_steps else f"{self.step} steps"
 
     def checkpoint_count(self) -> int:
@@ -223,18 +224,18 @@ def checkpoint_steps(run: Path) -> list[Checkpoint]:
     """A run's checkpoints with their steps, without repeats: ``best.pt`` (step and FID from
     train.log), ``last.pt`` (the step file it is a hard link to, else the last checkpoint train.log
     names), then the step files ``last.pt`` is not."""
-    files = checkpoints(run)
-    log_text = _read(run / "train.log")
-    by_inode = {}
-    for p in files:
-        if m := STEP_RE.match(p.name):
+    files = []
+    for p in checkpoints(run):
+        try:  # a live run removes its oldest step file as it writes a new one
             st = p.stat()
-            by_inode[(st.st_dev, st.st_ino)] = int(m.group(1))
+        except OSError:
+            continue
+        files.append((p, (st.st_dev, st.st_ino)))
+    log_text = _read(run / "train.log")
+    by_inode = {inode: int(m.group(1)) for p, inode in files if (m := STEP_RE.match(p.name))}
     out: list[Checkpoint] = []
     last_inode = None
-    for p in sorted(files, key=lambda p: p.name != "best.pt"):  # best.pt first, the rest in their order
-        st = p.stat()
-        inode = (st.st_dev, st.st_ino)
+    for p, inode in sorted(files, key=lambda f: f[0].name != "best.pt"):  # best.pt first, the rest in their order
         if p.name == "best.pt":
             best = BEST_LOG_RE.findall(log_text)
             fid, step = (float(best[-1][0]), int(best[-1][1])) if best else (None, None)

@@ -18,7 +18,9 @@ if not choices:
     st.info(f"No checkpoints under {display_path(root)} yet: train a model first.")
     st.stop()
 labels = {relative(root, c.path): c.label(root) for c in choices}
-ckpt = st.selectbox("Checkpoint", list(labels), format_func=labels.__getitem__, key="ckpt", help="the most trained first")
+if st.session_state.get("ckpt") not in labels:  # first view, or that file went away (a run keeps its newest few)
+    st.session_state.pop("ckpt", None)
+ckpt = st.selectbox("Checkpoint", list(labels), format_func=lambda k: labels.get(k, k), key="ckpt", help="the most trained first")
 c1, c2, c3, c4 = st.columns(4)
 samplers = launch.group_options("sampler")
 sampler = c1.selectbox("Sampler", samplers, index=samplers.index("dpm_solver") if "dpm_solver" in samplers else 0, key="sampler")
