@@ -65,9 +65,6 @@ class GaussianDiffusion:
         abar = schedule.alphas_cumprod
         self.sqrt_abar = abar.sqrt()
         self.sqrt_one_minus_abar = (1 - abar).sqrt()
-        c0, ck = schedule.posterior_mean_coef
-        self.post_c0, self.post_ck = c0, ck
-        self.post_var = schedule.posterior_variance
 
     @classmethod
     def from_config(cls, schedule_cfg, train_cfg) -> GaussianDiffusion:
@@ -91,15 +88,6 @@ class GaussianDiffusion:
         """x_k = √ᾱ_k x_0 + √(1-ᾱ_k) ε."""
         x0, noise = x0.float(), noise.float()
         return _gather(self.sqrt_abar, k, x0.ndim) * x0 + _gather(self.sqrt_one_minus_abar, k, x0.ndim) * noise
-
-    def q_posterior(self, x0: torch.Tensor, xk: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and variance of q(x_{k-1} | x_k, x_0)."""
-        mean = _gather(self.post_c0, k, xk.ndim) * x0 + _gather(self.post_ck, k, xk.ndim) * xk
-        return mean, _gather(self.post_var, k, xk.ndim)
-
-    def predict_x0(self, xk: torch.Tensor, k: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """x̂_0 = (x_k - √(1-ᾱ_k) ε) / √ᾱ_k."""
-        return (xk - _gather(self.sqrt_one_minus_abar, k, xk.ndim) * eps) / _gather(self.sqrt_abar, k, xk.ndim)
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """The regression target of the chosen objective."""
@@ -161,7 +149,7 @@ class GaussianDiffusion:
         if self.timestep_sampling == "uniform":
             return torch.randint(0, self.T, (n,), generator=generator, device=device)
         log_sigma = torch.randn(n, generator=generator, device=device) * self.p_std + self.p_mean
-        table = (-0.5 * self.schedule.log_snr).to(device=device, dtype=torch.float32)  # ln σ_k, increasing in k
+        table = (-self.schedule.half_log_snr).to(device=device, dtype=torch.float32)  # ln σ_k = -λ_k, increasing in k
         i = torch.searchsorted(table, log_sigma).clamp(1, self.T - 1)
         nearer_lower = (log_sigma - table[i - 1]) < (table[i] - log_sigma)
         return torch.where(nearer_lower, i - 1, i)
@@ -172,8 +160,14 @@ class GaussianDiffusion:
         return (x - (1 - abar) ** 0.5 * eps) / abar**0.5
 
     @staticmethod
+    def large_variance(abar: float, abar_prev: float) -> float:
+        """The "large" variance β' = 1 - ᾱ/ᾱ_prev of the move ᾱ -> ᾱ_prev (Ho et al.: it and the posterior's
+        β̃' = (1-ᾱ_prev)/(1-ᾱ) β' bound the true reverse variance; improved-diffusion samples with it)."""
+        return 1 - abar / abar_prev
+
+    @staticmethod
     def respaced_step(x0: torch.Tensor, eps: torch.Tensor, abar: float, abar_prev: float, eta: float = 1.0) -> tuple[torch.Tensor, float]:
         """Mean and variance of the move ᾱ -> ᾱ_prev of a respaced chain (DDIM with noise scale η; η = 1 is the
         ancestral posterior q(x_prev | x, x̂_0)): σ² = η² (1-ᾱ_prev)/(1-ᾱ) (1-ᾱ/ᾱ_prev), mean √ᾱ_prev x̂_0 + √(1-ᾱ_prev-σ²) ε."""
-        var = eta**2 * (1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)
+        var = eta**2 * (1 - abar_prev) / (1 - abar) * GaussianDiffusion.large_variance(abar, abar_prev)
         return abar_prev**0.5 * x0 + max(1 - abar_prev - var, 0.0) ** 0.5 * eps, var

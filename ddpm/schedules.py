@@ -63,6 +63,31 @@ def make_betas(
     raise ConfigError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
 
 
+def log_snr(abar: torch.Tensor) -> torch.Tensor:
+    """log SNR = log(ᾱ / (1 - ᾱ)) of a float64 ᾱ table (or of some of its entries)."""
+    return torch.log(abar) - torch.log1p(-abar)
+
+
+def half_log_snr(abar: torch.Tensor) -> torch.Tensor:
+    """λ = ½ log(ᾱ / (1 - ᾱ)), DPM-Solver's λ; ln σ = -λ with σ = √((1-ᾱ)/ᾱ)."""
+    return 0.5 * log_snr(abar)
+
+
+def ou_time(abar: torch.Tensor) -> torch.Tensor:
+    """Ornstein–Uhlenbeck time t = -½ log ᾱ."""
+    return -0.5 * torch.log(abar)
+
+
+def score_from_eps(eps: torch.Tensor, sqrt_delta: float | torch.Tensor) -> torch.Tensor:
+    """∇log p = -ε / √Δ, with Δ = 1 - ᾱ = 1 - e^{-2t} the variance of the noise at that level."""
+    return -eps / sqrt_delta
+
+
+def eps_from_score(score: torch.Tensor, sqrt_delta: float | torch.Tensor) -> torch.Tensor:
+    """ε = -√Δ ∇log p, the inverse of :func:`score_from_eps`."""
+    return -score * sqrt_delta
+
+
 @dataclass(frozen=True)
 class NoiseSchedule:
     """Precomputed float64 tables of a discrete DDPM schedule (index k = 0..T-1)."""
@@ -116,14 +141,18 @@ class NoiseSchedule:
 
     @property
     def log_snr(self) -> torch.Tensor:
-        """log(ᾱ / (1 - ᾱ))."""
-        abar = self.alphas_cumprod
-        return torch.log(abar) - torch.log1p(-abar)
+        """log(ᾱ_k / (1 - ᾱ_k)) of each step."""
+        return log_snr(self.alphas_cumprod)
+
+    @property
+    def half_log_snr(self) -> torch.Tensor:
+        """λ_k = ½ log(ᾱ_k / (1 - ᾱ_k)) of each step, decreasing in k (ln σ_k = -λ_k)."""
+        return half_log_snr(self.alphas_cumprod)
 
     @property
     def ou_times(self) -> torch.Tensor:
         """Ornstein–Uhlenbeck time of each step, t_k = -½ log ᾱ_k."""
-        return -0.5 * torch.log(self.alphas_cumprod)
+        return ou_time(self.alphas_cumprod)
 
     def step_to_time(self, k: int | torch.Tensor) -> torch.Tensor:
         """t_k = -½ log ᾱ_k for step index (or indices) k."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ddpm.errors import ConfigError, DataError
+from ddpm.schedules import eps_from_score
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # exp() of logits this far below the running max is clamped to stay a normal float: subnormal
@@ -220,7 +221,7 @@ class ExactScore:
     def eps(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         """ε*(x) = (x - e^{-t} Σ w_μ a_μ) / sqrt(Δ_t) = -sqrt(Δ_t) ∇log P_t (float64)."""
         tt = _as_times(t, x.shape[0]).to(self.device)
-        return -self.score(x, tt) * delta(tt).sqrt()[:, None]
+        return eps_from_score(self.score(x, tt), delta(tt).sqrt()[:, None])
 
     def log_density(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         """log P_t(x) of the noised empirical mixture (float64); for checks, not for speed."""

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
@@ -73,6 +74,26 @@ def tiny_ckpt(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = compose_config("train", tiny_train_overrides(data_dir, run_dir / "cache", **{"train.max_steps": 60, "train.ckpt_every": 60}))
     train(cfg, run_dir)
     return run_dir / "checkpoints" / "last.pt"
+
+
+def posterior(schedule, x0: torch.Tensor, xk: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of q(x_{k-1} | x_k, x_0) from the schedule's posterior tables (float32, one k per
+    row): the reference the samplers' respaced steps are checked against."""
+    c0, ck = schedule.posterior_mean_coef
+    shape = (-1, *([1] * (xk.ndim - 1)))
+
+    def at(table: torch.Tensor) -> torch.Tensor:
+        return table.to(torch.float32)[k].reshape(shape)
+
+    return at(c0) * x0 + at(ck) * xk, at(schedule.posterior_variance)
+
+
+def x0_from_eps(schedule, xk: torch.Tensor, k: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """x̂_0 = (x_k - √(1-ᾱ_k) ε) / √ᾱ_k at steps ``k`` (one per row), float32."""
+    abar = schedule.alphas_cumprod
+    shape = (-1, *([1] * (xk.ndim - 1)))
+    a, s = abar.sqrt().to(torch.float32)[k].reshape(shape), (1 - abar).sqrt().to(torch.float32)[k].reshape(shape)
+    return (xk - s * eps) / a
 
 
 def write_tar(path: Path, members: dict[str, bytes]) -> Path:

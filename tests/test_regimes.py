@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import posterior
 
 from ddpm.regimes import theory
 from ddpm.regimes.collapse import draw_queries, last_crossing, measure_collapse
@@ -312,7 +313,6 @@ def test_backward_step_is_the_diffusion_posterior_on_adjacent_steps():
     from ddpm.diffusion import GaussianDiffusion
 
     sched = NoiseSchedule.from_config(OmegaConf.create({"name": "linear", "T": 50, "beta_start": 1e-4, "beta_end": 0.02}))
-    diffusion = GaussianDiffusion(sched)
     g = torch.Generator().manual_seed(0)
     x0, eps = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, 6, generator=g, dtype=torch.float64)
     abar = sched.alphas_cumprod.double()
@@ -320,7 +320,7 @@ def test_backward_step_is_the_diffusion_posterior_on_adjacent_steps():
         xk = abar[k].sqrt() * x0 + (1 - abar[k]).sqrt() * eps
         torch.testing.assert_close(GaussianDiffusion.x0_at(xk, eps, float(abar[k])), x0)
         mean, var = GaussianDiffusion.respaced_step(x0, eps, float(abar[k]), float(abar[k - 1]))
-        ref_mean, ref_var = diffusion.q_posterior(x0, xk, torch.full((4,), k))
+        ref_mean, ref_var = posterior(sched, x0, xk, torch.full((4,), k))
         torch.testing.assert_close(mean, ref_mean.double(), rtol=1e-5, atol=1e-6)
         assert var == pytest.approx(float(ref_var.flatten()[0]), rel=1e-5)
     # the backward chain with ε = the true noise of one point lands on that point (no noise at the last move)

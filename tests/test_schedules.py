@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import posterior, x0_from_eps
 
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError
@@ -76,11 +78,11 @@ def test_q_sample_and_posterior_closed_forms():
     alpha, beta, abar_prev = s.alphas[ki].item(), s.betas[ki].item(), abar[ki - 1].item()
     prec = alpha / beta + 1 / (1 - abar_prev)
     mean_expected = (math.sqrt(alpha) / beta * xk[1] + math.sqrt(abar_prev) / (1 - abar_prev) * x0[1]) / prec
-    mean, var = d.q_posterior(x0[1:2], xk[1:2], k[1:2])
+    mean, var = posterior(s, x0[1:2], xk[1:2], k[1:2])
     torch.testing.assert_close(mean[0], mean_expected, rtol=1e-5, atol=1e-5)
     assert var.item() == pytest.approx(1 / prec, rel=1e-5)
     # x̂_0 inverts q_sample exactly when given the true noise.
-    torch.testing.assert_close(d.predict_x0(xk, k, eps), x0, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(x0_from_eps(s, xk, k, eps), x0, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("objective", ["eps", "x0", "v"])
@@ -99,3 +101,21 @@ def test_timesteps_cover_all_steps_including_zero():
     assert k.min().item() == 0 and k.max().item() == 9
     counts = torch.bincount(k, minlength=10).float()
     assert (counts / 5000 - 0.1).abs().max() < 0.02
+
+
+# Formula -> (the text that computes it, the one file that may).
+ONE_HOME = {
+    "log SNR, λ": ("log1p(-", "ddpm/schedules.py"),
+    "OU time t = -½ log ᾱ": ("-0.5 * torch.log(", "ddpm/schedules.py"),
+    "large variance β' = 1 - ᾱ/ᾱ_prev": ("abar / abar_prev", "ddpm/diffusion.py"),
+    "ε -> score": ("-eps / ", "ddpm/schedules.py"),
+}
+
+
+@pytest.mark.parametrize("formula", ONE_HOME)
+def test_each_formula_has_one_home(formula):
+    """λ, OU time, score<->ε and the large variance are computed in their one place; every caller uses it."""
+    text, home = ONE_HOME[formula]
+    repo = Path(__file__).resolve().parents[1]
+    found = sorted(str(p.relative_to(repo)) for d in ("ddpm", "scripts") for p in (repo / d).rglob("*.py") if text in p.read_text())
+    assert found == [home], found

@@ -34,7 +34,8 @@ from ddpm.samplers import (
     StackedRandomGenerator,
     build_sampler,
 )
-from ddpm.samplers.base import half_log_snr, karras_timesteps
+from ddpm.samplers.base import karras_timesteps
+from ddpm.schedules import half_log_snr
 
 CPU = torch.device("cpu")
 CHURN = {"s_churn": 30.0, "s_min": 0.01, "s_max": 1.0, "s_noise": 1.0}  # EDM's CIFAR-10 setting, S_noise = 1

@@ -25,6 +25,7 @@ import torch
 
 from ddpm.errors import DataError
 from ddpm.regimes.seeds import generator
+from ddpm.schedules import eps_from_score
 from ddpm.score import _as_times, delta
 
 # Above this dimension the covariance is eigendecomposed through the n x n Gram matrix (n <= this),
@@ -110,7 +111,7 @@ class GaussianScore:
         """ε_G(x) = -sqrt(Δ_t) ∇log p_t(x) (float64)."""
         x = x.to(self.device, torch.float64)
         tt = _as_times(t, x.shape[0]).to(self.device)
-        return -self.score(x, tt) * delta(tt).sqrt()[:, None]
+        return eps_from_score(self.score(x, tt), delta(tt).sqrt()[:, None])
 
     def denoised(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         """E[x_0 | x_t] = e^{t} (x + Δ_t ∇log p_t(x)) (Tweedie), linear in x."""

@@ -20,7 +20,7 @@ from ddpm.regimes.collapse import draw_queries, last_crossing, log_grid
 from ddpm.regimes.sampling import EpsFnT, backward, nearest_visited, visited_steps
 from ddpm.regimes.seeds import generator
 from ddpm.regimes.theory import normalised_clone_probability
-from ddpm.schedules import NoiseSchedule
+from ddpm.schedules import NoiseSchedule, eps_from_score
 from ddpm.score import ExactScore, delta
 
 
@@ -39,7 +39,7 @@ def mixture_posterior(means: torch.Tensor, sigma: float) -> Callable[[torch.Tens
         pi = torch.softmax(logits, 1)
         # Per class: E[x_0 | x_t, c] = m_c + σ² e^{-t} (x - e^{-t} m_c) / Γ; score = -(x - e^{-t} m_c) / Γ.
         score = -(pi[:, None, :] * (x[:, :, None] - centres)).sum(2) / gam
-        eps = -score * delta(t).sqrt()[:, None]
+        eps = eps_from_score(score, delta(t).sqrt()[:, None])
         return pi, eps
 
     return post

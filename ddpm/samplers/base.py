@@ -11,6 +11,7 @@ import torch
 
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError
+from ddpm.schedules import half_log_snr
 
 # eps_fn(x_k, k) -> ε̂ (float32); k is a (B,) long tensor of schedule steps.
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -64,11 +65,6 @@ def timestep_sequence(T: int, steps: int, spacing: str = "leading") -> list[int]
     if len(out) != steps or out[-1] != T - 1 or out[0] < 0:  # never for 1 <= steps <= T (tests/test_timesteps.py)
         raise RuntimeError(f"{spacing} spacing gave {len(out)} distinct steps in {out[0]}..{out[-1]} for steps={steps}, T={T}")
     return out
-
-
-def half_log_snr(abar: torch.Tensor) -> torch.Tensor:
-    """λ = ½ log(ᾱ / (1 - ᾱ)) of a float64 ᾱ table."""
-    return 0.5 * (torch.log(abar) - torch.log1p(-abar))
 
 
 def top_step(abar: torch.Tensor, top: int, lambda_min: float | None) -> int:

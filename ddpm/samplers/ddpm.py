@@ -43,5 +43,5 @@ class DDPMSampler(Sampler):
         if i == 0:
             return mean
         if self.variance == "large":
-            var = 1 - abar / abar_prev
+            var = GaussianDiffusion.large_variance(abar, abar_prev)
         return mean + var**0.5 * rng.randn(x.shape[1:])

@@ -31,7 +31,7 @@ import math
 import torch
 
 from ddpm.errors import ConfigError
-from ddpm.samplers.base import Sampler, StackedRandomGenerator, half_log_snr
+from ddpm.samplers.base import Sampler, StackedRandomGenerator
 
 
 class DPMSolverSampler(Sampler):
@@ -45,7 +45,7 @@ class DPMSolverSampler(Sampler):
             raise ConfigError(f"DPM-Solver++ order must be 1 or 2, got {order}")
         self.order = order
         # λ at the visited steps, in float64 from the schedule's table.
-        self.lam = half_log_snr(diffusion.schedule.alphas_cumprod[self.timesteps]).tolist()
+        self.lam = diffusion.schedule.half_log_snr[self.timesteps].tolist()
         self._last_x0: torch.Tensor | None = None
 
     def reset(self) -> None:

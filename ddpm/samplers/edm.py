@@ -30,7 +30,7 @@ import math
 import torch
 
 from ddpm.errors import ConfigError
-from ddpm.samplers.base import Callback, EpsFn, Sampler, StackedRandomGenerator, check_steps, half_log_snr, nearest_steps, start_steps
+from ddpm.samplers.base import Callback, EpsFn, Sampler, StackedRandomGenerator, check_steps, nearest_steps, start_steps
 
 MAX_GAMMA = math.sqrt(2.0) - 1.0  # EDM's cap: churn at most doubles the variance of the noise
 
@@ -76,7 +76,7 @@ class EDMHeunSampler(Sampler):
         super().__init__(diffusion, levels, spacing, clip_denoised, max_step, grid=grid, lambda_min=lambda_min)
         self.s_churn, self.s_min, self.s_max, self.s_noise = s_churn, s_min, s_max, s_noise
         abar = diffusion.schedule.alphas_cumprod
-        lam = half_log_snr(abar)  # decreasing in k; σ_k = e^{-λ_k}
+        lam = diffusion.schedule.half_log_snr  # decreasing in k; σ_k = e^{-λ_k}
         self.levels = list(self.timesteps)  # the visited steps, increasing
         m = len(self.levels)
         self.sigma = [math.exp(-float(lam[k])) for k in self.levels]

@@ -20,6 +20,7 @@ import torch
 
 from ddpm.errors import ConfigError
 from ddpm.samplers.base import Sampler, StackedRandomGenerator
+from ddpm.schedules import score_from_eps
 
 
 class _OUTimeSampler(Sampler):
@@ -27,12 +28,12 @@ class _OUTimeSampler(Sampler):
 
     def __init__(self, diffusion, steps=None, spacing="linspace", clip_denoised=True, max_step=None, **grid) -> None:
         super().__init__(diffusion, steps, spacing, clip_denoised, max_step, **grid)
-        self.t = [-0.5 * math.log(a) for a in self.abar]
-        self.sqrt_delta = [math.sqrt(1.0 - a) for a in self.abar]
+        self.t = diffusion.schedule.ou_times[self.timesteps].tolist()
+        self.sqrt_delta = diffusion.sqrt_one_minus_abar[self.timesteps].tolist()
 
     def score(self, i: int, eps: torch.Tensor) -> torch.Tensor:
         """∇log p_t at visited step i from ε."""
-        return -eps / self.sqrt_delta[i]
+        return score_from_eps(eps, self.sqrt_delta[i])
 
 
 class EulerMaruyamaSampler(_OUTimeSampler):

@@ -63,7 +63,7 @@ def validate_train(cfg: Any) -> None:
     schedule = NoiseSchedule.from_config(cfg.schedule)  # its own checks (betas, cosine_s) before any work
     if t.timestep_sampling == "lognormal":
         # ln σ_k of the steps: a mean outside them maps (nearly) every sampled σ to the first or last step
-        log_sigma = (-0.5 * schedule.log_snr).tolist()
+        log_sigma = (-schedule.half_log_snr).tolist()  # ln σ_k = -λ_k
         lo, hi = log_sigma[0], log_sigma[-1]
         _check(
             lo <= t.p_mean <= hi,
