@@ -129,7 +129,7 @@ class PotentialConfig:
 
     classes: list[int] = field(default_factory=lambda: [0, 1])  # the two classes (labels of the data)
     kind: str = "marginal"  # marginal: density of the projection on the axis; section: p_t on the line itself
-    curves: int = 7  # times of the plotted family, log-spaced from 0.4 t_S to 2 t_S
+    curves: int = 7  # times of the plotted family, log-spaced from 0.4 t* to 2 t* (t*: the curvature's sign change, else t_S)
     grid: int = 201  # points along the axis
 
 
