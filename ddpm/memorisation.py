@@ -184,9 +184,11 @@ def save_memorisation_grid(samples: torch.Tensor, train: torch.Tensor, result: M
 
     order = np.argsort(result.ratio, kind="stable")[: min(count, len(result.ratio))]
     top = samples[torch.as_tensor(order)].float() / 255.0
-    nearest = result.nearest[order]
-    # an index from len(train) on is a mirror (``mirrored``)
-    bottom = torch.stack([train[int(i) % len(train)].flip(-1) if i >= len(train) else train[int(i)] for i in nearest]).float() / 255.0
+    nearest = torch.as_tensor(result.nearest[order])
+    # an index from len(train) on is a mirror (``mirrored``): one read of the originals, then the flips
+    mirror = nearest >= len(train)
+    bottom = train[nearest % len(train)].float() / 255.0
+    bottom[mirror] = bottom[mirror].flip(-1)
     path = Path(path)
     grid = torch.cat([top, bottom])
     atomic_write(path, lambda f: save_image(grid, f, nrow=len(order), padding=2, pad_value=0.5, format="PNG"))  # no torn file

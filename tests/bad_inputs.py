@@ -100,7 +100,12 @@ BAD_INPUTS: list[BadInput] = [
     BadInput("folder without path", _T, ["dataset=folder"], "dataset.path"),
     BadInput("missing folder", _T, ["dataset=folder", "dataset.path={work}/no_such_folder"], "not found"),
     BadInput("empty folder", _T, ["dataset=folder", "dataset.path={work}/empty"], "no images"),
-    BadInput("images of wrong size", _T, ["dataset=folder", "dataset.path={work}/size20", "dataset.image_size=32"], "expected 32x32"),
+    BadInput(
+        "images of wrong size",
+        _T,
+        ["dataset=folder", "dataset.path={work}/size20", "dataset.image_size=32", "dataset.resize=false"],
+        "expected 32x32",
+    ),
     BadInput("unreadable image", _T, ["dataset=folder", "dataset.path={work}/corrupt", "dataset.image_size=16"], "cannot read image"),
     BadInput(
         "size not divisible",

@@ -189,7 +189,7 @@ def test_regimes_sources_compose_from_the_shared_dataset_group_or_synthetic(opti
     src = data_source(cfg)
     assert src.name == option and (src.dataset is None) == synthetic
     if synthetic:
-        assert src.n == {"gaussian": 1000, "gaussian_spectrum": 1000, "mixture": 2000}[option]
+        assert src.n == {"gaussian": 1000, "gaussian_spectrum": 1000, "mixture": 2000, "hierarchical": 2000}[option]
     else:  # the training config's dataset node; MNIST at its native 28x28 (d = 784), the others as trained
         train = compose_config("train", [f"dataset={option}"]).dataset
         assert src.dataset.image_size == (28 if option == "mnist" else train.image_size) and src.dataset.root == train.root
