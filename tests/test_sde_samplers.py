@@ -72,7 +72,7 @@ def test_exact_score_of_many_gaussian_points_is_the_gaussian_eps() -> None:
     x = torch.linspace(MU - 2 * S, MU + 2 * S, 41).view(-1, 1, 1, 1)  # where the 20,000 points are dense
     for k in (100, 300, 999):
         kk = torch.full((len(x),), k)
-        torch.testing.assert_close(sampler.exact_eps(x, kk), gaussian_eps(diff)(x, kk), atol=0.02, rtol=0)
+        torch.testing.assert_close(sampler.score_eps(x, kk), gaussian_eps(diff)(x, kk), atol=0.02, rtol=0)
 
 
 def test_exact_score_sampler_draws_the_empirical_law() -> None:

@@ -9,6 +9,8 @@ ignored.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ddpm.errors import ConfigError
@@ -16,12 +18,43 @@ from ddpm.samplers.base import Callback, EpsFn, StackedRandomGenerator
 from ddpm.samplers.ddpm import DDPMSampler
 
 
-class ExactScoreSampler(DDPMSampler):
+class ScoreSampler(DDPMSampler):
+    """The DDPM chain driven by a score object's ``eps(x, t)`` (in OU time) instead of a network.
+
+    Subclasses set ``self.score`` (with ``eps`` and ``d``) and ``self.label`` (the sampler's name).
+    """
+
+    score: Any
+    label: str
+
+    def score_eps(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """ε(x_k) of the score at step k (float32, the shape of ``x``)."""
+        t = self.diffusion.schedule.ou_times[k.cpu()].to(torch.float64)
+        return self.score.eps(x.flatten(1), t).view_as(x).to(x.device, torch.float32)
+
+    def sample(
+        self,
+        eps_fn: EpsFn | None,
+        x_T: torch.Tensor,
+        rng: StackedRandomGenerator | None = None,
+        callback: Callback | None = None,
+        progress=None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """Run the chain from ``x_T`` with the score; ``eps_fn`` is not called (other keywords pass through)."""
+        if x_T[0].numel() != self.score.d:
+            raise ConfigError(f"sampler={self.label}: samples have {x_T[0].numel()} values but the training points {self.score.d}")
+        return super().sample(self.score_eps, x_T, rng, callback, progress, **kwargs)
+
+
+class ExactScoreSampler(ScoreSampler):
     """Args (besides :class:`DDPMSampler`'s):
     points: training points in model range, flattened (n, d) or as images (n, C, H, W).
     dtype: ``float32`` (fast) or ``float64`` kernel (see :class:`ddpm.score.ExactScore`).
     chunk_size: training points per streamed chunk.
     """
+
+    label = "exact_score"
 
     def __init__(
         self,
@@ -42,23 +75,3 @@ class ExactScoreSampler(DDPMSampler):
         from ddpm.score import ExactScore
 
         self.score = ExactScore(points.flatten(1).double(), None, dtype, chunk_size, points.device)
-        self.ou_times = diffusion.schedule.ou_times
-
-    def exact_eps(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """ε*(x_k) of the empirical law at step k (float32, the shape of ``x``)."""
-        t = self.ou_times[k.cpu()].to(torch.float64)
-        return self.score.eps(x.flatten(1), t).view_as(x).to(x.device, torch.float32)
-
-    def sample(
-        self,
-        eps_fn: EpsFn | None,
-        x_T: torch.Tensor,
-        rng: StackedRandomGenerator | None = None,
-        callback: Callback | None = None,
-        progress=None,
-        **kwargs,
-    ) -> torch.Tensor:
-        """Run the chain from ``x_T`` with the exact score; ``eps_fn`` is not called (other keywords pass through)."""
-        if x_T[0].numel() != self.score.d:
-            raise ConfigError(f"sampler=exact_score: samples have {x_T[0].numel()} values but the training points {self.score.d}")
-        return super().sample(self.exact_eps, x_T, rng, callback, progress, **kwargs)

@@ -12,14 +12,15 @@ from __future__ import annotations
 import torch
 
 from ddpm.errors import ConfigError
-from ddpm.samplers.base import Callback, EpsFn, StackedRandomGenerator
-from ddpm.samplers.ddpm import DDPMSampler
+from ddpm.samplers.exact_score import ScoreSampler
 
 
-class GaussianScoreSampler(DDPMSampler):
+class GaussianScoreSampler(ScoreSampler):
     """Args (besides :class:`DDPMSampler`'s):
     points: training points in model range, flattened (n, d) or as images (n, C, H, W).
     """
+
+    label = "gaussian_score"
 
     def __init__(
         self,
@@ -37,24 +38,4 @@ class GaussianScoreSampler(DDPMSampler):
             raise ConfigError("sampler=gaussian_score needs training points (ddpm-sample uses the checkpoint's training set)")
         from ddpm.regimes.linear import GaussianScore
 
-        self.gauss = GaussianScore.from_points(points.flatten(1).double(), points.device)
-        self.ou_times = diffusion.schedule.ou_times
-
-    def gaussian_eps(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """ε_G(x_k) of the Gaussian surrogate at step k (float32, the shape of ``x``)."""
-        t = self.ou_times[k.cpu()].to(torch.float64)
-        return self.gauss.eps(x.flatten(1), t).view_as(x).to(x.device, torch.float32)
-
-    def sample(
-        self,
-        eps_fn: EpsFn | None,
-        x_T: torch.Tensor,
-        rng: StackedRandomGenerator | None = None,
-        callback: Callback | None = None,
-        progress=None,
-        **kwargs,
-    ) -> torch.Tensor:
-        """Run the chain from ``x_T`` with the surrogate's score; ``eps_fn`` is not called."""
-        if x_T[0].numel() != self.gauss.d:
-            raise ConfigError(f"sampler=gaussian_score: samples have {x_T[0].numel()} values but the training points {self.gauss.d}")
-        return super().sample(self.gaussian_eps, x_T, rng, callback, progress, **kwargs)
+        self.score = GaussianScore.from_points(points.flatten(1).double(), points.device)
