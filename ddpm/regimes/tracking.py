@@ -6,7 +6,7 @@ states, is at least ½. Two readings of it are reported, both on the copying tra
 
 - per trajectory, the largest time at which w_μ* >= ½ (interpolated between the visited times):
   its median and quartiles. w_μ* fluctuates around ½ before it settles, so this last excursion
-  lies a little above the collapse time (6–10% with the exact score, docs/regimes.md);
+  lies a little above the collapse time (2–13% with the exact score, docs/regimes.md);
 - the collapse time ``t_C``: the largest time at which at least half of the copying trajectories
   are committed (the ½-crossing of that fraction, interpolated). With the exact score it is the
   exact t_C (the ½-crossing of p_½ over forward-noised training points) within the resolution of
