@@ -95,7 +95,7 @@ def load_pretrained(
         model = build_model(cfg.model, int(cfg.dataset.image_size), int(cfg.dataset.channels))
     except (KeyError, AttributeError, TypeError, ValueError) as exc:  # ConfigError is a ValueError
         raise CheckpointError(f"checkpoint {path} stores a config that cannot build its model: {' '.join(str(exc).split())}") from exc
-    _check_weights(weights, model.state_dict(), path, part)
+    _verify_weights(weights, model.state_dict(), path, part)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
@@ -127,7 +127,7 @@ def _shape(t: object) -> str:
     return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
 
 
-def _check_weights(weights: dict, expected: dict[str, torch.Tensor], path: Path, part: str) -> None:
+def _verify_weights(weights: dict, expected: dict[str, torch.Tensor], path: Path, part: str) -> None:
     """Refuse weights that cannot work in the model the stored config describes: absent, extra, of
     another shape, or not finite (they would sample NaN images). One line names the first offender.
 

@@ -329,7 +329,7 @@ def load_image_source(cfg, data_dir: Path, cache_dir: Path, split: str) -> tuple
 load_cats = load_folder = load_image_source
 
 
-def _check_cifar(root: Path, split: str) -> None:
+def _require_cifar(root: Path, split: str) -> None:
     """Name the missing or damaged CIFAR-10 file (torchvision only says "not found or corrupted")."""
     from torchvision.datasets import CIFAR10
     from torchvision.datasets.utils import check_integrity
@@ -364,7 +364,7 @@ def load_cifar10(cfg, data_dir: Path, cache_dir: Path, split: str) -> tuple[torc
                 f"could not download CIFAR-10 (tried {CIFAR10.url}: {_download_reason(exc)}); "
                 f"put {CIFAR10.filename} extracted (the folder {CIFAR10.base_folder}/) into {root}/ or point paths.data_dir at a folder holding it"
             ) from exc
-    _check_cifar(root, split)  # every file present with its published MD5: the pickles below are the genuine ones
+    _require_cifar(root, split)  # every file present with its published MD5: the pickles below are the genuine ones
     ds = CIFAR10(str(root), train=split == "train", download=False)
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
     return images, torch.tensor(ds.targets, dtype=torch.int64), str(root)
