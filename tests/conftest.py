@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from ddpm.commands import COMMANDS, register_schemas
+from ddpm.tools.bad_inputs import tiny_train_overrides  # noqa: F401 - the tests import it from here
 
 REPO = Path(__file__).resolve().parents[1]
 register_schemas()
@@ -40,29 +41,6 @@ def compose_config(config_name: str = "train", overrides: list[str] | None = Non
     """Compose a config exactly as the command line would (without Hydra's runtime)."""
     with initialize_config_module("ddpm.conf", version_base="1.3"):
         return compose(config_name, overrides=overrides or [])
-
-
-def tiny_train_overrides(data_dir: Path, cache_dir: Path, **extra: object) -> list[str]:
-    """Overrides for a tiny, fast MNIST run (a few seconds per dozen steps on 2 cores)."""
-    base = {
-        "model": "tiny",
-        "paths.data_dir": str(data_dir),
-        "paths.cache_dir": str(cache_dir),
-        "train.batch_size": 16,
-        "train.max_steps": 20,
-        "train.lr": 1e-3,
-        "train.warmup_steps": 0,
-        "train.log_every": 5,
-        "train.sample_every": 0,
-        "train.ckpt_every": 10,
-        "train.num_sample_images": 4,
-        "sampler.steps": 5,
-        "train.ema_decay": 0.9,
-        "train.progress": False,
-        "schedule.T": 100,
-    }
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
 
 
 @pytest.fixture(scope="session")

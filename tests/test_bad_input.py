@@ -1,4 +1,4 @@
-"""Bad input: every case of ``tests/bad_inputs.py`` gives one ``error:`` line and exit 2; checkpoints
+"""Bad input: every case of ``ddpm/tools/bad_inputs.py`` gives one ``error:`` line and exit 2; checkpoints
 that load but cannot work are refused by name; sampling never hands back NaN images.
 
 The cases run in-process through the console scripts' own ``main()`` (Hydra and all), which is
@@ -13,7 +13,6 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-import bad_inputs as bad
 import pytest
 import torch
 from conftest import compose_config
@@ -27,6 +26,7 @@ from ddpm.models import build_model
 from ddpm.pretrained import load_pretrained
 from ddpm.samplers import DDIMSampler
 from ddpm.schedules import NoiseSchedule
+from ddpm.tools import bad_inputs as bad
 
 SCRIPTS = {ep.name: ep for ep in entry_points(group="console_scripts") if ep.name.startswith("ddpm-")}
 

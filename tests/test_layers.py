@@ -44,7 +44,14 @@ LAYERS: dict[str, set[str]] = {
     "samplers": {"samplers"},
     "inference": {"generate", "pretrained"},
     "commands": {"train", "sample", "evaluate", "visualize", "regimes", "export"},
-    "console": {"cli", "commands", "dashboard", *(f"{c}.cli" for c in ("train", "sample", "evaluate", "visualize", "regimes", "export"))},
+    # tools: the scripts' machinery (the benchmark, the fault drill, the studies), which drives the commands
+    "console": {
+        "cli",
+        "commands",
+        "dashboard",
+        "tools",
+        *(f"{c}.cli" for c in ("train", "sample", "evaluate", "visualize", "regimes", "export")),
+    },
 }
 PACKAGES = {".".join(p.relative_to(REPO).parent.parts) for p in PKG.rglob("__init__.py")}
 PEERS_APART = "commands"  # the layer whose units must not import each other

@@ -1,6 +1,7 @@
 """The bad-input cases: command lines, data files and checkpoints that must each give exit code 2
 and one ``error:`` line. ``tests/test_bad_input.py`` runs every case in-process;
-``scripts/fault_drill.py`` runs them as real processes (it imports this module, never the reverse).
+``scripts/fault_drill.py`` runs them as real processes. Also the tiny MNIST run both train
+(:func:`tiny_train_overrides`, which ``tests/conftest.py`` hands to the tests).
 """
 
 from __future__ import annotations
@@ -15,10 +16,39 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import tiny_train_overrides
 from PIL import Image
 
-# A tiny MNIST run on top of conftest's: batch 4, a log line every 2 steps, no sample grid.
+
+def tiny_train_overrides(data_dir: Path, cache_dir: Path, **extra: object) -> list[str]:
+    """Overrides for a tiny, fast MNIST run (a few seconds per dozen steps on 2 cores).
+
+    Args:
+        data_dir: the data root holding ``MNIST/raw``.
+        cache_dir: ``paths.cache_dir``.
+        extra: more overrides (key -> value), applied last.
+    """
+    base = {
+        "model": "tiny",
+        "paths.data_dir": str(data_dir),
+        "paths.cache_dir": str(cache_dir),
+        "train.batch_size": 16,
+        "train.max_steps": 20,
+        "train.lr": 1e-3,
+        "train.warmup_steps": 0,
+        "train.log_every": 5,
+        "train.sample_every": 0,
+        "train.ckpt_every": 10,
+        "train.num_sample_images": 4,
+        "sampler.steps": 5,
+        "train.ema_decay": 0.9,
+        "train.progress": False,
+        "schedule.T": 100,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+# A tiny MNIST run on top of the tests' (:func:`tiny_train_overrides`): batch 4, a log line every 2 steps, no sample grid.
 DRILL_TINY: dict[str, object] = {"train.batch_size": 4, "train.log_every": 2, "train.num_sample_images": 0}
 
 # A proxy that refuses every connection: urllib honours these variables, so a download fails at once
@@ -27,7 +57,7 @@ OFFLINE_ENV = {k: "http://127.0.0.1:9" for k in ("http_proxy", "https_proxy", "H
 
 
 def drill_train_overrides(data_dir: Path, cache_dir: Path, **extra: object) -> list[str]:
-    """The drill's tiny ``ddpm-train`` overrides (conftest's tiny run with :data:`DRILL_TINY`).
+    """The drill's tiny ``ddpm-train`` overrides (:func:`tiny_train_overrides` with :data:`DRILL_TINY`).
 
     Args:
         data_dir: the data root holding ``MNIST/raw``.
