@@ -78,8 +78,8 @@ COMMANDS: tuple[Command, ...] = (
         evaluate_config.EvaluateConfig,
         evaluate_config.validate_evaluate,
         "ddpm.evaluate.cli:main",
-        "ddpm.evaluate.cli:evaluate",
-        ("metrics.json", "samples.png", "samples.npz", "memorisation.png", "tb"),
+        "ddpm.evaluate.run:evaluate",
+        evaluate_config.OUTPUTS,
         groups=(("feature_extractor", "feature_extractor_schema", evaluate_config.FeatureExtractorConfig),),
     ),
     Command(

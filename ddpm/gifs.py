@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ddpm.checkpoint import atomic_write
 from ddpm.data import from_model_range
 
 HOLD_LAST_MS = 1000  # the final frame stays on screen at least this long before the loop restarts
@@ -30,10 +31,9 @@ def frame_indices(num_states: int, frames: int) -> list[int]:
 
 
 def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
-    """Save images (N, C, H, W) in [-1, 1] as one PNG grid (default: a square-ish grid)."""
-    path = Path(path)
-    Image.fromarray(grid_frame(x, nrow)).save(path)
-    return path
+    """Save images (N, C, H, W) in [-1, 1] as one PNG grid (default: a square-ish grid), atomically."""
+    image = Image.fromarray(grid_frame(x, nrow))
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 def grid_frame(x: torch.Tensor, nrow: int | None = None, scale: int = 1, pad: int = 2) -> np.ndarray:
@@ -67,11 +67,9 @@ def write_gif(path: str | Path, frames: Sequence[np.ndarray], fps: float) -> Pat
         frames: equally sized (H, W, 3) uint8 arrays.
         fps: frames per second.
     """
-    path = Path(path)
     images = [Image.fromarray(f) for f in frames]
     step_ms = 1000.0 / fps
     durations = [step_ms] * (len(images) - 1) + [max(step_ms, HOLD_LAST_MS)]
-    tmp = path.with_name(f".{path.name}.tmp")
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
-    tmp.replace(path)
-    return path
+    return atomic_write(
+        path, lambda f: images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
+    )

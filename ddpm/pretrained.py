@@ -236,18 +236,3 @@ def training_set(cfg: DictConfig, pre: Pretrained, data_dir: str | None = None) 
     if pre.data_subset is None and pre.cfg.dataset.get("n") not in (None, len(full)):
         raise CheckpointError(f"{pre.path} was trained on dataset.n={pre.cfg.dataset.n} images but records no subset")
     return restore_subset(full, pre.data_subset, str(pre.path))
-
-
-def exact_score_points(cfg: DictConfig, pre: Pretrained, device: torch.device | str) -> torch.Tensor | None:
-    """For ``sampler=exact_score`` / ``gaussian_score``: the checkpoint's training images in model range on ``device``; else None.
-
-    Args:
-        cfg: a command config with ``sampler`` and ``paths`` nodes.
-        pre: the loaded checkpoint.
-        device: where the sampler runs.
-    """
-    from ddpm.samplers import POINT_SAMPLERS
-
-    if cfg.sampler.name not in POINT_SAMPLERS:  # exact_score, gaussian_score: driven by the training points
-        return None
-    return to_model_range(training_set(cfg, pre).images).to(device)

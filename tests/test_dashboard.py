@@ -430,14 +430,37 @@ def test_sample_writes_the_command_outputs(ckpt_root: Path, data_dir: Path, monk
 def test_generator_gives_a_new_image_per_click(ckpt_root: Path) -> None:
     import numpy as np
 
-    pre = sampling.load_checkpoint_model(ckpt_root, "train/tiny/checkpoints/last.pt")
+    model = sampling.load_checkpoint_model(ckpt_root, "train/tiny/checkpoints/last.pt")
     cfg = sampling.compose_sample(sampling.sample_overrides(ckpt_root / "x.pt", "ddim", 5, 0, 1, False))
-    gen = sampling.Generator(pre, cfg.sampler, first_seed=7)
+    gen = sampling.Generator(model, cfg.sampler, first_seed=7)
     (s1, a), (s2, b) = gen(), gen()
-    assert (s1, s2) == (7, 8) and a.size == (pre.shape[2], pre.shape[1]) == (32, 32) and a.mode == "L"
+    assert (s1, s2) == (7, 8) and a.size == (gen.pre.shape[2], gen.pre.shape[1]) == (32, 32) and a.mode == "L"
     assert not np.array_equal(np.asarray(a), np.asarray(b))
-    _, again = sampling.Generator(pre, cfg.sampler, first_seed=7)()
+    _, again = sampling.Generator(model, cfg.sampler, first_seed=7)()
     assert np.array_equal(np.asarray(a), np.asarray(again))
+    # the image of ddpm-sample for that seed: one path for both
+    from ddpm.generate import generate
+    from ddpm.samplers import build_sampler, make_eps_fn
+
+    x = generate(
+        make_eps_fn(model.pre.model, model.pre.diffusion),
+        build_sampler(cfg.sampler, model.pre.diffusion),
+        model.pre.shape,
+        1,
+        7,
+        1,
+        model.device,
+    )
+    assert np.array_equal(np.asarray(a), np.asarray(sampling.image_of(x[0])))
+
+
+def test_generator_honours_the_runtime_settings(ckpt_root: Path) -> None:
+    """The generator runs under the runtime group of ddpm-sample's config, as the commands do."""
+    model = sampling.load_checkpoint_model(ckpt_root, "train/tiny/checkpoints/last.pt", ["runtime=bf16", "runtime.device=cpu"])
+    assert (model.device.type, model.rt.precision) == ("cpu", "bf16")
+    cfg = sampling.compose_sample(sampling.sample_overrides(ckpt_root / "x.pt", "ddim", 3, 0, 1, False))
+    seed, img = sampling.Generator(model, cfg.sampler, first_seed=3)()
+    assert seed == 3 and img.size == (32, 32)
 
 
 def test_checkpoints_load_only_through_the_safe_loader(tmp_path: Path) -> None:

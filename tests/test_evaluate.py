@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ from conftest import compose_config
 from omegaconf import OmegaConf
 
 from ddpm.data import load_dataset
-from ddpm.errors import CheckpointError
+from ddpm.errors import CheckpointError, ConfigError
 from ddpm.evaluate.classifier import accuracy, get_classifier, load_classifier, packaged_classifier_path, save_classifier, train_classifier
 from ddpm.evaluate.coverage import coverage, coverage_from_probabilities
 from ddpm.evaluate.fidelity import fidelity_metrics, register_domain_extractor
@@ -129,7 +132,7 @@ def _evaluate_overrides(tiny_ckpt: Path, data_dir: Path, cache: Path, clf_path: 
 
 
 def test_ddpm_evaluate_end_to_end_with_the_mnist_extractor(tiny_ckpt, data_dir, quick_classifier, tmp_path):
-    from ddpm.evaluate.cli import evaluate
+    from ddpm.evaluate.run import evaluate
 
     cache = tmp_path / "cache"
     cfg = compose_config("evaluate", _evaluate_overrides(tiny_ckpt, data_dir, cache, quick_classifier.path))
@@ -175,22 +178,50 @@ def test_ddpm_evaluate_end_to_end_with_the_mnist_extractor(tiny_ckpt, data_dir, 
     assert [p.stat().st_mtime_ns for p in sorted((cache / "fidelity").iterdir())] == mtimes
     assert set(res2) >= {"fidelity"} and "coverage" not in res2 and "memorisation" not in res2
 
+    # an earlier run's outputs are replaced only with overwrite=true
+    before = (tmp_path / "run1" / "metrics.json").read_bytes()
+    with pytest.raises(ConfigError, match="overwrite=true"):
+        evaluate(cfg2, tmp_path / "run1")
+    assert (tmp_path / "run1" / "metrics.json").read_bytes() == before
+    over = _evaluate_overrides(run_dir, data_dir, cache, quick_classifier.path, metrics="[fid]", overwrite="true")
+    res3 = evaluate(compose_config("evaluate", over), tmp_path / "run1")
+    assert json.loads((tmp_path / "run1" / "metrics.json").read_text()) == json.loads(json.dumps(res3))
+    assert res3["fidelity"]["mnist"]["fid"] == pytest.approx(fid["fid"], rel=1e-6) and "coverage" not in res3
+
+
+def test_ddpm_evaluate_keeps_an_earlier_run_unless_overwrite(tmp_path):
+    """Like ddpm-sample: one error line, exit code 2, before any work, and the earlier outputs untouched."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}\n")
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ddpm-evaluate"), "ckpt=/nonexistent/last.pt", f"hydra.run.dir={run}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "metrics.json" in lines[0] and "overwrite=true" in lines[0]
+    assert (run / "metrics.json").read_text() == "{}\n"
+
 
 def test_evaluate_clamps_print_a_warning(tiny_ckpt, data_dir, tmp_path, caplog, monkeypatch):
     """Each count ddpm-evaluate clamps says so in one warning line (log and metrics.json), and the numbers
     are those of the clamped counts."""
-    import ddpm.evaluate.cli as cli
+    import ddpm.evaluate.run as run
 
     def six_test_images(*args, **kwargs):  # a test split of 6 images
         data = load_dataset(*args, **kwargs)
         return dataclasses.replace(data, images=data.images[:6], labels=data.labels[:6]) if args[3] == "test" else data
 
-    monkeypatch.setattr(cli, "load_dataset", six_test_images)
+    monkeypatch.setattr(run, "load_dataset", six_test_images)
     over = {"metrics": "[kid,coverage,denoise,memorisation]", "num_samples": 8, "num_real": 20, "real_split": "test", "batch_size": 8}
     over.update({"denoise.steps": "[2]", "denoise.num_images": 256, "memorisation.grid": 16, "feature_extractor.min_samples": 0})
     cfg = compose_config("evaluate", _evaluate_overrides(tiny_ckpt, data_dir, tmp_path / "cache", "null", **over))
     with caplog.at_level(logging.WARNING, logger="ddpm.evaluate"):
-        res = cli.evaluate(cfg, tmp_path / "run")
+        res = run.evaluate(cfg, tmp_path / "run")
     expected = [
         "num_real=20 exceeds the 6 images of the test split: FID/KID use 6",
         "kid_subset_size=1000 exceeds the 8 generated or 6 real images: KID uses subsets of 6",
@@ -213,7 +244,7 @@ def test_evaluate_clamps_print_a_warning(tiny_ckpt, data_dir, tmp_path, caplog, 
 
 def test_ddpm_evaluate_rejects_an_unknown_metric_before_any_work(tmp_path):
     from ddpm.errors import ConfigError
-    from ddpm.evaluate.cli import evaluate
+    from ddpm.evaluate.run import evaluate
 
     cfg = compose_config("evaluate", ["ckpt=/nonexistent/last.pt", "metrics=[fid,sharpness]"])
     with pytest.raises(ConfigError, match="sharpness"):

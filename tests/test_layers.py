@@ -42,7 +42,7 @@ LAYERS: dict[str, set[str]] = {
         "benchmarking",
     },
     "samplers": {"samplers"},
-    "inference": {"generate", "pretrained"},
+    "inference": {"generate", "pretrained", "inference"},
     "commands": {"train", "sample", "evaluate", "visualize", "regimes", "export"},
     # tools: the scripts' machinery (the benchmark, the fault drill, the studies), which drives the commands
     "console": {

@@ -12,15 +12,8 @@ from torch_fidelity.metric_kid import kid_features_to_metric
 
 from ddpm.data import load_dataset, to_model_range
 from ddpm.errors import ConfigError
-from ddpm.evaluate.sample_quality import (
-    KID_SEED,
-    SampleScorer,
-    feature_statistics,
-    frechet_distance,
-    kernel_distance,
-    kid_subset_size,
-    normalised_class_entropy,
-)
+from ddpm.evaluate.fidelity import KID_SEED, feature_statistics, frechet_distance, kernel_distance, kid_subset_size
+from ddpm.evaluate.sample_quality import SampleScorer, normalised_class_entropy
 
 NUM_REFERENCE = 10_000  # a seeded subset of the training split keeps the one-time reference to ~15 s
 
@@ -97,17 +90,19 @@ def test_a_set_against_itself_has_zero_fid_and_kid(scorer: SampleScorer, test_sp
     stats = feature_statistics(feats)
     assert frechet_distance(stats, stats) == pytest.approx(0.0, abs=1e-6)
     noise_feats = scorer.features_and_probs(((failures(500)["uniform noise"] + 1) * 127.5).round().to(torch.uint8))[0]
-    far = kernel_distance(noise_feats, feats)
+    far = kernel_distance(noise_feats, feats).mean
     # Subsets of 1,000 drawn independently from each side: ~0 on the scale of a failure (shared images bias it slightly negative).
-    assert abs(kernel_distance(feats, feats)) < 1e-3 * far
-    assert kernel_distance(feats[:1000], feats[1000:]) < 1e-3 * far
+    assert abs(kernel_distance(feats, feats).mean) < 1e-3 * far
+    assert kernel_distance(feats[:1000], feats[1000:]).mean < 1e-3 * far
 
 
 def test_kid_equals_torch_fidelity_and_adapts_its_subset_size(scorer: SampleScorer, test_split) -> None:
     feats = scorer.features_and_probs(test_split.images[:300])[0]
     ref = scorer.train_features
     expected = kid_features_to_metric(feats, ref, kid_subsets=100, kid_subset_size=300, rng_seed=KID_SEED, verbose=False)
-    assert kernel_distance(feats, ref) == pytest.approx(expected["kernel_inception_distance_mean"], rel=1e-4)
+    kid = kernel_distance(feats, ref)
+    assert kid.mean == pytest.approx(expected["kernel_inception_distance_mean"], rel=1e-4)
+    assert kid.std == pytest.approx(expected["kernel_inception_distance_std"], rel=1e-3) and kid.subset_size == 300
     assert kid_subset_size(300, 10_000) == 300 and kid_subset_size(5000, 10_000) == 1000 and kid_subset_size(1, 10) == 2
     two = scorer.score(to_model_range(test_split.images[:2]))
     assert two["n"] == 2 and all(math.isfinite(v) for v in two.values())

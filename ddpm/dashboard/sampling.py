@@ -1,10 +1,12 @@
 """The Sample page's work: a ``ddpm-sample`` run (the command's own function) into the outputs root,
-and a one-image-per-click generator over a safely loaded checkpoint."""
+and a one-image-per-click generator over a safely loaded checkpoint, loaded and run through
+:mod:`ddpm.inference` as the commands are (the ``runtime`` settings of ``conf/sample.yaml`` and its overrides)."""
 
 from __future__ import annotations
 
 import io
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,11 +17,8 @@ from PIL import Image
 from ddpm.cli import compose_checked
 from ddpm.dashboard.launch import COMPOSE_LOCK
 from ddpm.dashboard.paths import inside
-from ddpm.data import from_model_range
-from ddpm.generate import generate
-from ddpm.pretrained import Pretrained, load_pretrained
-from ddpm.runtime import resolve_device
-from ddpm.samplers import build_sampler, make_eps_fn
+from ddpm.inference import Inference, image_of, load
+from ddpm.pretrained import Pretrained
 
 
 def sample_overrides(ckpt: Path, sampler: str, steps: int | None, seed: int, count: int, noise_gif: bool) -> list[str]:
@@ -101,14 +100,16 @@ def preview_grid(png: bytes, width: int) -> bytes:
     return buf.getvalue()
 
 
-def load_checkpoint_model(root: str | Path, ckpt: str | Path) -> Pretrained:
-    """A checkpoint inside the root through the safe loader (``weights_only``), EMA weights.
+def load_checkpoint_model(root: str | Path, ckpt: str | Path, overrides: Sequence[str] = ()) -> Inference:
+    """A checkpoint inside the root through the safe loader (``weights_only``), EMA weights, under the
+    ``runtime`` of the ``ddpm-sample`` config (device, precision, threads, compile).
 
     Args:
         root: the outputs root.
         ckpt: the checkpoint (relative to the root).
+        overrides: further ``ddpm-sample`` overrides (e.g. ``runtime.precision=bf16``).
     """
-    return load_pretrained(inside(root, ckpt), resolve_device("auto"), use_ema=True)
+    return load(compose_sample([f"ckpt={inside(root, ckpt)}", *overrides]))
 
 
 @dataclass
@@ -116,24 +117,24 @@ class Generator:
     """One new image per call, from a loaded model; call ``i`` draws seed ``first_seed + i``.
 
     Args:
-        pre: the model.
+        model: the loaded checkpoint and its runtime (:func:`load_checkpoint_model`).
         sampler_cfg: a ``sampler`` config node (from :func:`compose_sample`).
         first_seed: seed of the first image.
     """
 
-    pre: Pretrained
+    model: Inference
     sampler_cfg: DictConfig
     first_seed: int = 0
     count: int = 0
+
+    @property
+    def pre(self) -> Pretrained:
+        return self.model.pre
 
     def __call__(self) -> tuple[int, Image.Image]:
         """The next (seed, image)."""
         seed = self.first_seed + self.count
         self.count += 1
-        device = next(self.pre.model.parameters()).device
-        sampler = build_sampler(self.sampler_cfg, self.pre.diffusion)
         with torch.inference_mode():
-            x = generate(make_eps_fn(self.pre.model, self.pre.diffusion), sampler, self.pre.shape, 1, seed, 1, device)
-        arr = from_model_range(x[0]).cpu()
-        img = Image.fromarray(arr[0].numpy(), mode="L") if arr.shape[0] == 1 else Image.fromarray(arr.permute(1, 2, 0).numpy(), mode="RGB")
-        return seed, img
+            x = self.model.generate(self.model.sampler(self.sampler_cfg), 1, seed, 1)
+        return seed, image_of(x[0])

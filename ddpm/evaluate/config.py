@@ -14,6 +14,8 @@ from ddpm.config import MemorisationConfig, PathsConfig, RuntimeConfig, SamplerC
 
 MAX_GUIDANCE = 100.0  # far beyond useful scales (1-10): a larger one is a typo
 METRICS = ("fid", "kid", "isc", "coverage", "denoise", "memorisation")
+# What ddpm-evaluate writes into its run dir (an earlier run's are kept unless overwrite=true).
+OUTPUTS = ("metrics.json", "samples.png", "samples.npz", "memorisation.png", "tb")
 
 
 @dataclass
@@ -58,6 +60,7 @@ class EvaluateConfig:
     denoise: DenoiseSection = field(default_factory=DenoiseSection)
     memorisation: MemorisationSection = field(default_factory=MemorisationSection)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    overwrite: bool = False  # allow replacing the outputs of an earlier run in the same run dir
     progress: bool = True
 
 

@@ -12,6 +12,11 @@ Two kinds of feature extractor:
 Real-image features are cached by torch-fidelity under ``cache_root`` with a name that includes the
 dataset, split, image count and the extractor (plus the classifier's file digest), so a second
 evaluation against the same data does not recompute them.
+
+FID and KID are computed here once, from features, for every caller: :func:`frechet_distance` (of
+:func:`feature_statistics`) and :func:`kernel_distance` with its one subset-size rule
+(:func:`kid_subset_size`); ``ddpm-evaluate`` (:func:`fidelity_metrics`) and the training-time scorer
+(:mod:`ddpm.evaluate.sample_quality`) both call them.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import logging
 import socket
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -35,6 +42,9 @@ INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.
 DOMAIN_NAME = "ddpm-domain-classifier"  # torch-fidelity registry name of the classifier extractor
 FIDELITY_METRICS = ("fid", "kid", "isc")
 DOWNLOAD_TIMEOUT_S = 20.0  # socket timeout of the weights download
+KID_SUBSETS = 100
+KID_MAX_SUBSET = 1000
+KID_SEED = 2020  # torch-fidelity's default, so KID subsets are the same in every call
 
 
 class UInt8Images(Dataset):
@@ -170,9 +180,117 @@ def isc_splits(n_fake: int, standard: int = 10) -> int:
     return max(1, min(standard, n_fake // 2))
 
 
-def kid_subset_size(n_fake: int, n_real: int, requested: int = 1000) -> int:
-    """KID subset size: the requested one, shrunk to the smaller sample count."""
+def kid_subset_size(n_fake: int, n_real: int, requested: int = KID_MAX_SUBSET) -> int:
+    """KID subset size: the requested one, shrunk to the smaller sample count (at least 2).
+
+    Args:
+        n_fake: generated images.
+        n_real: reference images.
+        requested: the subset size asked for (``kid_subset_size``).
+    """
     return max(2, min(requested, n_fake, n_real))
+
+
+def feature_statistics(features: torch.Tensor) -> dict[str, np.ndarray]:
+    """FID statistics (float64 mean and covariance) of features (N, D), as torch-fidelity computes them."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    return fid_features_to_statistics(features.double().cpu())
+
+
+def frechet_distance(stats_1: dict[str, np.ndarray], stats_2: dict[str, np.ndarray]) -> float:
+    """Fréchet distance of two Gaussians given as ``{"mu", "sigma"}`` (torch-fidelity's eigenvalue formula)."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    return float(fid_statistics_to_metric(stats_1, stats_2, verbose=False)[KEY_METRIC_FID])
+
+
+class KernelDistance(NamedTuple):
+    """KID over random subset pairs: the mean and standard deviation of their MMD², and the subset size."""
+
+    mean: float
+    std: float
+    subset_size: int
+
+
+def _poly_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """KID's cubic polynomial kernel (x·y / d + 1)³."""
+    k = x @ y.T / x.shape[1] + 1.0
+    return k * k * k
+
+
+def kernel_distance(
+    features_1: torch.Tensor,
+    features_2: torch.Tensor,
+    subsets: int = KID_SUBSETS,
+    max_subset_size: int = KID_MAX_SUBSET,
+    seed: int = KID_SEED,
+) -> KernelDistance:
+    """KID of two feature sets (N, D) and (M, D) over ``subsets`` random subset pairs of size
+    :func:`kid_subset_size`.
+
+    The estimator, kernel and subset draws of torch-fidelity's ``kid_features_to_metric`` (same
+    numbers), computed with torch in the features' precision (at least float32): its NumPy cube of
+    each kernel matrix made KID of 1,000 samples take 7-16 s on one busy core.
+
+    Args:
+        features_1: features of the first set (the generated images).
+        features_2: features of the second set (the reference).
+        subsets: number of random subset pairs.
+        max_subset_size: the subset size before shrinking to the sample counts.
+        seed: seed of the subset draws.
+    """
+    n1, n2 = len(features_1), len(features_2)
+    m = kid_subset_size(n1, n2, max_subset_size)
+    dtype = torch.promote_types(torch.promote_types(features_1.dtype, features_2.dtype), torch.float32)
+    f1, f2 = features_1.to(dtype).cpu(), features_2.to(dtype).cpu()
+    rng = np.random.RandomState(seed)
+    # The first set is the small one (generated samples): its kernel matrix is computed once.
+    k_11 = _poly_kernel(f1, f1) if n1 <= 4096 else None
+    mmds = []
+    for _ in range(subsets):
+        i = torch.from_numpy(rng.choice(n1, m, replace=False))
+        x, y = f1[i], f2[torch.from_numpy(rng.choice(n2, m, replace=False))]
+        k_xx = k_11[i][:, i] if k_11 is not None else _poly_kernel(x, x)
+        k_yy, k_xy = _poly_kernel(y, y), _poly_kernel(x, y)
+        off_xx = k_xx.sum(dtype=torch.float64) - k_xx.diagonal().sum(dtype=torch.float64)
+        off_yy = k_yy.sum(dtype=torch.float64) - k_yy.diagonal().sum(dtype=torch.float64)
+        # torch-fidelity's "unbiased" estimator: diagonals dropped within sets, kept across them.
+        mmds.append(float((off_xx + off_yy) / (m * (m - 1)) - 2 * k_xy.sum(dtype=torch.float64) / (m * m)))
+    return KernelDistance(float(np.mean(mmds)), float(np.std(mmds)), m)
+
+
+def _extract_features(kwargs: dict, layers: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """torch-fidelity's features of ``input1`` and (when given) ``input2`` in ``layers``; the second
+    set is read from and written to its cache when ``input2_cache_name`` is set.
+
+    Args:
+        kwargs: torch-fidelity's keyword arguments (inputs, extractor, cache, batch size, device).
+        layers: the extractor's feature layers needed.
+    """
+    from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id_cached
+
+    feat_extractor = create_feature_extractor(kwargs["feature_extractor"], layers, **kwargs)
+    fake = extract_featuresdict_from_input_id_cached(1, feat_extractor, **kwargs)
+    real = extract_featuresdict_from_input_id_cached(2, feat_extractor, **kwargs) if kwargs["input2"] is not None else None
+    return fake, real
+
+
+def _features_downloading(kwargs: dict, layers: list[str], cache_root: str | Path | None):
+    """:func:`_extract_features` while torch-fidelity fetches the Inception weights into torch hub's
+    folder on first use: with a socket timeout, and a failed download as one :class:`DataError`."""
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a network that drops packets must not hang the download
+    try:
+        return _extract_features(kwargs, layers)
+    except OSError as exc:  # URLError, HTTPError, timeouts, a full disk under torch hub's folder
+        where = inception_candidates(cache_root or ".")[1]
+        raise DataError(
+            f"could not download the Inception weights (tried {INCEPTION_URL}: {' '.join(str(exc).split()) or type(exc).__name__}); "
+            f"put that file at {where} or set feature_extractor.weights_path=FILE, or use feature_extractor=mnist"
+        ) from exc
+    finally:
+        socket.setdefaulttimeout(old_timeout)
 
 
 def fidelity_metrics(
@@ -184,11 +302,14 @@ def fidelity_metrics(
     cache_root: str | Path | None = None,
     real_cache_name: str | None = None,
     device: torch.device | str = "cpu",
-    kid_subsets: int = 100,
-    kid_max_subset_size: int = 1000,
+    kid_subsets: int = KID_SUBSETS,
+    kid_max_subset_size: int = KID_MAX_SUBSET,
     batch_size: int = 256,
 ) -> dict:
     """FID / KID / IS of ``fake`` against ``real`` in the feature space of one extractor.
+
+    torch-fidelity extracts (and caches) the features and scores IS; FID and KID are
+    :func:`frechet_distance` and :func:`kernel_distance` of those features.
 
     Args:
         fake: generated uint8 images (N, 1|3, H, W).
@@ -207,7 +328,8 @@ def fidelity_metrics(
     Returns ``{"fid": .., "kid_mean": .., "kid_std": .., "kid_subset_size": .., "isc_mean": .., "isc_std": ..}``
     (the requested ones) plus the sample counts.
     """
-    import torch_fidelity
+    from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_featuresdict_to_metric
+    from torch_fidelity.utils import resolve_feature_layer_for_metric
 
     unknown = set(metrics) - set(FIDELITY_METRICS)
     if unknown:
@@ -215,7 +337,6 @@ def fidelity_metrics(
     if len(fake) < 2 or len(real) < 2:
         raise ConfigError(f"FID/KID need at least 2 images on each side, got {len(fake)} generated and {len(real)} real")
     want = {m: m in metrics for m in FIDELITY_METRICS}
-    subset = kid_subset_size(len(fake), len(real), kid_max_subset_size)
     cache = cache_root is not None and real_cache_name is not None
     kwargs = dict(
         input1=UInt8Images(fake),
@@ -224,8 +345,6 @@ def fidelity_metrics(
         batch_size=batch_size,
         feature_extractor=extractor,
         feature_extractor_weights_path=weights_path,
-        kid_subsets=kid_subsets,
-        kid_subset_size=subset,
         isc_splits=isc_splits(len(fake)),
         cache=cache,
         cache_root=str(cache_root) if cache else None,
@@ -234,34 +353,18 @@ def fidelity_metrics(
         verbose=False,
         **want,
     )
+    layer = {m: resolve_feature_layer_for_metric(m, **kwargs) for m in FIDELITY_METRICS if want[m]}
+    layers = sorted(set(layer.values()))
     downloading = extractor == INCEPTION_NAME and not weights_path
-    if not downloading:
-        out = torch_fidelity.calculate_metrics(**kwargs)
-    else:  # torch-fidelity fetches the Inception weights into torch hub's folder on first use
-        old_timeout = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a network that drops packets must not hang the download
-        try:
-            out = torch_fidelity.calculate_metrics(**kwargs)
-        except OSError as exc:  # URLError, HTTPError, timeouts, a full disk under torch hub's folder
-            where = inception_candidates(cache_root or ".")[1]
-            raise DataError(
-                f"could not download the Inception weights (tried {INCEPTION_URL}: {' '.join(str(exc).split()) or type(exc).__name__}); "
-                f"put that file at {where} or set feature_extractor.weights_path=FILE, or use feature_extractor=mnist"
-            ) from exc
-        finally:
-            socket.setdefaulttimeout(old_timeout)
+    feats_fake, feats_real = _features_downloading(kwargs, layers, cache_root) if downloading else _extract_features(kwargs, layers)
     result: dict = {"num_generated": int(len(fake)), "num_real": int(len(real))}
     if want["fid"]:
-        result["fid"] = float(out["frechet_inception_distance"])
+        l_fid = layer["fid"]
+        result["fid"] = frechet_distance(feature_statistics(feats_fake[l_fid]), feature_statistics(feats_real[l_fid]))
     if want["kid"]:
-        result.update(
-            kid_mean=float(out["kernel_inception_distance_mean"]),
-            kid_std=float(out["kernel_inception_distance_std"]),
-            kid_subset_size=subset,
-            kid_subsets=kid_subsets,
-        )
+        kid = kernel_distance(feats_fake[layer["kid"]], feats_real[layer["kid"]], kid_subsets, kid_max_subset_size)
+        result.update(kid_mean=kid.mean, kid_std=kid.std, kid_subset_size=kid.subset_size, kid_subsets=kid_subsets)
     if want["isc"]:
-        result.update(
-            isc_mean=float(out["inception_score_mean"]), isc_std=float(out["inception_score_std"]), isc_splits=isc_splits(len(fake))
-        )
+        isc = isc_featuresdict_to_metric(feats_fake, layer["isc"], **kwargs)
+        result.update(isc_mean=float(isc[KEY_METRIC_ISC_MEAN]), isc_std=float(isc[KEY_METRIC_ISC_STD]), isc_splits=isc_splits(len(fake)))
     return result

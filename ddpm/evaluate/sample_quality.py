@@ -3,13 +3,13 @@
 :class:`SampleScorer` measures a batch of generated images (a few hundred, in about a second on a
 CPU) in the feature space of the dataset's domain classifier (:mod:`ddpm.evaluate.classifier`):
 
-- ``fid``: Fréchet distance of the samples' 128-d classifier features to the training split's
-  (torch-fidelity's eigenvalue formula);
-- ``kid``: mean kernel distance to the training features (torch-fidelity's cubic-polynomial KID
-  and subset draws), with the subset size shrunk to the sample count.
+- ``fid``: Fréchet distance of the samples' 128-d classifier features to the training split's;
+- ``kid``: mean kernel distance to the training features, with the subset size shrunk to the
+  sample count.
 
-  Both equal what ``ddpm-evaluate feature_extractor=mnist real_split=train`` reports for the same
-  images (500 real test digits: FID 16.67585 by both, KID 11.287 by both);
+  Both are computed by the functions ``ddpm-evaluate`` uses (:func:`ddpm.evaluate.fidelity.frechet_distance`,
+  :func:`~ddpm.evaluate.fidelity.kernel_distance`), so they equal what ``ddpm-evaluate
+  feature_extractor=mnist real_split=train`` reports for the same images;
 - ``class_entropy``, ``confidence``, ``confident_fraction``: the classifier's view of the samples
   (normalised entropy of the predicted-class histogram, 1 = every class equally often; mean top-class
   probability; share of samples above :data:`CONFIDENT`);
@@ -29,21 +29,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from ddpm.errors import ConfigError
 from ddpm.evaluate.classifier import centre_pad
+from ddpm.evaluate.fidelity import feature_statistics, frechet_distance, kernel_distance
 
 log = logging.getLogger(__name__)
 
 SCORER_VERSION = 2  # bump when the cached reference changes meaning: old caches are recomputed
 CONFIDENT = 0.9  # a sample whose top class has more probability than this counts as confident
-KID_SUBSETS = 100
-KID_MAX_SUBSET = 1000
-KID_SEED = 2020  # torch-fidelity's default, so KID subsets are the same in every call
 
 # Blob tiles. Each image is summarised by a few statistics of its pixels (intensities in [0, 1]);
 # a training image lies inside [q0.1%, q99.9%] of each by construction, and an image outside any
@@ -154,63 +151,6 @@ class BlobBounds:
     def as_dict(self) -> dict[str, dict[str, float]]:
         """The bounds by statistic name (for records)."""
         return {k: {"low": float(lo), "high": float(hi)} for k, lo, hi in zip(BLOB_STATISTICS, self.low, self.high, strict=True)}
-
-
-def feature_statistics(features: torch.Tensor) -> dict[str, np.ndarray]:
-    """FID statistics (float64 mean and covariance) of features (N, D), as torch-fidelity computes them."""
-    from torch_fidelity.metric_fid import fid_features_to_statistics
-
-    return fid_features_to_statistics(features.double().cpu())
-
-
-def frechet_distance(stats_1: dict[str, np.ndarray], stats_2: dict[str, np.ndarray]) -> float:
-    """Fréchet distance of two Gaussians given as ``{"mu", "sigma"}`` (torch-fidelity's eigenvalue formula)."""
-    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
-
-    return float(fid_statistics_to_metric(stats_1, stats_2, verbose=False)[KEY_METRIC_FID])
-
-
-def kid_subset_size(n_fake: int, n_real: int) -> int:
-    """KID subset size: :data:`KID_MAX_SUBSET`, shrunk to the smaller sample count (at least 2)."""
-    return max(2, min(KID_MAX_SUBSET, n_fake, n_real))
-
-
-def _poly_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """KID's cubic polynomial kernel (x·y / d + 1)³."""
-    k = x @ y.T / x.shape[1] + 1.0
-    return k * k * k
-
-
-def kernel_distance(features_1: torch.Tensor, features_2: torch.Tensor, subsets: int = KID_SUBSETS, seed: int = KID_SEED) -> float:
-    """Mean KID over ``subsets`` random subsets (size :func:`kid_subset_size`) of two feature sets (N, D) and (M, D).
-
-    The estimator, kernel and subset draws of torch-fidelity's ``kid_features_to_metric`` (same
-    numbers), computed with torch: its NumPy cube of each kernel matrix made KID of 1,000 samples
-    take 7-16 s on one busy core.
-
-    Args:
-        features_1: features of the first set (the generated images).
-        features_2: features of the second set (the reference).
-        subsets: number of random subset pairs averaged.
-        seed: seed of the subset draws.
-    """
-    n1, n2 = len(features_1), len(features_2)
-    m = kid_subset_size(n1, n2)
-    f1, f2 = features_1.float().cpu(), features_2.float().cpu()
-    rng = np.random.RandomState(seed)
-    # The first set is the small one (generated samples): its kernel matrix is computed once.
-    k_11 = _poly_kernel(f1, f1) if n1 <= 4096 else None
-    mmds = []
-    for _ in range(subsets):
-        i = torch.from_numpy(rng.choice(n1, m, replace=False))
-        x, y = f1[i], f2[torch.from_numpy(rng.choice(n2, m, replace=False))]
-        k_xx = k_11[i][:, i] if k_11 is not None else _poly_kernel(x, x)
-        k_yy, k_xy = _poly_kernel(y, y), _poly_kernel(x, y)
-        off_xx = k_xx.sum(dtype=torch.float64) - k_xx.diagonal().sum(dtype=torch.float64)
-        off_yy = k_yy.sum(dtype=torch.float64) - k_yy.diagonal().sum(dtype=torch.float64)
-        # torch-fidelity's "unbiased" estimator: diagonals dropped within sets, kept across them.
-        mmds.append(float((off_xx + off_yy) / (m * (m - 1)) - 2 * k_xy.sum(dtype=torch.float64) / (m * m)))
-    return float(np.mean(mmds))
 
 
 def normalised_class_entropy(probs: torch.Tensor) -> float:
@@ -372,7 +312,7 @@ class SampleScorer:
         top = probs_t.max(1).values
         return {
             "fid": frechet_distance(feature_statistics(feats_t), self.train_stats),
-            "kid": kernel_distance(feats_t, self.train_features),
+            "kid": kernel_distance(feats_t, self.train_features).mean,
             "class_entropy": normalised_class_entropy(probs_t),
             "confidence": float(top.mean()),
             "confident_fraction": float((top > CONFIDENT).float().mean()),

@@ -14,7 +14,6 @@ A class-conditional checkpoint samples ``class_label`` (with classifier-free gui
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -22,19 +21,16 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 from tqdm.auto import tqdm
 
 import ddpm
 from ddpm.conditioning import class_rows, round_robin_labels
-from ddpm.data import from_model_range
 from ddpm.errors import ConfigError
-from ddpm.generate import generate
 from ddpm.gifs import frame_indices, grid_frame, save_grid, write_gif
-from ddpm.pretrained import Pretrained, load_for_inference, network, real_images
-from ddpm.runlock import check_outputs
+from ddpm.inference import image_of, open_run, write_json, write_png
+from ddpm.pretrained import Pretrained, real_images
 from ddpm.sample.config import OUTPUTS, validate_sample
-from ddpm.samplers import Sampler, StackedRandomGenerator, build_sampler, make_eps_fn
+from ddpm.samplers import Sampler, StackedRandomGenerator
 
 log = logging.getLogger("ddpm.sample")
 
@@ -99,10 +95,8 @@ def state_steps(sampler: Sampler, states: list[int]) -> list[int | None]:
 
 
 def save_png(x: torch.Tensor, path: Path) -> None:
-    """One image (C, H, W) in model range as an 8-bit PNG (grey for one channel)."""
-    arr = from_model_range(x).cpu()
-    img = Image.fromarray(arr[0].numpy(), mode="L") if arr.shape[0] == 1 else Image.fromarray(arr.permute(1, 2, 0).numpy(), mode="RGB")
-    img.save(path)
+    """One image (C, H, W) in model range as an 8-bit PNG (grey for one channel), written atomically."""
+    write_png(path, image_of(x))
 
 
 def sample_labels(cfg: DictConfig, pre: Pretrained) -> tuple[torch.Tensor | None, int]:
@@ -129,21 +123,17 @@ def sample_labels(cfg: DictConfig, pre: Pretrained) -> tuple[torch.Tensor | None
     return round_robin_labels(n, classes), max(1, min(int(cfg.grid_images), n) // classes)
 
 
-def sample(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Generate ``cfg.num_samples`` images into ``run_dir``; returns the summary written to sample.json."""
-    validate_sample(cfg)
-    run_dir = Path(run_dir)
-    check_outputs(run_dir, OUTPUTS, bool(cfg.overwrite))
-    pre, rt = load_for_inference(cfg)
-    diffusion = pre.diffusion
-    from ddpm.pretrained import exact_score_points  # sampler=exact_score samples with the training images' exact score
+def gif_counts(cfg: DictConfig, n_eval: int) -> tuple[int, int]:
+    """The images per GIF frame and the frame count, clamped to what there is (each clamp said once
+    in the log, so that a smaller output than asked for is no surprise).
 
-    sampler = build_sampler(cfg.sampler, diffusion, points=exact_score_points(cfg, pre, rt.device))
-    n_eval = sampler.num_evaluations
+    Args:
+        cfg: the ``sample`` config (``gif``, ``num_samples``, ``grid_images``).
+        n_eval: the sampler's network evaluations.
+    """
     g = cfg.gif
     gif_n = min(int(g.num_images), int(cfg.num_samples))
     n_frames = min(int(g.frames), n_eval + 1)
-    # Clamps to what there is: said once, so that a smaller output than asked for is no surprise.
     if int(g.num_images) > gif_n:
         log.warning("gif.num_images=%d exceeds num_samples=%d: the GIFs show %d images", int(g.num_images), int(cfg.num_samples), gif_n)
     if int(cfg.grid_images) > int(cfg.num_samples):
@@ -157,6 +147,18 @@ def sample(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         log.warning(
             "gif.frames=%d exceeds the %d states of a %d-evaluation sampler: writing %d frames", g.frames, n_eval + 1, n_eval, n_frames
         )
+    return gif_n, n_frames
+
+
+def sample(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Generate ``cfg.num_samples`` images into ``run_dir``; returns the summary written to sample.json."""
+    run_dir = Path(run_dir)
+    run = open_run(cfg, run_dir, validate_sample, OUTPUTS)
+    pre, rt, diffusion = run.pre, run.rt, run.pre.diffusion
+    sampler = run.sampler()  # sampler=exact_score samples with the training images' exact score
+    n_eval = sampler.num_evaluations
+    g = cfg.gif
+    gif_n, n_frames = gif_counts(cfg, n_eval)
     states = frame_indices(n_eval + 1, n_frames) if n_frames else []
     real = None
     if n_frames and g.noise:  # load the data first: a missing dataset should fail before the sampling work
@@ -171,7 +173,6 @@ def sample(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     labels, per_row = sample_labels(cfg, pre)
     # one row per class: sample i is of class i % C, so the first C x per_row samples fill the rows
     grid_n = per_row * pre.model.num_classes if per_row else int(cfg.grid_images)
-    eps_fn = make_eps_fn(network(pre, cfg.runtime), diffusion, rt.autocast, guidance_scale=float(cfg.guidance_scale))
     n, bs, seed = int(cfg.num_samples), int(cfg.batch_size), int(cfg.seed)
     bar = tqdm(total=n_eval * -(-n // bs), desc=f"{cfg.sampler.name} x{n_eval}", unit="eval", disable=not cfg.progress, dynamic_ncols=True)
     rec = TrajectoryRecorder(sampler, states, gif_n, bar)
@@ -181,7 +182,7 @@ def sample(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         for start in range(0, n, bs):
             m = min(bs, n - start)
             batch_labels = None if labels is None else labels[start : start + m]
-            x = generate(eps_fn, sampler, pre.shape, m, seed + start, m, rt.device, callback=rec, labels=batch_labels)
+            x = run.generate(sampler, m, seed + start, m, float(cfg.guidance_scale), callback=rec, labels=batch_labels)
             rec.finish(x)
             if start < grid_n:
                 grid.append(x[: grid_n - start])
@@ -239,7 +240,7 @@ def sample(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         "outputs": outputs,
         "version": ddpm.__version__,
     }
-    (run_dir / "sample.json").write_text(json.dumps(summary, indent=2))
+    write_json(run_dir / "sample.json", summary)
     log.info(
         "%d samples with %s (%d evaluations) in %.1f s (%.3f s/image) -> %s", n, cfg.sampler.name, n_eval, seconds, seconds / n, run_dir
     )

@@ -17,16 +17,17 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
 
+from ddpm.checkpoint import atomic_write
 from ddpm.config import ScheduleConfig
 from ddpm.data import from_model_range
 from ddpm.schedules import NoiseSchedule
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
+    """Render ``fig`` into ``path`` atomically (its format from the suffix)."""
     path = Path(path)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=fig.dpi)
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, dpi=fig.dpi, format=path.suffix.lstrip(".") or "png"))
 
 
 def schedule_config(name: str, T: int, stored=None):

@@ -61,9 +61,9 @@ if st.session_state.get("generator_key") != key:
 if st.button("New image"):
     try:
         if "generator" not in st.session_state:
-            pre = sampling.load_checkpoint_model(root, ckpt)
+            model = sampling.load_checkpoint_model(root, ckpt)  # under conf/sample.yaml's runtime settings
             cfg = sampling.compose_sample(sampling.sample_overrides(inside(root, ckpt), sampler, int(steps) or None, 0, 1, False))
-            st.session_state["generator"] = sampling.Generator(pre, cfg.sampler, first_seed=int(seed))
+            st.session_state["generator"] = sampling.Generator(model, cfg.sampler, first_seed=int(seed))
             st.session_state["generator_key"] = key
         st.session_state["generated"] = st.session_state["generator"]()
     except USER_ERRORS as exc:
