@@ -9,6 +9,8 @@ Used by ``scripts/benchmark.py`` (and tested in ``tests/test_benchmark_flops.py`
   fused attention kernel, which torch's table leaves out, is counted like the other SDPA kernels.
 - :func:`gemm_gflops` / :func:`measured_peak` time a square matrix product large enough to saturate
   the cores (best of a few), per precision: the measured peak.
+- :func:`machine_peak` measures every precision of a device at once (TF32 on CUDA as its own);
+  :func:`time_it` times repeated calls (:class:`Timing`: median and spread of the repeats).
 - :func:`simd_peak` is the cross-check from the data sheet: cores x clock x FLOPs per cycle, from the
   CPU's flags, with its assumptions spelled out.
 """
@@ -18,8 +20,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import platform
+import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +135,29 @@ def cpu_info() -> dict[str, Any]:
     return info
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # the flags the peaks depend on
+
+
+def machine_info(device: torch.device, clock: str) -> dict[str, Any]:
+    """What a benchmark's numbers were measured on.
+
+    Args:
+        device: the device it ran on.
+        clock: the clock of its timed sections (``wall`` or ``cpu``).
+    """
+    info = cpu_info()
+    return {
+        "cpu": info["model"] or platform.processor() or platform.machine(),
+        "cpu_flags": [f for f in CPU_FLAGS if f in info["flags"]],
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "clock": clock,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
 def simd_peak(flags: list[str] | set[str], cores: int, ghz: float) -> dict[str, Any]:
     """The data-sheet peak: cores x clock x FLOPs per cycle and core, per precision, with the assumptions.
 
@@ -173,3 +201,71 @@ def fraction_of_peak(flops_per_item: float, items_per_s: float, peak_gflops: flo
     """Achieved GFLOP/s (FLOPs per item x items per second) and its fraction of ``peak_gflops``."""
     gflops = flops_per_item * items_per_s / 1e9
     return gflops, gflops / peak_gflops
+
+
+def machine_peak(device: torch.device, n: int, clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """GFLOP/s of the best n x n matrix product per precision: fp32 and bf16; on CUDA also fp16 and tf32
+    (fp32 with TF32 matrix products; the fp32 peak is taken with TF32 off).
+
+    Args:
+        device: where to multiply.
+        n: the side of the square matrices.
+        clock: the clock the products are timed by.
+    """
+    if device.type != "cuda":
+        return measured_peak(device, ("fp32", "bf16"), n, 3, clock)
+    prev = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        out = measured_peak(device, ("fp32", "bf16", "fp16"), n, 3, clock)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        out["tf32"] = measured_peak(device, ("fp32",), n, 3, clock)["fp32"]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+    return out
+
+
+@dataclass
+class Timing:
+    """Seconds per iteration of each timed repeat.
+
+    Args:
+        per_iter: one entry per repeat.
+    """
+
+    per_iter: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.per_iter)
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median of the repeats."""
+        return (max(self.per_iter) - min(self.per_iter)) / self.median
+
+
+def time_it(
+    fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int, iters: int, clock: Callable[[], float] = time.perf_counter
+) -> Timing:
+    """Warm-up calls, then ``repeats`` timed blocks of ``iters`` calls each.
+
+    Args:
+        fn: the work of one iteration.
+        device: its device (CUDA is synchronised before each reading of the clock).
+        warmup: untimed calls first.
+        repeats: timed blocks.
+        iters: calls per block.
+        clock: wall (``time.perf_counter``) or process CPU time (``time.process_time``).
+    """
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    out = []
+    for _ in range(repeats):
+        t0 = clock()
+        for _ in range(iters):
+            fn()
+        sync(device)
+        out.append((clock() - t0) / iters)
+    return Timing(out)

@@ -24,146 +24,20 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import multiprocessing
 import os
-import resource
+import shlex
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from omegaconf import OmegaConf
-from PIL import Image
 
-from ddpm.data import load_dataset, to_model_range
 from ddpm.data.residency import decoded_bytes
 from ddpm.data.sources import IMAGE_SOURCES, index_source
-from ddpm.data.streaming import epoch_permutation, open_stream
-
-
-def synthetic_image(i: int, side: int, fmt: str) -> bytes:
-    """A smooth random picture (8x8 colours, upsampled, light noise) encoded as ``fmt``: compresses like a photo, not like noise."""
-    rng = np.random.default_rng(i)
-    coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((side, side), Image.BICUBIC)
-    arr = np.clip(np.asarray(coarse, dtype=np.int16) + rng.integers(-8, 9, (side, side, 3)), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG" if fmt == "jpg" else "PNG", quality=90)
-    return buf.getvalue()
-
-
-def _write_chunk(args: tuple[Path, int, int, int, str]) -> int:
-    root, start, stop, side, fmt = args
-    for i in range(start, stop):
-        path = root / f"{i // 1000:04d}" / f"{i:07d}.{fmt}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(synthetic_image(i, side, fmt))
-    return stop - start
-
-
-def make_folder(root: Path, images: int, side: int, fmt: str, processes: int) -> float:
-    """Write ``images`` synthetic pictures into ``root`` (1,000 per sub-folder); returns seconds taken."""
-    t0 = time.perf_counter()
-    chunks = [(root, s, min(s + 1000, images), side, fmt) for s in range(0, images, 1000)]
-    with multiprocessing.Pool(processes) as pool:
-        done = sum(pool.imap_unordered(_write_chunk, chunks))
-    assert done == images
-    return time.perf_counter() - t0
-
-
-def dataset_node(args: argparse.Namespace, source: str | None, in_memory: bool) -> Any:
-    return OmegaConf.create(
-        {
-            "name": args.dataset,
-            "root": "cats",
-            "image_size": args.image_size,
-            "channels": 3,
-            "hflip": True,
-            "resize": args.resize,
-            "download": False,
-            "background": [99, 133, 150],
-            "path": source,
-            "test_fraction": 0.1,
-            "num_classes": None,
-            "in_memory": in_memory,
-            "workers": args.workers,
-        }
-    )
-
-
-def cpu_now() -> float:
-    """CPU seconds of this process and of its reaped children."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def bench_memory(args: argparse.Namespace, data_dir: str, source: str | None, cache_dir: Path, files: int) -> dict[str, float]:
-    cfg = dataset_node(args, source, True)
-    t0, c0 = time.perf_counter(), cpu_now()
-    data = load_dataset(cfg, data_dir, cache_dir, "train")
-    decode_s, decode_cpu = time.perf_counter() - t0, cpu_now() - c0
-    images, n, b = data.images, len(data.images), args.batch
-    gen = torch.Generator().manual_seed(0)
-    steps = n // b
-    perm = epoch_permutation(0, 0, n)
-
-    def batch(step: int) -> torch.Tensor:
-        idx = perm[(step % steps) * b : (step % steps + 1) * b]
-        x0 = to_model_range(images[idx])
-        flip = torch.rand(b, generator=gen) < 0.5
-        return torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-
-    for s in range(args.warmup):
-        batch(s)
-    t0, c0 = time.perf_counter(), cpu_now()
-    for s in range(args.memory_batches):
-        batch(s)
-    wall, cpu = time.perf_counter() - t0, cpu_now() - c0
-    seen = args.memory_batches * b
-    return {
-        "train_images": n,
-        "decoded_images": files,  # both splits: the whole set is decoded (and cached), then split
-        "decode_s": decode_s,
-        "decode_img_s": files / decode_s,
-        "decode_cpu_ms_per_img": 1000 * decode_cpu / files,
-        "batch_img_s": seen / wall,
-        "batch_cpu_ms_per_img": 1000 * cpu / seen,
-        "resident_bytes": images.numel(),
-    }
-
-
-def bench_stream(args: argparse.Namespace, data_dir: str, source: str | None) -> dict[str, float]:
-    cfg = dataset_node(args, source, False)
-    t0 = time.perf_counter()
-    s = open_stream(cfg, data_dir, seed=0, batch_size=args.batch, workers=args.workers)
-    index_s = time.perf_counter() - t0
-    assert s is not None
-    c0 = cpu_now()
-    t0 = time.perf_counter()
-    to_model_range(s.next())  # what the trainer does with a streamed batch (the workers flipped it)
-    first_s = time.perf_counter() - t0
-    for _ in range(args.warmup - 1):
-        to_model_range(s.next())
-    t0 = time.perf_counter()
-    for _ in range(args.stream_batches):
-        to_model_range(s.next())
-    wall = time.perf_counter() - t0
-    s.close()  # joins the workers, so that getrusage counts their CPU time
-    cpu = cpu_now() - c0
-    read = (args.warmup + args.stream_batches) * args.batch
-    return {
-        "train_images": len(s),
-        "index_s": index_s,
-        "first_batch_s": first_s,
-        "img_s": args.stream_batches * args.batch / wall,
-        "cpu_ms_per_img": 1000 * cpu / read,
-        "workers": args.workers,
-    }
+from ddpm.tools.loader_bench import LoaderBench, bench_memory, bench_stream, dataset_node, make_folder
 
 
 def main() -> None:
@@ -185,7 +59,7 @@ def main() -> None:
     p.add_argument("--memory-batches", type=int, default=200)
     p.add_argument("--skip-memory", action="store_true", help="measure streaming only (a set that does not fit)")
     p.add_argument("--delete", action="store_true", help="delete the --make-folder folder afterwards")
-    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--json", type=Path, help="write the results here (with the command that wrote them)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -199,9 +73,19 @@ def main() -> None:
             flush=True,
         )
     source = None if args.dataset else str(args.folder or args.make_folder)
-    args.dataset = args.dataset or "folder"
+    bench = LoaderBench(
+        args.dataset or "folder",
+        args.image_size,
+        args.resize,
+        args.batch,
+        args.workers,
+        args.warmup,
+        args.stream_batches,
+        args.memory_batches,
+    )
     load = os.getloadavg()[0]
     result: dict[str, Any] = {
+        "command": shlex.join(["python", *sys.argv]),
         "source": source or f"{args.data_dir}/cats",
         "image_size": args.image_size,
         "batch": args.batch,
@@ -211,16 +95,16 @@ def main() -> None:
         "load_average_at_start": load,
         "torch": torch.__version__,
     }
-    node = dataset_node(args, source, False)
+    node = dataset_node(bench, source, False)
     files = len(index_source(IMAGE_SOURCES[node.name][0](node, Path(args.data_dir))))
     result["files"] = files
     result["decoded_gib"] = decoded_bytes(files, 3, args.image_size) / 2**30
     try:
-        result["streamed"] = bench_stream(args, args.data_dir, source)
+        result["streamed"] = bench_stream(bench, args.data_dir, source)
         print(f"streamed: {json.dumps(result['streamed'])}", flush=True)
         if not args.skip_memory:
             with tempfile.TemporaryDirectory(prefix="bench_loader_cache_") as cache:
-                result["in_memory"] = bench_memory(args, args.data_dir, source, Path(cache), files)
+                result["in_memory"] = bench_memory(bench, args.data_dir, source, Path(cache), files)
             print(f"in memory: {json.dumps(result['in_memory'])}", flush=True)
     finally:
         if args.make_folder and args.delete:
