@@ -90,12 +90,13 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], float_f
 # element when it is a list; ``[key=value,key2=value2]`` keeps the elements whose fields print as those
 # values. TEMPLATE is a ``str.format`` string whose fields are dotted paths into that object
 # (``{scores.fid:.2f}``, ``{rows.0.steps:,}``; ``$.`` starts at the file's top level: ``{$.peak.fp32:.0f}``),
-# optionally scaled (``{params/1e6:.2f}``, ``{fraction*100:.0f}``). A field that is missing or null
+# optionally scaled by a number or by another field of the row (``{params/1e6:.2f}``, ``{fraction*100:.0f}``,
+# ``{t_C/t_C_theory:.3f}``). A field that is missing or null
 # is an error, unless its format ends with ``|TEXT``: ``{fid:.2f|not run}`` prints TEXT instead.
 # Every result JSON must carry the command that wrote it (``"command"``: a string or a list of strings).
 
 BLOCK_RE = re.compile(r"<!-- (table|command):(.*?)-->\n(.*?)<!-- /\1 -->", re.DOTALL)
-_FIELD_RE = re.compile(r"^(?P<path>[^*/]+?)\s*(?:(?P<op>[*/])\s*(?P<num>[0-9.eE+-]+))?$")
+_FIELD_RE = re.compile(r"^(?P<path>[^*/]+?)\s*(?:(?P<op>[*/])\s*(?:(?P<num>[0-9.eE+-]+)|(?P<other>[$A-Za-z_][$\w.]*)))?$")
 _SELECTOR_RE = re.compile(r"^(?P<path>[^\[\]]+?)(?:\[(?P<filter>[^\]]*)\])?$")
 COMMAND_WIDTH = 110
 
@@ -133,7 +134,7 @@ class _Missing:
 
 
 class _RowFormatter(string.Formatter):
-    """``str.format`` over one row: dotted paths, ``$.`` for the file's top, ``*N`` / ``/N``, ``|fallback``."""
+    """``str.format`` over one row: dotted paths, ``$.`` for the file's top, ``*N`` / ``/N`` (or a field), ``|fallback``."""
 
     def __init__(self, row: Any, root: Any) -> None:
         super().__init__()
@@ -142,7 +143,7 @@ class _RowFormatter(string.Formatter):
     def get_field(self, field_name: str, args: Any, kwargs: Any) -> tuple[Any, str]:
         m = _FIELD_RE.match(field_name.strip())
         if not m:
-            raise DocTableError(f"field {{{field_name}}}: expected a dotted path, optionally *N or /N")
+            raise DocTableError(f"field {{{field_name}}}: expected a dotted path, optionally *N, /N, *PATH or /PATH")
         path = m["path"]
         try:
             value = _lookup(self.root, path[2:]) if path.startswith("$.") else _lookup(self.row, path)
@@ -151,9 +152,21 @@ class _RowFormatter(string.Formatter):
         if value is None:
             return _Missing(field_name), field_name
         if m["op"]:
-            num = float(m["num"])
+            num = float(m["num"]) if m["num"] else self._operand(m["other"], field_name)
             value = value * num if m["op"] == "*" else value / num
         return value, field_name
+
+    def _operand(self, path: str, field_name: str) -> Any:
+        """The value of a field named as the operand (``{t_C/t_C_theory:.3f}``); absent is an error."""
+        try:
+            value = _lookup(self.root, path[2:]) if path.startswith("$.") else _lookup(self.row, path)
+        except KeyError:
+            value = None
+        if not isinstance(value, (int, float)):
+            raise DocTableError(
+                f"field {{{field_name}}}: expected a dotted path, optionally *N or /N, or *PATH or /PATH of a number: {path!r} is not one"
+            )
+        return value
 
     def format_field(self, value: Any, format_spec: str) -> str:
         spec, bar, fallback = format_spec.partition("|")
@@ -316,3 +329,106 @@ def doc_diff(old: str, new: str, name: str) -> str:
 def docs_with_tables(root: Path) -> list[Path]:
     """The project's docs that may hold generated blocks: README.md and docs/*.md."""
     return [p for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))] if p.is_file()]
+
+
+# --------------------------------------------------------------------------- Hydra multiruns as result files
+# ``scripts/collect_sweep.py`` gathers a multirun (one job folder per point, each with ``.hydra/``
+# and a result JSON) into a CSV and, with ``--json``, into a result file for the docs: its rows and
+# the commands that made it, the sweep command(s) recovered from Hydra's ``multirun.yaml``.
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """One finished job of a multirun: its folder (relative to the sweep), overrides, config keys, result."""
+
+    job: str
+    overrides: dict[str, str]
+    config: dict[str, Any]
+    result: dict[str, Any]
+
+    def csv_row(self) -> dict[str, Any]:
+        """The job, its overrides as given, the config keys, and every scalar of the result (dotted)."""
+        return {"job": self.job, **self.overrides, **self.config, **flatten(self.result)}
+
+    def json_row(self) -> dict[str, Any]:
+        """The result JSON (less its ``config``) with ``job``, ``overrides`` and ``config`` nested by dots,
+        so that a doc's row template reads ``{t_C:.3f}``, ``{overrides.points.n}``, ``{config.synthetic.sigma2}``."""
+        values = {k: _yaml_scalar(v) for k, v in self.overrides.items()}
+        rest = {k: v for k, v in self.result.items() if k not in ("config", "job", "overrides")}
+        return {"job": self.job, "overrides": unflatten(values), "config": unflatten(self.config), **rest}
+
+
+def _yaml_scalar(text: str) -> Any:
+    """An override's value as Hydra reads it (``1000`` -> 1000, ``0.25`` -> 0.25), else the text."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (int, float, bool, str)) or value is None else text
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}`` (the inverse of :func:`flatten` for scalars)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"key {key!r} nests under a scalar")
+        node[last] = value
+    return out
+
+
+def sweep_job_dirs(sweep: Path) -> list[Path]:
+    """Job folders of a multirun (those with ``.hydra/``), shallow first, numeric names in numeric order."""
+    jobs = [p.parent.parent for p in sweep.rglob(".hydra/overrides.yaml")]
+    return sorted(jobs, key=lambda p: (len(p.relative_to(sweep).parts), int(p.name) if p.name.isdigit() else 0, str(p)))
+
+
+def collect_sweep_jobs(sweep: Path, result: str, config_keys: Sequence[str] = ()) -> tuple[list[SweepJob], list[Path]]:
+    """The jobs of a multirun that wrote ``result``, and the job folders that did not.
+
+    Args:
+        sweep: the multirun folder (``hydra.sweep.dir``); nested multiruns below it are included.
+        result: the result JSON inside each job folder (``regimes.json``, ``metrics.json``).
+        config_keys: dotted keys read from each job's ``.hydra/config.yaml``.
+    """
+    from omegaconf import OmegaConf
+
+    jobs, missing = [], []
+    for job in sweep_job_dirs(sweep):
+        res = job / result
+        if not res.is_file():
+            missing.append(job)
+            continue
+        overrides = {}
+        for item in OmegaConf.load(job / ".hydra" / "overrides.yaml"):
+            key, _, value = str(item).partition("=")
+            overrides[key.lstrip("+~")] = value
+        config: dict[str, Any] = {}
+        cfg_file = job / ".hydra" / "config.yaml"
+        if config_keys and cfg_file.is_file():
+            cfg = OmegaConf.load(cfg_file)
+            config = {key: OmegaConf.select(cfg, key) for key in config_keys}
+        jobs.append(SweepJob(str(job.relative_to(sweep)), overrides, config, json.loads(res.read_text())))
+    return jobs, missing
+
+
+def multirun_commands(sweep: Path) -> list[str]:
+    """The command line of each multirun under ``sweep`` (shallow first), from Hydra's ``multirun.yaml``:
+    ``ddpm-<config name> -m`` with the overrides as given (sweeps as ``key=a,b``), ``hydra.mode`` left out."""
+    import yaml
+
+    files = sorted(sweep.rglob("multirun.yaml"), key=lambda p: (len(p.relative_to(sweep).parts), str(p)))
+    commands = []
+    for f in files:
+        hydra = (yaml.safe_load(f.read_text()) or {}).get("hydra", {})
+        task = hydra.get("overrides", {}).get("task") or []
+        own = [o for o in hydra.get("overrides", {}).get("hydra") or [] if not str(o).startswith("hydra.mode=")]
+        name = hydra.get("job", {}).get("config_name") or hydra.get("job", {}).get("name")
+        commands.append(shlex.join([f"ddpm-{name}", "-m", *map(str, task), *map(str, own)]))
+    return commands

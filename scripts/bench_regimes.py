@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Speed targets of the exact-score kernel (prints both ratios, writes JSON).
+"""Speed targets of the exact-score kernel (prints both ratios, writes JSON with its ``"command"``).
 
 1. ``ExactScore.stats`` (posterior mean, streamed log-sum-exp) for n = 60,000 training points,
    d = 784 and 1,024 queries, against the two float32 matrix products it needs
@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", default=os.environ.get("DDPM_DATA_DIR", "data"))
     ap.add_argument("--out", default="bench_regimes.json")
     args = ap.parse_args(argv)
+    command = shlex.join(["python", "scripts/bench_regimes.py", *(sys.argv[1:] if argv is None else argv)])
+    load_before, cpu0 = os.getloadavg(), time.process_time()
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.curve_points}-point f/p_½ curve on all MNIST (n={ms.n}, d={ms.d}, {args.curve_queries} queries): {t_curve:.1f} s; ratio to 60 s {t_curve / 60:.2f} (target < 1)"
     )
     rec = {
+        "command": command,
         "kernel_seconds": t_kernel,
         "two_matmul_seconds": t_mm,
         "kernel_over_matmul": ratio,
@@ -102,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "p_half_first_last": [float(cur["p_half"][0]), float(cur["p_half"][-1])],
         "f_last": float(np.asarray(cur["f"])[-1]),
+        "process_cpu_seconds": time.process_time() - cpu0,
+        "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]},
     }
     with open(args.out, "w") as f:
         json.dump(rec, f, indent=2)

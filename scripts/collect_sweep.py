@@ -11,6 +11,14 @@ every scalar of the result JSON (nested objects flattened with dots; lists are s
 
 With ``--plot Y --x X [--hue H]`` it also draws Y against X, one line per value of H, next to the CSV.
 
+With ``--json FILE`` it also writes a result file for the docs (``docs/results/*.json``, rendered by
+``scripts/render_docs.py``): ``"rows"`` (each job's result JSON less its ``config``, with ``job``,
+``overrides`` and ``config`` nested by dots: ``{overrides.points.n}``) and ``"command"``: the sweep
+command(s), read from Hydra's ``multirun.yaml`` under the folder (or given with ``--command``), then
+this collector's own invocation.
+
+    python scripts/collect_sweep.py /tmp/sweep_gauss --config-keys synthetic.sigma2 --json docs/results/regimes_sweep_gauss.json
+
 ``--collapse`` reads a ``ddpm-train`` multirun of the collapse study instead (docs/regimes.md): the
 ``regimes/<name>/regimes.json`` of every training job become ``collapse.csv`` and three plots
 (memorised fraction against n and against steps; collapse times against n beside the theory).
@@ -23,41 +31,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from ddpm.tables import flatten, format_cell
-
-
-def job_dirs(sweep: Path) -> list[Path]:
-    """Job folders (those with .hydra/), numeric names in numeric order."""
-    jobs = [p.parent.parent for p in sweep.rglob(".hydra/overrides.yaml")]
-    return sorted(jobs, key=lambda p: (len(p.relative_to(sweep).parts), int(p.name) if p.name.isdigit() else 0, str(p)))
-
-
-def collect(sweep: Path, result: str, config_keys: list[str]) -> tuple[list[dict[str, Any]], list[Path]]:
-    """Rows of the jobs that produced ``result``, and the job folders that did not."""
-    rows, missing = [], []
-    for job in job_dirs(sweep):
-        res = job / result
-        if not res.is_file():
-            missing.append(job)
-            continue
-        row: dict[str, Any] = {"job": str(job.relative_to(sweep))}
-        for item in OmegaConf.load(job / ".hydra" / "overrides.yaml"):
-            key, _, value = str(item).partition("=")
-            row[key.lstrip("+~")] = value
-        cfg_file = job / ".hydra" / "config.yaml"
-        if config_keys and cfg_file.is_file():
-            cfg = OmegaConf.load(cfg_file)
-            for key in config_keys:
-                row[key] = OmegaConf.select(cfg, key)
-        row.update(flatten(json.loads(res.read_text())))
-        rows.append(row)
-    return rows, missing
+from ddpm.tables import collect_sweep_jobs, format_cell, multirun_commands
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--x", default=None, help="column on the x axis (e.g. schedule.T)")
     ap.add_argument("--hue", default=None, help="column whose values get one line each (e.g. schedule)")
     ap.add_argument("--collapse", action="store_true", help="a collapse-study training multirun: its jobs' regimes/*/regimes.json")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows and commands as a result JSON for the docs")
+    ap.add_argument(
+        "--command",
+        action="append",
+        default=[],
+        help="the sweep command (repeatable), stored in --json instead of those read from multirun.yaml",
+    )
     args = ap.parse_args(argv)
+    me = shlex.join(["python", "scripts/collect_sweep.py", *(sys.argv[1:] if argv is None else argv)])
     if args.plot and not args.x:
         print("error: --plot needs --x", file=sys.stderr)
         return 2
@@ -80,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.collapse:
         return collect_collapse(args.sweep, args.out)
     keys = [k for k in args.config_keys.split(",") if k]
-    rows, missing = collect(args.sweep, args.result, keys)
+    jobs, missing = collect_sweep_jobs(args.sweep, args.result, keys)
+    rows = [j.csv_row() for j in jobs]
     if missing:
         print(f"warning: {len(missing)} job(s) without {args.result}: {', '.join(str(m) for m in missing)}", file=sys.stderr)
     if not rows:
@@ -95,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     print(f"{len(rows)} job(s) -> {out}")
+    if args.json:
+        commands = args.command or multirun_commands(args.sweep)
+        if not commands:
+            print(f"error: no multirun.yaml under {args.sweep}: give the sweep command with --command", file=sys.stderr)
+            return 2
+        record = {"command": [*commands, me], "result": args.result, "rows": [j.json_row() for j in jobs]}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+        print(f"{len(jobs)} job(s) and {len(commands)} sweep command(s) -> {args.json}")
     # The comparison table: the keys that vary across jobs, then the numeric results.
     varying = [c for c in columns if c != "job" and len({str(r.get(c)) for r in rows}) > 1 and "/" not in str(rows[0].get(c))]
     numeric = [c for c in columns if c not in varying and c != "job" and all(isinstance(r.get(c), (int, float)) for r in rows)]
