@@ -300,7 +300,7 @@ def test_potential_classes_must_exist(tmp_path: Path) -> None:
     [
         (["synthetic.depth=0"], "synthetic.depth must be >= 1"),
         (["synthetic.branching=0"], "synthetic.branching must be >= 2"),
-        (["synthetic.separation=[2.0,0.0,0.3]"], "Λ_2 = 0"),
+        (["synthetic.separation=[2.0,0.0,0.3]"], r"synthetic.separation must be > 0 .*got \[2.0, 0.0, 0.3\]"),
         (["synthetic.separation=[2.0,0.7]"], "one value per level"),
         (["synthetic.depth=1", "synthetic.separation=[1.0]", "synthetic.branching=40"], "needs as many dimensions"),
     ],

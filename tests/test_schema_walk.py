@@ -30,9 +30,14 @@ from conftest import COMMAND_NAMES, compose_config
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ddpm.commands import COMMANDS as COMMAND_LIST
+from ddpm.config import Rule, field_rules
 from ddpm.errors import ConfigError, DataError
 
 COMMANDS = COMMAND_NAMES  # every command of ddpm.commands.COMMANDS
+# The walks: every command's config as composed, plus the groups its defaults leave null (a synthetic
+# law for ddpm-regimes: the hierarchical one holds every synthetic key), as (command, overrides).
+WALKS: list[tuple[str, list[str]]] = [(cmd, []) for cmd in COMMANDS] + [("regimes", ["synthetic=hierarchical"])]
 # The fewest cases a command's walk must make (a walk that finds too few fields is vacuous); ddpm-export
 # has five fields (eight cases).
 MIN_CASES = {"export": 8}
@@ -217,8 +222,10 @@ def kind(node: Any) -> str | None:
     return None
 
 
-def base_config(cmd: str) -> DictConfig:
-    return compose_config(cmd, ["ckpt=/nonexistent/last.pt"] if cmd in ("sample", "evaluate", "visualize", "export") else [])
+def base_config(cmd: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """``cmd``'s config as composed with ``overrides`` (and a checkpoint path where it needs one)."""
+    ckpt = ["ckpt=/nonexistent/last.pt"] if cmd in ("sample", "evaluate", "visualize", "export") else []
+    return compose_config(cmd, [*ckpt, *overrides])
 
 
 def _leaf(cfg: DictConfig, key: str) -> Any:
@@ -234,14 +241,14 @@ def _raw(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=False) if isinstance(node, ListConfig) else node._value()
 
 
-def walk(cmd: str, only: str | None = None) -> tuple[int, dict[str, set[str]], dict[str, str]]:
-    """Feed every bad value to every field of ``cmd``'s config (or to the field ``only``); returns
-    (cases, accepted labels per key, crashes).
+def walk(cmd: str, only: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> tuple[int, dict[str, set[str]], dict[str, str]]:
+    """Feed every bad value to every field of ``cmd``'s config composed with ``overrides`` (or to the
+    field ``only``); returns (cases, accepted labels per key, crashes).
 
     Each case sets its values in the composed config and puts the old ones back afterwards (a deep
     copy per case made the walk three times slower); the config is compared with a copy at the end.
     """
-    base = base_config(cmd)
+    base = base_config(cmd, overrides)
     start_up_checks(cmd, base)  # the defaults pass
     pristine = copy.deepcopy(base)
     cases, accepted, crashed = 0, {}, {}
@@ -289,9 +296,9 @@ def unexplained(cmd: str, accepted: dict[str, set[str]]) -> dict[str, list[str]]
     return {k: v for k, v in out.items() if v}
 
 
-@pytest.mark.parametrize("cmd", COMMANDS)
-def test_every_field_refuses_bad_values(cmd: str) -> None:
-    cases, accepted, crashed = walk(cmd)
+@pytest.mark.parametrize("cmd, overrides", WALKS, ids=[" ".join([cmd, *over]) for cmd, over in WALKS])
+def test_every_field_refuses_bad_values(cmd: str, overrides: list[str]) -> None:
+    cases, accepted, crashed = walk(cmd, overrides=overrides)
     assert cases >= MIN_CASES.get(cmd, 50), f"only {cases} cases: the walk found too few fields"
     assert not crashed, f"{cmd}: values that end in a traceback instead of one line: {crashed}"
     assert unexplained(cmd, accepted) == {}, (
@@ -300,7 +307,7 @@ def test_every_field_refuses_bad_values(cmd: str) -> None:
     )
     for gap, labels in KNOWN_GAPS.items():  # an open gap that got its check must leave the list
         name, key = gap.split(" ", 1)
-        if name == cmd:
+        if name == cmd and not overrides:
             assert labels <= accepted.get(key, set()), (
                 f"{gap}: {sorted(labels - accepted.get(key, set()))} refused now: drop it from KNOWN_GAPS"
             )
@@ -330,6 +337,60 @@ def test_the_walk_can_fail(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (cases, crashed) == (len(BAD_VALUES["float"]), {})
     assert accepted == {"train.lr": {"negative", "zero", "nan", "inf", "-inf", "huge"}}
     assert unexplained("train", accepted) == {"train.lr": ["-inf", "inf", "nan", "negative", "zero"]}  # huge: documented
+
+
+def outside(r: Rule, value: Any) -> list[Any]:
+    """Values just outside the rule ``r`` of a field whose composed value is ``value``: each bound
+    crossed, a choice that is not one, inf where it must be finite; for lists, such items and a list
+    of the wrong length."""
+    if isinstance(value, ListConfig):
+        items = list(value)
+        bad: list[Any] = [[b] * (r.length or 1) for b in outside(r, items[0])]
+        if r.length is not None:
+            bad.append(items[: r.length - 1])
+        if r.min_len:
+            bad.append([])
+        return bad
+    bad = []
+    if r.choices is not None:
+        bad.append("no_such_value" if isinstance(r.choices[0], str) else max(r.choices) + 1)
+    for bound, step in ((r.ge, -1), (r.gt, 0), (r.le, 1), (r.lt, 0)):
+        if bound is not None:
+            bad.append(bound + step)
+    if r.finite:
+        bad.append(math.inf)
+    return bad
+
+
+def test_every_field_rule_is_walked_and_applied() -> None:
+    """Every rule declared beside a field of a registered schema (ddpm.config.rule) lies on the walk
+    (its key is a leaf of one of WALKS' configs) and is applied by its command's start-up checks: each
+    value just outside it is refused in one line that starts with the field's dotted key."""
+    configs: dict[str, list[DictConfig]] = {}
+    for cmd, overrides in WALKS:
+        configs.setdefault(cmd, []).append(base_config(cmd, overrides))
+    unwalked, wrong, total = [], {}, 0
+    for c in COMMAND_LIST:
+        for key, r in field_rules(c.schema):
+            cfg = next((cfg for cfg in configs[c.name] if key in dict(leaves(cfg))), None)
+            if cfg is None:
+                unwalked.append(f"{c.name} {key}")
+                continue
+            saved = _raw(_leaf(cfg, key))
+            for bad in outside(r, OmegaConf.select(cfg, key)):
+                total += 1
+                OmegaConf.update(cfg, key, bad, merge=False)
+                try:
+                    start_up_checks(c.name, cfg)
+                    wrong[f"{c.name} {key}={bad!r}"] = "accepted"
+                except ConfigError as exc:
+                    if not str(exc).startswith(f"{key} must ") or "\n" in str(exc):
+                        wrong[f"{c.name} {key}={bad!r}"] = str(exc)
+                finally:
+                    OmegaConf.update(cfg, key, saved, merge=False)
+    assert not unwalked, f"field rules on keys that no walk reaches (add a walk to WALKS): {unwalked}"
+    assert not wrong, f"field rules not applied, or refused under another key: {wrong}"
+    assert total >= 150, f"only {total} values outside the field rules: the rules were not found"
 
 
 # ---------------------------------------------------------------------------- as real processes

@@ -192,7 +192,7 @@ def test_regimes_refuses_other_n_in_one_line(subset_ckpt: Path, data_dir: Path, 
 def test_dataset_n_range_is_checked() -> None:
     from ddpm.train.config import validate_train
 
-    with pytest.raises(ConfigError, match="dataset.n must be >= 1 and <= 100000000 or null"):
+    with pytest.raises(ConfigError, match="dataset.n must lie in 1..100000000 or null"):
         validate_train(compose_config("train", ["dataset.n=0"]))
 
 

@@ -1,13 +1,13 @@
-"""Typed schema of ``conf/export.yaml`` (the ``ddpm-export`` command) and its range checks."""
+"""Typed schema of ``conf/export.yaml`` (the ``ddpm-export`` command), each field's rule beside it, and the check of its file stem."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING
 
-from ddpm.config import _check
+from ddpm.config import _check, rule, validates
 from ddpm.export_format import SUFFIX
 
 FORMATS = ("safetensors",)
@@ -18,19 +18,21 @@ OUTPUTS = ("{name}" + SUFFIX, "{name}.json")
 @dataclass
 class ExportConfig:
     ckpt: str = MISSING  # checkpoint file, or a training run dir (uses checkpoints/last.pt)
-    format: str = "safetensors"  # the weights format (safetensors: tensors only, readable by other tools)
+    # the weights format (safetensors: tensors only, readable by other tools)
+    format: str = field(default="safetensors", metadata=rule(choices=FORMATS))
     name: str = "model"  # file stem: <run dir>/<name>.safetensors and <name>.json
     use_ema: bool = True  # export the EMA weights (false: the raw training weights)
     overwrite: bool = False  # allow replacing an earlier export in the same run dir
 
 
+@validates(ExportConfig)
 def validate_export(cfg: Any) -> None:
-    """Range checks of an ``export`` config; raises :class:`ConfigError`.
+    """Checks of an ``export`` config before any work: every field rule of :class:`ExportConfig`, then
+    the file stem (a predicate on its text, not a range); raises :class:`ConfigError`.
 
     Args:
         cfg: the composed ``export`` config.
     """
-    _check(cfg.format in FORMATS, f"format must be one of {', '.join(FORMATS)}, got {cfg.format!r}")
     name = str(cfg.name)
     _check(
         bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name,
