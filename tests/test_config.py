@@ -173,7 +173,7 @@ def test_every_command_shares_runtime_paths_and_output_dirs(config_name):
     assert (cfg.runtime.name, cfg.runtime.precision, cfg.runtime.device, cfg.runtime.num_threads) == ("bf16", "bf16", "cpu", 1)
     assert cfg.paths.cache_dir == "/tmp/c"
     if config_name != "regimes":
-        assert cfg.sampler.name == "dpm_solver"  # one default sampler everywhere
+        assert cfg.sampler.name == "sde_dpm_solver"  # one default sampler everywhere
     with initialize_config_module("ddpm.conf", version_base="1.3"):
         hc = compose(config_name, return_hydra_config=True).hydra
     assert hc.job.name == config_name

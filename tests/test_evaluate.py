@@ -252,7 +252,7 @@ def test_ddpm_evaluate_rejects_an_unknown_metric_before_any_work(tmp_path):
 
 
 def test_denoising_quality_with_the_default_sampler(tiny_ckpt, data_dir, tmp_path):
-    """The default sampler (dpm_solver) of ddpm-evaluate: each k is the start, at most k + 1 evaluations,
+    """The default sampler (sde_dpm_solver) of ddpm-evaluate: each k is the start, at most k + 1 evaluations,
     and the numbers equal a reconstruction from the public pieces (reverse noise independent of ε)."""
     from ddpm.evaluate.denoising import denoising_quality
     from ddpm.generate import denoise_from, noise_to_step
@@ -261,13 +261,13 @@ def test_denoising_quality_with_the_default_sampler(tiny_ckpt, data_dir, tmp_pat
     from ddpm.samplers import build_sampler, make_eps_fn
 
     cfg = compose_config("evaluate", [f"ckpt={tiny_ckpt}"])
-    assert cfg.sampler.name == "dpm_solver"
+    assert cfg.sampler.name == "sde_dpm_solver"
     pre = load_pretrained(tiny_ckpt)
     test = load_dataset(pre.cfg.dataset, data_dir, tmp_path / "cache", "test")
     x0 = test.images[:4].float() / 127.5 - 1
     eps_fn = make_eps_fn(pre.model, pre.diffusion)
     out = denoising_quality(eps_fn, pre.diffusion, cfg.sampler, x0, [2, 60], seed=3, batch_size=3)
-    assert out["sampler"] == "dpm_solver" and out["steps"]["2"]["evaluations"] == 3 and out["steps"]["60"]["evaluations"] == 20
+    assert out["sampler"] == "sde_dpm_solver" and out["steps"]["2"]["evaluations"] == 3 and out["steps"]["60"]["evaluations"] == 20
     smp = build_sampler(OmegaConf.merge(cfg.sampler, {"spacing": "trailing", "steps": 20}), pre.diffusion, max_step=60)
     rec = torch.cat([denoise_from(eps_fn, smp, noise_to_step(pre.diffusion, x0[i : i + 3], 60, 3 + i), 3 + i) for i in (0, 3)])
     assert out["steps"]["60"]["mse"] == pytest.approx(float(mse_per_image(rec, x0).mean()), rel=1e-5)

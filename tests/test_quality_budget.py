@@ -55,7 +55,7 @@ def test_budget_run_of_ours_and_diffusers_writes_scored_rows(data_dir: Path, tmp
     ours, theirs = result["rows"]
     assert ours["recipe"]["model"] == "tiny" and ours["recipe"]["train"]["batch_size"] == 16 and ours["batch"] == 16
     assert ours["recipe"]["train"]["time_budget_min"] == MINUTES and ours["recipe"]["schedule"]["T"] == 100
-    assert ours["sampler"]["name"] == "dpm_solver" and ours["evaluations"] == 20  # ddpm-sample's default
+    assert ours["sampler"]["name"] == "sde_dpm_solver" and ours["evaluations"] == 20  # ddpm-sample's default
     assert Path(ours["ckpt"]).is_file()
     assert theirs["batch"] == 64 and theirs["recipe"]["block_out_channels"] == [16, 32, 32] and theirs["evaluations"] == 20
     assert (work / "diffusers" / "ema.pt").is_file()

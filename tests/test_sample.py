@@ -226,4 +226,4 @@ def test_cli_end_to_end(tiny_ckpt: Path, data_dir: Path, tmp_path: Path) -> None
     assert len(gif_frames(out / "sampling.gif")) == 5 and len(gif_frames(out / "noise.gif")) == 5
     n = math.ceil(math.sqrt(4))
     assert Image.open(out / "samples.png").size == (n * 34 + 2, n * 34 + 2)
-    assert json.loads((out / "sample.json").read_text())["sampler"]["name"] == "dpm_solver"
+    assert json.loads((out / "sample.json").read_text())["sampler"]["name"] == "sde_dpm_solver"

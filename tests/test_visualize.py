@@ -229,11 +229,11 @@ def test_reverse_noise_is_independent_of_the_forward_noise() -> None:
 
 
 def test_visualize_with_the_default_sampler(tiny_ckpt: Path, data_dir: Path, tmp_path: Path) -> None:
-    """dpm_solver, the default of every command, starts exactly at each k with at most k + 1 evaluations."""
+    """sde_dpm_solver, the default of every command, starts exactly at each k with at most k + 1 evaluations."""
     over = {"ckpt": tiny_ckpt.parent.parent, "paths.data_dir": data_dir, "paths.cache_dir": tmp_path / "cache", "steps": "[3,60]"}
     over.update({"times": "[]", "num_images": 2, "strip_images": 1, "strip_frames": 3, "progress": False, "schedules": "[linear]"})
     cfg = compose_config("visualize", [f"{k}={v}" for k, v in over.items()])
-    assert cfg.sampler.name == "dpm_solver" and cfg.runtime.device == "auto"
+    assert cfg.sampler.name == "sde_dpm_solver" and cfg.runtime.device == "auto"
     result = visualize(cfg, tmp_path / "vis")
     rows = {r["step"]: r for r in result["rows"]}
     assert rows[3]["evaluations"] == 4 and rows[60]["evaluations"] == 20

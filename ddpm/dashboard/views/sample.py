@@ -23,7 +23,7 @@ if st.session_state.get("ckpt") not in labels:  # first view, or that file went 
 ckpt = st.selectbox("Checkpoint", list(labels), format_func=lambda k: labels.get(k, k), key="ckpt", help="the most trained first")
 c1, c2, c3, c4 = st.columns(4)
 samplers = launch.group_options("sampler")
-sampler = c1.selectbox("Sampler", samplers, index=samplers.index("dpm_solver") if "dpm_solver" in samplers else 0, key="sampler")
+sampler = c1.selectbox("Sampler", samplers, index=samplers.index("sde_dpm_solver") if "sde_dpm_solver" in samplers else 0, key="sampler")
 steps = c2.number_input("Steps (0: the sampler's default)", min_value=0, max_value=10000, value=20, key="steps")
 seed = c3.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, key="seed")
 count = c4.number_input("Images", min_value=1, max_value=1024, value=16, key="count")
