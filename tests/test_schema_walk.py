@@ -144,6 +144,7 @@ ACCEPTED: list[tuple[str, set[str] | None, str]] = [
     ("evaluate feature_extractor.dataset", {"unknown"}, "compared with the checkpoint's dataset once it loads (one line)"),
     ("evaluate feature_extractor.dataset", {"empty"}, "the same as null: the checkpoint's dataset"),
     ("regimes *.dataset.num_classes", None, "informational"),
+    ("regimes dataset.subset_part", {"zero"}, "under synthetic=<law> no image is read: subset_part needs dataset.n only for images"),
 ]
 
 # Values accepted today that should be refused: the open part of the schema walk (each line is a
