@@ -95,8 +95,8 @@ COMMANDS: tuple[Command, ...] = (
         regimes_config.RegimesConfig,
         regimes_config.validate_regimes,
         "ddpm.regimes.cli:main",
-        "ddpm.regimes.cli:run_regimes",
-        ("regimes.json", "curves.npz", "*.png"),
+        "ddpm.regimes.run:run_regimes",
+        regimes_config.OUTPUTS,
     ),
     Command(
         "export",

@@ -99,6 +99,24 @@ def test_command_line_errors_are_one_line(tmp_path):
     assert not (tmp_path / "regimes.json").exists()
 
 
+def test_a_second_run_refuses_to_replace_the_outputs(tmp_path):
+    """An earlier run's regimes.json, curves.npz and plots stay: one line, exit 2; overwrite=true replaces them."""
+    quick = ["synthetic=gaussian", "points.n=50", "synthetic.d=4", "regimes.analyses=[spectrum]"]
+    _run(tmp_path, quick)
+    written = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.suffix in (".json", ".npz", ".png")}
+    assert {"regimes.json", "curves.npz", "regimes.png", "spectrum.png"} <= set(written)
+    exe = Path(sys.executable).with_name("ddpm-regimes")
+    r = subprocess.run([str(exe), *quick, "plots=false", f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"error: {tmp_path} already holds regimes.json, curves.npz, regimes.png, spectrum.png from an earlier run; "
+        "choose another hydra.run.dir or pass overwrite=true"
+    ]
+    assert {name: (tmp_path / name).read_bytes() for name in written} == written
+    rec = _run(tmp_path, [*quick, "seed=1", "overwrite=true"])
+    assert json.loads((tmp_path / "regimes.json").read_text())["config"]["seed"] == 1 == rec["config"]["seed"]
+
+
 def test_mnist_points_are_training_scaled_and_downsampled(data_dir, tmp_path):
     cfg = compose_config(
         "regimes", ["dataset=mnist", "points.n=300", "points.downsample=4", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path}"]

@@ -17,9 +17,9 @@ from ddpm.errors import ConfigError
 from ddpm.regimes import potential as pot
 from ddpm.regimes.cli import run_regimes
 from ddpm.regimes.hierarchy import Tree, chance_bases, conditional_normalised, level_lambdas, synthetic_tree, tree_from_classes
-from ddpm.regimes.linear import GaussianScore, covariance_eigen, eps_distances
+from ddpm.regimes.linear import eps_distances
 from ddpm.schedules import NoiseSchedule
-from ddpm.score import ExactScore
+from ddpm.score import ExactScore, GaussianScore, covariance_eigen
 
 FAST = ["runtime.num_threads=1", "speciation.points=24", "speciation.queries=512", "speciation.t_min=0.1"]
 
@@ -139,11 +139,11 @@ def test_gaussian_surrogate_score_is_the_analytic_score_of_a_known_gaussian() ->
 @pytest.mark.parametrize("gram", [False, True])
 def test_surrogate_of_points_is_their_mean_and_covariance(gram: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """From points: the mean and the 1/n covariance, also of rank < d (n < d, through the Gram matrix)."""
-    import ddpm.regimes.linear as linear
+    import ddpm.score as score
 
     n, d = (6, 20) if gram else (200, 5)
     if gram:
-        monkeypatch.setattr(linear, "FULL_EIG_MAX", 8)  # take the n x n route
+        monkeypatch.setattr(score, "FULL_EIG_MAX", 8)  # take the n x n route
     x = torch.randn(n, d, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * torch.linspace(0.5, 2, d, dtype=torch.float64)
     mu, lam, vec, rest = covariance_eigen(x)
     xc = x - x.mean(0)
@@ -161,9 +161,9 @@ def test_surrogate_of_points_is_their_mean_and_covariance(gram: bool, monkeypatc
 def test_surrogate_beyond_the_gram_size_keeps_the_top_and_the_total_variance(monkeypatch: pytest.MonkeyPatch) -> None:
     """n and d beyond the exact routes: the top eigenvalues by a randomised SVD, the rest of the
     variance spread evenly over the other directions (the trace is kept)."""
-    import ddpm.regimes.linear as linear
+    import ddpm.score as score
 
-    monkeypatch.setattr(linear, "FULL_EIG_MAX", 8)
+    monkeypatch.setattr(score, "FULL_EIG_MAX", 8)
     scale = torch.cat([torch.tensor([5.0, 4.0, 3.0], dtype=torch.float64), torch.full((27,), 0.3, dtype=torch.float64)])
     x = torch.randn(400, 30, generator=torch.Generator().manual_seed(10), dtype=torch.float64) * scale
     mu, lam, vec, rest = covariance_eigen(x, top=5)

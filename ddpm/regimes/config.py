@@ -25,6 +25,9 @@ from ddpm.schedules import NoiseSchedule
 
 SYNTHETIC = ("gaussian", "gaussian_spectrum", "mixture", "hierarchical")
 ANALYSES = ("spectrum", "speciation", "collapse", "tracking", "trained", "hierarchy", "potential")
+# What ddpm-regimes writes into its run dir (an earlier run's are kept unless overwrite=true).
+PLOTS = ("regimes", "spectrum", "collapse", "speciation", "hierarchy", "potential", "tracking", "gap", "linear")
+OUTPUTS = ("regimes.json", "curves.npz", *(f"{name}.png" for name in PLOTS))
 # A synthetic hierarchy holds branching^depth leaves (one Gaussian cluster each).
 MAX_LEAVES = 4096
 LINKAGES = ("ward", "average", "complete", "single", "centroid", "median", "weighted")
@@ -165,6 +168,7 @@ class RegimesConfig:
     seed: int = 0
     plots: bool = True
     eigenvalues: int = field(default=8, metadata=rule(ge=0))  # top eigenvalues (and their times) reported
+    overwrite: bool = False  # allow replacing the outputs of an earlier run in the same run dir
 
 
 @validates(RegimesConfig)

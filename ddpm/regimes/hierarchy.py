@@ -39,8 +39,9 @@ import torch
 from ddpm.errors import ConfigError
 from ddpm.regimes.collapse import draw_queries, last_crossing, log_grid
 from ddpm.regimes.config import LINKAGES  # noqa: F401  (the linkage methods, checked by validate_regimes)
-from ddpm.regimes.sampling import EpsFnT, backward, nearest_visited, visited_steps
+from ddpm.regimes.sampling import EpsFnT
 from ddpm.regimes.seeds import generator
+from ddpm.regimes.speciation import clone_pairs
 from ddpm.regimes.theory import clone_probability_two_class, speciation_time
 from ddpm.schedules import NoiseSchedule
 from ddpm.score import ExactScore
@@ -286,9 +287,8 @@ def clone_levels(
     seed: int,
     batch: int = 256,
 ) -> dict[str, np.ndarray]:
-    """The cloning experiment for every level: at each branch time t, the state x_t of a backward
-    trajectory is copied, both copies are finished with independent noise, and ``same[ℓ]`` records
-    whether the two ends' leaves lie in the same level-ℓ cluster.
+    """The cloning experiment for every level (:func:`ddpm.regimes.speciation.clone_pairs`): ``same[ℓ]``
+    records whether the two copies' leaves lie in the same level-ℓ cluster.
 
     Args:
         eps_fn: noise prediction ε(x, k, t) (the exact score of the points).
@@ -305,23 +305,9 @@ def clone_levels(
     Returns:
         ``t``, ``k`` (branch times and steps, decreasing), ``same`` (L+1, T, trajectories) as 0/1.
     """
-    seq = visited_steps(schedule, steps)
-    idx = sorted(set(nearest_visited(seq, schedule, branch_times)), reverse=True)
-    maps = [torch.as_tensor(m) for m in tree.leaf_to]
-    same = np.zeros((len(maps), len(idx), trajectories))
-    for s in range(0, trajectories, batch):
-        b = min(batch, trajectories - s)
-        g = generator(seed, f"hierarchy-clone-{s}")
-        x = torch.randn(b, d, generator=g, dtype=torch.float64)
-        top = len(seq) - 1
-        for j, i in enumerate(idx):
-            x = backward(eps_fn, schedule, x, seq, g, start=top, stop=i) if i < top else x
-            top = i
-            ends = backward(eps_fn, schedule, torch.cat([x, x]), seq, g, start=i, stop=0)
-            leaf = classify(ends).cpu()
-            for level, m in enumerate(maps):
-                same[level, j, s : s + b] = (m[leaf[:b]] == m[leaf[b:]]).double().numpy()
-    return {"t": schedule.ou_times[[seq[i] for i in idx]].numpy(), "k": np.array([seq[i] for i in idx]), "same": same}
+    ks, ts, first, second = clone_pairs(eps_fn, classify, schedule, d, branch_times, trajectories, steps, seed, "hierarchy-clone", batch)
+    same = np.stack([(torch.as_tensor(m)[first] == torch.as_tensor(m)[second]).double().numpy() for m in tree.leaf_to])
+    return {"t": ts, "k": np.array(ks), "same": same}
 
 
 def clone_curves(clone: dict[str, np.ndarray], bases: list[float]) -> dict[str, np.ndarray]:

@@ -11,14 +11,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ddpm.checkpoint import atomic_write  # noqa: E402
 from ddpm.schedules import NoiseSchedule  # noqa: E402
+
+
+def _write(fig: plt.Figure, path: Path) -> Path:
+    """Write ``fig`` as an image atomically (a failed write leaves any earlier file whole) and close it."""
+    path = Path(path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=110))
+    finally:
+        plt.close(fig)
+    return path
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _write(fig, path)
 
 
 def _step_axis(ax: plt.Axes, schedule: NoiseSchedule) -> None:
@@ -55,9 +64,7 @@ def regime_bar(path: Path, t_c: float | None, t_s: float | None, schedule: Noise
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.6), ncol=3, fontsize=8, frameon=False)
     ax.set_title(title, fontsize=9, pad=8)
     fig.subplots_adjust(left=0.04, right=0.97, top=0.62, bottom=0.42)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _write(fig, path)
 
 
 def collapse_curves(

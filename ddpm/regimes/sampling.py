@@ -1,13 +1,14 @@
 """Backward (ancestral) sampling in OU time with any ε function, for cloning and tracking.
 
-The visited steps are a subsequence k_0 = 0 < ... < k_{S-1} = T-1 of the schedule; each move
-k_i -> k_{i-1} is the DDPM posterior step of the respaced chain (DDIM with η = 1, from
-:meth:`ddpm.diffusion.GaussianDiffusion.respaced_step`), and the move
-from k_0 = 0 lands on the clean x̂_0 with no noise (ᾱ_{-1} = 1). Noise is added at every other
-step, including the one into k = 0. With ``clip`` (image data, as ``ddpm-sample``'s
-``sampler.clip_denoised``) x̂_0 is clamped to [-1, 1] and ε made consistent with it, exactly as
-:meth:`ddpm.samplers.base.Sampler.sample` does, so a network's regimes trajectories are the ones
-its samples follow.
+The chain is :class:`ddpm.samplers.DDPMSampler` (one reverse loop for every command) on explicit
+visited steps k_0 = 0 < ... < k_{S-1} = T-1, in float64 on flattened states: each move
+k_i -> k_{i-1} is the DDPM posterior step of the respaced chain
+(:meth:`ddpm.diffusion.GaussianDiffusion.respaced_step`), and the move from k_0 = 0 lands on the
+clean x̂_0 with no noise (ᾱ_{-1} = 1). Noise is added at every other step, including the one into
+k = 0, drawn for the whole batch from one generator. With ``clip`` (image data, as ``ddpm-sample``'s
+``sampler.clip_denoised``) x̂_0 is clamped to [-1, 1] and ε made consistent with it, as
+:meth:`ddpm.samplers.base.Sampler.sample` does for every sampler, so a network's regimes
+trajectories are the ones its samples follow.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.samplers.base import timestep_sequence
+from ddpm.samplers.base import BatchRandomGenerator, timestep_sequence
+from ddpm.samplers.ddpm import DDPMSampler
 from ddpm.schedules import NoiseSchedule
 
 # eps_fn(x (B, d) float64, k: int, t: float) -> ε (B, d)
@@ -32,6 +34,18 @@ def visited_steps(schedule: NoiseSchedule, steps: int) -> list[int]:
     return timestep_sequence(schedule.T, min(int(steps), schedule.T), "linspace")
 
 
+def chain(schedule: NoiseSchedule, seq: list[int], clip: bool = False) -> DDPMSampler:
+    """The regimes' reverse chain: the ancestral DDPM sampler (small variance) on the visited steps
+    ``seq``, in float64.
+
+    Args:
+        schedule: the discrete schedule.
+        seq: increasing visited steps.
+        clip: clamp x̂_0 to [-1, 1] and use the ε consistent with it.
+    """
+    return DDPMSampler(GaussianDiffusion(schedule), clip_denoised=clip, timesteps=seq, dtype=torch.float64)
+
+
 def backward(
     eps_fn: EpsFnT,
     schedule: NoiseSchedule,
@@ -43,7 +57,7 @@ def backward(
     callback: StepCallback | None = None,
     clip: bool = False,
 ) -> torch.Tensor:
-    """Run the reverse chain on ``x`` from visited index ``start`` (default the last) down.
+    """Run the reverse chain (:func:`chain`) on ``x`` from visited index ``start`` (default the last) down.
 
     Args:
         eps_fn: noise prediction in the flattened space.
@@ -57,28 +71,20 @@ def backward(
         callback: called with (k, t_k, x_k) at each visited step before moving on.
         clip: clamp x̂_0 to [-1, 1] (images in model range) and use the ε consistent with it.
     """
-    abar = schedule.alphas_cumprod.tolist()
     ts = schedule.ou_times.tolist()
-    i = len(seq) - 1 if start is None else int(start)
-    x = x.to(torch.float64)
-    while i >= stop:
-        k = seq[i]
-        if callback is not None:
-            callback(k, ts[k], x)
-        if i == stop and stop > 0:
-            break
-        a = abar[k]
-        a_prev = abar[seq[i - 1]] if i > 0 else 1.0
-        eps = eps_fn(x, k, ts[k]).to(torch.float64)
-        x0 = GaussianDiffusion.x0_at(x, eps, a)
-        if clip:
-            x0 = x0.clamp(-1, 1)
-            eps = (x - a**0.5 * x0) / (1 - a) ** 0.5
-        x, var = GaussianDiffusion.respaced_step(x0, eps, a, a_prev)
-        if var > 0:
-            x = x + var**0.5 * torch.randn(x.shape, generator=generator, dtype=torch.float64, device=x.device)
-        i -= 1
-    return x
+
+    def eps(xk: torch.Tensor, kk: torch.Tensor) -> torch.Tensor:
+        k = int(kk[0])  # one step for the whole batch
+        return eps_fn(xk, k, ts[k])
+
+    def seen(i: int, k: int, xk: torch.Tensor, x0: torch.Tensor) -> None:
+        callback(k, ts[k], xk)
+
+    rng = BatchRandomGenerator(generator, x.shape[0], torch.float64, x.device)
+    out = chain(schedule, seq, clip).sample(eps, x, rng, seen if callback is not None else None, start=start, stop=stop)
+    if callback is not None and stop > 0:  # the state the chain stops at is seen too
+        callback(seq[stop], ts[seq[stop]], out)
+    return out
 
 
 def nearest_visited(seq: list[int], schedule: NoiseSchedule, times: np.ndarray) -> list[int]:

@@ -66,6 +66,56 @@ def posterior_clone_curve(score: ExactScore, times: np.ndarray, queries: int, ba
     }
 
 
+def clone_pairs(
+    eps_fn: EpsFnT,
+    classify: Callable[[torch.Tensor], torch.Tensor],
+    schedule: NoiseSchedule,
+    d: int,
+    branch_times: np.ndarray,
+    trajectories: int,
+    steps: int,
+    seed: int,
+    purpose: str = "clone",
+    batch: int = 256,
+) -> tuple[list[int], np.ndarray, torch.Tensor, torch.Tensor]:
+    """The cloning experiment's raw outcome: at each branch time t, the state x_t of a backward
+    trajectory is copied and both copies are finished with independent noise.
+
+    Args:
+        eps_fn: noise prediction ε(x, k, t) in the flattened space.
+        classify: class (or leaf) of each final sample (B, d) -> (B,).
+        schedule: the discrete schedule.
+        d: dimension.
+        branch_times: requested branch times (the nearest visited steps are used).
+        trajectories: trajectories per branch time.
+        steps: sampler steps over the whole schedule.
+        seed: seed of all noise.
+        purpose: names the noise streams (one per batch: ``<purpose>-<first trajectory>``).
+        batch: trajectories per backward pass.
+
+    Returns:
+        the branch steps ``k`` (decreasing), their times ``t``, and the classes of the first and of
+        the second copies' ends, each (branch times, trajectories).
+    """
+    seq = visited_steps(schedule, steps)
+    idx = sorted(set(nearest_visited(seq, schedule, branch_times)), reverse=True)
+    first = torch.zeros(len(idx), trajectories, dtype=torch.long)
+    second = torch.zeros_like(first)
+    for s in range(0, trajectories, batch):
+        b = min(batch, trajectories - s)
+        g = generator(seed, f"{purpose}-{s}")
+        x = torch.randn(b, d, generator=g, dtype=torch.float64)
+        top = len(seq) - 1
+        for j, i in enumerate(idx):
+            x = backward(eps_fn, schedule, x, seq, g, start=top, stop=i) if i < top else x
+            top = i
+            ends = backward(eps_fn, schedule, torch.cat([x, x]), seq, g, start=i, stop=0)  # the two copies
+            c = classify(ends).cpu()
+            first[j, s : s + b], second[j, s : s + b] = c[:b], c[b:]
+    ks = [seq[i] for i in idx]
+    return ks, schedule.ou_times[ks].numpy(), first, second
+
+
 def clone_experiment(
     eps_fn: EpsFnT,
     classify: Callable[[torch.Tensor], torch.Tensor],
@@ -77,36 +127,11 @@ def clone_experiment(
     seed: int,
     batch: int = 256,
 ) -> dict[str, np.ndarray]:
-    """The cloning experiment: P(two clones split at t end in the same class) at each branch time.
-
-    Args:
-        eps_fn: noise prediction ε(x, k, t) in the flattened space.
-        classify: class of each final sample (B, d) -> (B,).
-        schedule: the discrete schedule.
-        d: dimension.
-        branch_times: requested branch times (the nearest visited steps are used).
-        trajectories: trajectories per branch time.
-        steps: sampler steps over the whole schedule.
-        seed: seed of all noise.
-        batch: trajectories per backward pass.
-    """
-    seq = visited_steps(schedule, steps)
-    idx = sorted(set(nearest_visited(seq, schedule, branch_times)), reverse=True)
-    same = np.zeros((len(idx), trajectories))
-    for s in range(0, trajectories, batch):
-        b = min(batch, trajectories - s)
-        g = generator(seed, f"clone-{s}")
-        x = torch.randn(b, d, generator=g, dtype=torch.float64)
-        top = len(seq) - 1
-        for j, i in enumerate(idx):
-            x = backward(eps_fn, schedule, x, seq, g, start=top, stop=i) if i < top else x
-            top = i
-            pair = torch.cat([x, x])  # the two clones, continued with independent noise
-            ends = backward(eps_fn, schedule, pair, seq, g, start=i, stop=0)
-            c = classify(ends)
-            same[j, s : s + b] = (c[:b] == c[b:]).double().numpy()
-    ts = schedule.ou_times[[seq[i] for i in idx]].numpy()
-    return {"t": ts, "k": np.array([seq[i] for i in idx]), "phi": same.mean(1), "phi_se": same.std(1, ddof=1) / math.sqrt(trajectories)}
+    """The cloning experiment: P(two clones split at t end in the same class) at each branch time
+    (the arguments of :func:`clone_pairs`)."""
+    ks, ts, first, second = clone_pairs(eps_fn, classify, schedule, d, branch_times, trajectories, steps, seed, "clone", batch)
+    same = (first == second).double().numpy()
+    return {"t": ts, "k": np.array(ks), "phi": same.mean(1), "phi_se": same.std(1, ddof=1) / math.sqrt(trajectories)}
 
 
 def measure_speciation(

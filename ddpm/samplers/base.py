@@ -176,6 +176,35 @@ class StackedRandomGenerator:
         return torch.stack([torch.randn(tuple(shape), generator=g, device=self.device) for g in self.generators])
 
 
+class BatchRandomGenerator:
+    """One ``torch.Generator`` for the whole batch: each draw is one (batch, *shape) tensor from it
+    (the regimes' trajectories, reproducible from one seed per batch rather than one per sample).
+
+    Args:
+        generator: the source of the noise.
+        batch: rows of every draw.
+        dtype: the noise's dtype.
+        device: where the noise is made.
+    """
+
+    def __init__(
+        self, generator: torch.Generator, batch: int, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
+    ) -> None:
+        self.generator, self.batch, self.dtype, self.device = generator, int(batch), dtype, torch.device(device)
+
+    def randn(self, shape: Sequence[int]) -> torch.Tensor:
+        """Standard normal noise of shape (batch, *shape)."""
+        return torch.randn((self.batch, *shape), generator=self.generator, dtype=self.dtype, device=self.device)
+
+
+def check_timesteps(timesteps: Sequence[int], T: int) -> list[int]:
+    """An explicit list of visited steps: increasing, distinct, within 0..T-1."""
+    out = [int(k) for k in timesteps]
+    if not out or out[0] < 0 or out[-1] > T - 1 or any(b <= a for a, b in zip(out[:-1], out[1:], strict=True)):
+        raise ConfigError(f"visited steps must increase strictly within 0..{T - 1}, got {out[:3]}..{out[-3:]}")
+    return out
+
+
 def make_eps_fn(model: torch.nn.Module, diffusion: GaussianDiffusion, autocast=None, guidance_scale: float = 1.0) -> EpsFn:
     """Wrap a network into ε̂(x_k, k, y=None) in float32, whatever the training objective and precision.
 
@@ -236,6 +265,8 @@ class Sampler(ABC):
         grid: ``time`` (``spacing`` over k), ``logsnr`` (uniform in λ, see :func:`logsnr_timesteps`) or
             ``karras`` (EDM's ρ = 7 grid in σ, see :func:`karras_timesteps`).
         lambda_min: start no lower than this λ when sampling from pure noise (see :func:`top_step`).
+        timesteps: the visited steps themselves, increasing (instead of ``steps``, ``spacing`` and ``grid``).
+        dtype: the dtype of the states and ε (float64: the regimes' chains on flattened points).
     """
 
     stochastic = False
@@ -249,13 +280,18 @@ class Sampler(ABC):
         max_step: int | None = None,
         grid: str = "time",
         lambda_min: float | None = None,
+        timesteps: Sequence[int] | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.diffusion = diffusion
+        self.dtype = dtype
         abar = diffusion.schedule.alphas_cumprod
         if grid not in GRIDS:
             raise ConfigError(f"unknown sampler.grid {grid!r}; choose one of {', '.join(GRIDS)}")
         top = start_steps(diffusion, max_step, lambda_min)
-        if grid == "logsnr":
+        if timesteps is not None:
+            self.timesteps = check_timesteps(timesteps, diffusion.T)
+        elif grid == "logsnr":
             self.timesteps = logsnr_timesteps(abar, top - 1, top if steps is None else steps)
         elif grid == "karras":
             self.timesteps = karras_timesteps(abar, top - 1, top if steps is None else steps)
@@ -273,9 +309,9 @@ class Sampler(ABC):
         return x0.clamp(-1, 1) if self.clip_denoised else x0
 
     def denoise(self, eps_fn: EpsFn, x: torch.Tensor, k: torch.Tensor, abar: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """One network evaluation at steps ``k`` (ᾱ = ``abar``): (ε̂, x̂_0), float32; with
+        """One network evaluation at steps ``k`` (ᾱ = ``abar``): (ε̂, x̂_0) in the sampler's dtype; with
         ``clip_denoised`` x̂_0 is clamped and ε̂ made consistent with it."""
-        eps = eps_fn(x, k).float()
+        eps = eps_fn(x, k).to(self.dtype)
         x0 = self.x0_from_eps(x, abar, eps)
         if self.clip_denoised:  # keep ε consistent with the clipped x̂_0
             eps = (x - abar**0.5 * x0) / (1 - abar) ** 0.5
@@ -290,14 +326,33 @@ class Sampler(ABC):
 
     @torch.inference_mode()
     def sample(
-        self, eps_fn: EpsFn, x_T: torch.Tensor, rng: StackedRandomGenerator | None = None, callback: Callback | None = None, progress=None
+        self,
+        eps_fn: EpsFn,
+        x_T: torch.Tensor,
+        rng: StackedRandomGenerator | BatchRandomGenerator | None = None,
+        callback: Callback | None = None,
+        progress=None,
+        start: int | None = None,
+        stop: int = 0,
     ) -> torch.Tensor:
-        """Run the reverse process from ``x_T``; stochastic samplers draw their noise from ``rng``."""
+        """Run the reverse process from ``x_T``; stochastic samplers draw their noise from ``rng``.
+
+        Args:
+            eps_fn: ε̂(x_k, k).
+            x_T: the state at the visited step ``start``.
+            rng: the noise of stochastic samplers.
+            callback: called with (i, k, x_k, x̂_0) after each evaluation.
+            progress: a tqdm bar, advanced once per evaluation.
+            start: index into ``timesteps`` of the state's step (default the last: sampling from noise).
+            stop: index into ``timesteps`` to stop at: 0 runs all the way to x̂_0, i > 0 returns the
+                state at ``timesteps[i]`` (not evaluated there); a multistep sampler's history restarts.
+        """
         if self.stochastic and rng is None:
             raise ValueError(f"{type(self).__name__} needs a random generator")
         self.reset()
-        x = x_T.float()
-        for i in reversed(range(len(self.timesteps))):
+        x = x_T.to(self.dtype)
+        top = len(self.timesteps) - 1 if start is None else int(start)
+        for i in range(top, stop if stop > 0 else -1, -1):
             k = self.timesteps[i]
             kk = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
             eps, x0 = self.denoise(eps_fn, x, kk, self.abar[i])

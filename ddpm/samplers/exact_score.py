@@ -28,9 +28,9 @@ class ScoreSampler(DDPMSampler):
     label: str
 
     def score_eps(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """ε(x_k) of the score at step k (float32, the shape of ``x``)."""
+        """ε(x_k) of the score at step k (in the sampler's dtype, the shape of ``x``)."""
         t = self.diffusion.schedule.ou_times[k.cpu()].to(torch.float64)
-        return self.score.eps(x.flatten(1), t).view_as(x).to(x.device, torch.float32)
+        return self.score.eps(x.flatten(1), t).view_as(x).to(x.device, self.dtype)
 
     def sample(
         self,

@@ -2,7 +2,7 @@
 surrogate N(μ, Σ) of the training points (μ, Σ their mean and covariance) instead of a network.
 
 This is what a linear denoiser draws: the best linear estimate of x_0 from x_t at every t (the
-Wiener filter of :mod:`ddpm.regimes.linear`). Its samples have the data's first two moments and
+Wiener filter, :class:`ddpm.score.GaussianScore`). Its samples have the data's first two moments and
 nothing else: blurred, averaged shapes (see docs/regimes_families.md). The network's ε function
 passed to :meth:`sample` is ignored.
 """
@@ -13,6 +13,7 @@ import torch
 
 from ddpm.errors import ConfigError
 from ddpm.samplers.exact_score import ScoreSampler
+from ddpm.score import GaussianScore
 
 
 class GaussianScoreSampler(ScoreSampler):
@@ -36,6 +37,4 @@ class GaussianScoreSampler(ScoreSampler):
         super().__init__(diffusion, steps, spacing, clip_denoised, max_step, variance, **grid)
         if points is None or len(points) < 2:
             raise ConfigError("sampler=gaussian_score needs training points (ddpm-sample uses the checkpoint's training set)")
-        from ddpm.regimes.linear import GaussianScore
-
         self.score = GaussianScore.from_points(points.flatten(1).double(), points.device)
