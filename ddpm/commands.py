@@ -62,7 +62,7 @@ COMMANDS: tuple[Command, ...] = (
         TrainConfig,
         train_config.validate_train,
         "ddpm.train.cli:main",
-        "ddpm.train.trainer:train",
+        "ddpm.train.run:train",
         ("checkpoints", "samples", "tb", "metrics.json"),
     ),
     Command(

@@ -36,10 +36,10 @@ def test_regimes_logged_during_training(data_dir: Path, tmp_path: Path) -> None:
     from ddpm.memorisation import memorisation
     from ddpm.pretrained import load_pretrained
     from ddpm.regimes.monitor import read_rows
-    from ddpm.train import Trainer
+    from ddpm.train import Trainer, build_callbacks
 
     cfg = compose_config("train", tiny_train_overrides(data_dir, tmp_path / "cache", **EXTRA))
-    trainer = Trainer(cfg, tmp_path)
+    trainer = Trainer(cfg, tmp_path, build_callbacks(cfg))
     trainer.fit()
     mon = trainer._regimes_monitor
     assert mon.score.n == 32 and mon.score.d == 64  # the run's 32 images at 8x8

@@ -109,12 +109,16 @@ ONE_HOME = {
     "OU time t = -½ log ᾱ": ("-0.5 * torch.log(", "ddpm/schedules.py"),
     "large variance β' = 1 - ᾱ/ᾱ_prev": ("abar / abar_prev", "ddpm/diffusion.py"),
     "ε -> score": ("-eps / ", "ddpm/schedules.py"),
+    "score -> ε": ("-score * ", "ddpm/schedules.py"),
+    # the regimes' chains run through Sampler.denoise too (ddpm/regimes/sampling.py)
+    "ε consistent with a clamped x̂_0": ("abar**0.5 * x0) / (1 - abar) ** 0.5", "ddpm/samplers/base.py"),
 }
 
 
 @pytest.mark.parametrize("formula", ONE_HOME)
 def test_each_formula_has_one_home(formula):
-    """λ, OU time, score<->ε and the large variance are computed in their one place; every caller uses it."""
+    """λ, OU time, score<->ε, the large variance and the ε of a clamped x̂_0 are computed in their one place;
+    every caller uses it."""
     text, home = ONE_HOME[formula]
     repo = Path(__file__).resolve().parents[1]
     found = sorted(str(p.relative_to(repo)) for d in ("ddpm", "scripts") for p in (repo / d).rglob("*.py") if text in p.read_text())

@@ -14,7 +14,8 @@ from omegaconf import DictConfig
 
 from ddpm.cli import hydra_main
 from ddpm.runlock import RunDirLocked
-from ddpm.train.trainer import TrainingDiverged, train
+from ddpm.train.run import train
+from ddpm.train.trainer import TrainingDiverged
 
 
 @hydra_main(config_name="train", extra_errors=(TrainingDiverged, RunDirLocked))

@@ -1,4 +1,6 @@
-"""The training loop of ``ddpm-train``: :class:`Trainer` and :func:`train`.
+"""The training loop of ``ddpm-train``: :class:`Trainer`, and :class:`TrainCallback`, the hooks through which
+``train.eval_every`` and ``train.regimes_every`` reach it (assembled in :mod:`ddpm.train.callbacks`; the run
+itself, :func:`ddpm.train.run.train`, wires the two together).
 
 Single process by default; ``torchrun --nproc_per_node=N -m ddpm.train ...`` runs the same code
 with DistributedDataParallel. Every rank draws the random numbers of the whole global batch from
@@ -17,8 +19,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +32,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 import ddpm
-from ddpm.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from ddpm.checkpoint import atomic_save, clean_partial_writes, find_latest, load_checkpoint, save_checkpoint
+from ddpm.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from ddpm.conditioning import drop_labels, resolve_num_classes, round_robin_labels
 from ddpm.data import to_model_range
 from ddpm.data.streaming import epoch_permutation, open_stream
@@ -40,8 +42,7 @@ from ddpm.ema import make_ema
 from ddpm.errors import CheckpointError, ConfigError
 from ddpm.generate import generate
 from ddpm.models import build_model
-from ddpm.runlock import RunLock
-from ddpm.runtime import Runtime, resolve_memory_format, setup_runtime, teardown_runtime
+from ddpm.runtime import Runtime, resolve_memory_format, setup_runtime
 from ddpm.samplers import build_sampler, make_eps_fn
 from ddpm.train.config import validate_train
 
@@ -219,17 +220,64 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, DDP) else model
 
 
+class TrainCallback:
+    """A hook of :meth:`Trainer.fit`: the work the loop does beside training (``train.eval_every``,
+    ``train.regimes_every``; see :mod:`ddpm.train.callbacks`). Every method is a no-op here; a callback
+    overrides those it needs.
+    """
+
+    def on_step(self, trainer: Trainer, writer: Any) -> None:
+        """After step ``trainer.step``, its checkpoint and its sample grid (every rank calls it).
+
+        Args:
+            trainer: the running trainer.
+            writer: its ``SummaryWriter`` (None off the main rank).
+        """
+
+    def on_end(self, trainer: Trainer, writer: Any) -> None:
+        """After the loop's final checkpoint and grid (not when a signal stopped the run).
+
+        Args:
+            trainer: the trainer, at its last step.
+            writer: its ``SummaryWriter`` (None off the main rank).
+        """
+
+    def writes_checkpoint(self, step: int) -> bool:
+        """Whether :meth:`on_step` writes a checkpoint at ``step``: the loop then writes no final one there.
+
+        Args:
+            step: a training step.
+        """
+        return False
+
+
+@dataclass
+class _Window:
+    """The losses summed since the last logged step, and the time of the current epoch."""
+
+    loss: torch.Tensor
+    steps: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    last: float = float("nan")
+    first: float | None = None
+    epoch_started: float = field(default_factory=time.perf_counter)
+    epoch_first: int = 0  # the epoch's first step run here
+
+
 class Trainer:
     """Everything of one training run; :meth:`fit` runs it.
 
     Args:
         cfg: the composed ``train`` config.
         run_dir: where checkpoints, samples, TensorBoard logs and the config go.
+        callbacks: run after every step and at the end (:func:`ddpm.train.callbacks.build_callbacks`
+            makes those of ``train.eval_every`` and ``train.regimes_every``).
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[TrainCallback] = ()) -> None:
         validate_train(cfg)
         self.cfg = cfg
+        self.callbacks = list(callbacks)
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.rt: Runtime = setup_runtime(cfg.runtime)
@@ -290,8 +338,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, tc.warmup_steps, tc.lr_schedule, self.progress(step))
         )
-        self.best_fid = math.inf
-        self.scorer = None  # built on the first evaluation (it loads the domain classifier)
+        self.best_fid = math.inf  # kept in the checkpoints: the evaluation callback keeps best.pt at it
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.precision == "fp16")
         net: torch.nn.Module = self.model
         if self.rt.distributed:
@@ -515,26 +562,6 @@ class Trainer:
         finally:
             model.train()
 
-    def evaluate(self, writer) -> dict[str, float] | None:
-        """Domain FID (and the other sample scores) of ``train.eval_samples`` EMA samples; keeps
-        ``checkpoints/best.pt`` at the lowest FID so far. Samples use seeds the grids do not."""
-        if not self.rt.is_main:
-            return None
-        if self.scorer is None:
-            from ddpm.evaluate.sample_quality import SampleScorer
-
-            self.scorer = SampleScorer(self.cfg.dataset, self.cfg.paths.data_dir, self.cfg.paths.cache_dir, self.rt.device)
-        scores = self.scorer.score(self.ema_samples(self.cfg.train.eval_samples, seed=1_000_000))
-        log.info("step %d eval %s", self.step, " ".join(f"{k} {v:.4g}" for k, v in scores.items()))
-        if writer is not None:
-            for key, value in scores.items():
-                writer.add_scalar(f"eval/{key}", value, self.step)
-        if scores["fid"] < self.best_fid:
-            self.best_fid = float(scores["fid"])
-            atomic_save({"format": CHECKPOINT_FORMAT, **self.state_dict(), "eval": scores}, self.ckpt_dir / "best.pt")
-            log.info("best.pt: FID %.3f at step %d", self.best_fid, self.step)
-        return scores
-
     def describe(self) -> str:
         n_params = sum(p.numel() for p in self.model.parameters())
         rt = self.rt
@@ -552,6 +579,65 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ the loop
+    def _log_step(self, w: _Window, grad_norm: torch.Tensor, bar: Any, writer: Any) -> None:
+        """The mean loss of the window (of the whole global batch), grad norm, LR and images/s; the window restarts."""
+        rt = self.rt
+        elapsed = time.perf_counter() - w.started
+        if rt.distributed:  # log the loss of the whole global batch, not rank 0's share
+            dist.all_reduce(w.loss)
+            w.loss /= rt.world_size
+        w.last = float(w.loss) / w.steps
+        w.first = w.last if w.first is None else w.first
+        ips = w.steps * self.global_batch / max(elapsed, 1e-9)
+        lr = self.scheduler.get_last_lr()[0]
+        bar.set_postfix(loss=f"{w.last:.4f}", img_s=f"{ips:.0f}")
+        if rt.is_main:
+            log.info(
+                "step %d loss %.5f grad_norm %.3f lr %.2e img/s %.1f %s",
+                self.step,
+                w.last,
+                float(grad_norm),
+                lr,
+                ips,
+                peak_memory_mib(rt.device),
+            )
+            writer.add_scalar("train/loss", w.last, self.step)
+            writer.add_scalar("train/grad_norm", float(grad_norm), self.step)
+            writer.add_scalar("train/lr", lr, self.step)
+            writer.add_scalar("train/images_per_s", ips, self.step)
+            if rt.device.type == "cuda":
+                writer.add_scalar("train/max_memory_gb", torch.cuda.max_memory_allocated(rt.device) / 2**30, self.step)
+        w.loss.zero_()
+        w.steps, w.started = 0, time.perf_counter()
+
+    def _log_epoch(self, w: _Window, writer: Any) -> None:
+        """The wall time of the epoch just done (the mean of the epochs since the last line, when shorter than log_every)."""
+        seconds = time.perf_counter() - w.epoch_started
+        epochs = max(1, (self.step - w.epoch_first) // self.steps_per_epoch)
+        if self.rt.is_main:
+            log.info(
+                "epoch %d done at step %d: %.2f s wall for its %d steps run here%s",
+                self.step // self.steps_per_epoch,
+                self.step,
+                seconds / epochs,
+                self.step - w.epoch_first if epochs == 1 else self.steps_per_epoch,
+                "" if epochs == 1 else f" (mean of the last {epochs} epochs)",
+            )
+            writer.add_scalar("train/epoch_seconds", seconds / epochs, self.step)
+        w.epoch_started, w.epoch_first = time.perf_counter(), self.step
+
+    def _stopped(self, signum: int, stop: _StopSignal, writer: Any) -> None:
+        """A signal stopped the loop: save, say how to continue, exit with 128 + the signal."""
+        name = signal.Signals(signum).name
+        self.save()
+        msg = f"received {name}: stopped after step {self.step}, checkpoint saved in {self.ckpt_dir}; continue with resume=latest"
+        log.warning(msg)
+        print(msg, file=sys.stderr, flush=True)
+        if writer is not None:
+            writer.close()
+        stop.chain()
+        raise SystemExit(128 + signum)
+
     def fit(self) -> dict[str, Any]:
         tc, rt = self.cfg.train, self.rt
         writer = None
@@ -567,17 +653,10 @@ class Trainer:
             disable=not (tc.progress and rt.is_main),
             dynamic_ncols=True,
         )
-        window_loss = torch.zeros((), device=rt.device)
-        window_steps, window_t = 0, time.perf_counter()
-        last_loss = float("nan")
-        first_loss: float | None = None
+        window = _Window(torch.zeros((), device=rt.device), epoch_first=self.step)  # epochs timed from the first step run here
         stop = _StopSignal()
         out_of_time = self.budget_spent()
         reduce_max = self._reduce_max if rt.distributed else None
-        epoch_t, epoch_first = time.perf_counter(), self.step  # wall time of each epoch, from its first step run here
-        from ddpm.regimes.monitor import regimes_steps
-
-        regimes_at = set(regimes_steps(tc.regimes_every, tc.regimes_per_decade, tc.max_steps))
         with stop:
             while self.step < tc.max_steps and stop.signum is None and not out_of_time:
                 with self.clock:
@@ -587,84 +666,32 @@ class Trainer:
                 stop.signum, self.shared_spent = agree_between_steps(stop.signum, self.clock.spent, reduce_max)
                 self.clock.spent = self.shared_spent
                 out_of_time = self.budget_spent()
-                window_loss += loss
-                window_steps += 1
+                window.loss += loss
+                window.steps += 1
                 if tc.log_every and (self.step % tc.log_every == 0 or self.step == tc.max_steps or out_of_time):
-                    elapsed = time.perf_counter() - window_t
-                    if rt.distributed:  # log the loss of the whole global batch, not rank 0's share
-                        dist.all_reduce(window_loss)
-                        window_loss /= rt.world_size
-                    last_loss = float(window_loss) / window_steps
-                    first_loss = last_loss if first_loss is None else first_loss
-                    ips = window_steps * self.global_batch / max(elapsed, 1e-9)
-                    lr = self.scheduler.get_last_lr()[0]
-                    bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{ips:.0f}")
-                    if rt.is_main:
-                        log.info(
-                            "step %d loss %.5f grad_norm %.3f lr %.2e img/s %.1f %s",
-                            self.step,
-                            last_loss,
-                            float(grad_norm),
-                            lr,
-                            ips,
-                            peak_memory_mib(rt.device),
-                        )
-                        writer.add_scalar("train/loss", last_loss, self.step)
-                        writer.add_scalar("train/grad_norm", float(grad_norm), self.step)
-                        writer.add_scalar("train/lr", lr, self.step)
-                        writer.add_scalar("train/images_per_s", ips, self.step)
-                        if rt.device.type == "cuda":
-                            writer.add_scalar("train/max_memory_gb", torch.cuda.max_memory_allocated(rt.device) / 2**30, self.step)
-                    window_loss.zero_()
-                    window_steps, window_t = 0, time.perf_counter()
+                    self._log_step(window, grad_norm, bar, writer)
                 # epochs shorter than log_every steps (small subsets) are summed into one line per log_every steps
                 if self.step % self.steps_per_epoch == 0 and (
                     not tc.log_every or self.steps_per_epoch >= tc.log_every or self.step % tc.log_every == 0
                 ):
-                    seconds = time.perf_counter() - epoch_t
-                    epochs = max(1, (self.step - epoch_first) // self.steps_per_epoch)
-                    if rt.is_main:
-                        log.info(
-                            "epoch %d done at step %d: %.2f s wall for its %d steps run here%s",
-                            self.step // self.steps_per_epoch,
-                            self.step,
-                            seconds / epochs,
-                            self.step - epoch_first if epochs == 1 else self.steps_per_epoch,
-                            "" if epochs == 1 else f" (mean of the last {epochs} epochs)",
-                        )
-                        writer.add_scalar("train/epoch_seconds", seconds / epochs, self.step)
-                    epoch_t, epoch_first = time.perf_counter(), self.step
+                    self._log_epoch(window, writer)
                 if tc.ckpt_every and self.step % tc.ckpt_every == 0:
                     self.save()
                 if tc.sample_every and self.step % tc.sample_every == 0:
                     self.sample_grid(writer)
-                if tc.eval_every and self.step % tc.eval_every == 0:
-                    self.evaluate(writer)
-                if self.step in regimes_at and rt.is_main:
-                    from ddpm.regimes.monitor import log_regimes  # memorised fraction, losses, ε-gap at t_S and t_C
-
-                    log_regimes(self, writer)
-                    if tc.regimes_per_decade and not (tc.ckpt_every and self.step % tc.ckpt_every == 0):
-                        self.save()  # a log grid of checkpoints: ddpm-regimes can time the collapse at each
+                for callback in self.callbacks:
+                    callback.on_step(self, writer)
                 bar.update(1)
         bar.close()
         if stop.signum is not None:
-            name = signal.Signals(stop.signum).name
-            self.save()
-            msg = f"received {name}: stopped after step {self.step}, checkpoint saved in {self.ckpt_dir}; continue with resume=latest"
-            log.warning(msg)
-            print(msg, file=sys.stderr, flush=True)
-            if writer is not None:
-                writer.close()
-            stop.chain()
-            raise SystemExit(128 + stop.signum)
-        # Final checkpoint and grid, unless the loop just wrote them.
-        if not (tc.ckpt_every and self.step % tc.ckpt_every == 0) and not (tc.regimes_per_decade and self.step in regimes_at):
+            self._stopped(stop.signum, stop, writer)
+        # Final checkpoint and grid, unless the loop (or a callback) just wrote them.
+        if not (tc.ckpt_every and self.step % tc.ckpt_every == 0) and not any(c.writes_checkpoint(self.step) for c in self.callbacks):
             self.save()
         if not (tc.sample_every and self.step % tc.sample_every == 0):
             self.sample_grid(writer)
-        if tc.eval_every and self.step % tc.eval_every:
-            self.evaluate(writer)
+        for callback in self.callbacks:
+            callback.on_end(self, writer)
         if out_of_time:
             log.info("time budget of %.2f min spent (%s clock) after step %d", tc.time_budget_min, tc.budget_clock, self.step)
         if writer is not None:
@@ -675,8 +702,8 @@ class Trainer:
             dist.barrier()
         summary = {
             "step": self.step,
-            "loss": last_loss,
-            "first_logged_loss": first_loss,
+            "loss": window.last,
+            "first_logged_loss": window.first,
             "skipped_steps": self.skipped_steps,
             "train_seconds": self.clock.spent,
             "budget_clock": tc.budget_clock,
@@ -686,33 +713,3 @@ class Trainer:
         if rt.is_main:
             (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
         return summary
-
-
-def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any] | None:
-    """Run (or dry-run) one training job into ``run_dir``; returns the final summary."""
-    run_dir = Path(run_dir)
-    with RunLock(run_dir) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():
-        trainer = Trainer(cfg, run_dir)
-        try:
-            if trainer.rt.is_main:
-                clean_partial_writes(trainer.ckpt_dir)  # safe: the run lock excludes a live writer
-            if cfg.dry_run:
-                if trainer.rt.is_main:
-                    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-                print(OmegaConf.to_yaml(cfg, resolve=True))
-                print(trainer.describe())
-                return None
-            log.info("ddpm %s\n%s", ddpm.__version__, trainer.describe())
-            trainer.resume(cfg.resume)
-            if trainer.rt.is_main:  # after resume: a config the checkpoints refuse must not replace the run's record
-                (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-            return trainer.fit()
-        except KeyboardInterrupt:  # a second Ctrl-C: stop at once; checkpoints on disk are complete
-            print(
-                f"interrupted: stopped at step {trainer.step}; the checkpoints in {trainer.ckpt_dir} are intact",
-                file=sys.stderr,
-                flush=True,
-            )
-            raise SystemExit(128 + signal.SIGINT) from None
-        finally:
-            teardown_runtime()
