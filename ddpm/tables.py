@@ -370,16 +370,22 @@ def _yaml_scalar(text: str) -> Any:
 
 
 def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}`` (the inverse of :func:`flatten` for scalars)."""
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}`` (the inverse of :func:`flatten` for scalars). A key that is
+    both a value and a parent (a config group and a key in it: ``synthetic=mixture synthetic.d=8``)
+    keeps its value under ``_value``: ``{"synthetic": {"_value": "mixture", "d": 8}}``."""
     out: dict[str, Any] = {}
     for key, value in flat.items():
         node = out
         *parents, last = key.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"key {key!r} nests under a scalar")
-        node[last] = value
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {} if part not in node else {"_value": child}
+            node = child
+        if isinstance(node.get(last), dict):
+            node[last]["_value"] = value
+        else:
+            node[last] = value
     return out
 
 

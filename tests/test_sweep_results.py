@@ -76,8 +76,8 @@ def test_the_sweep_command_comes_from_multirun_yaml(tmp_path: Path) -> None:
 
 def test_unflatten_inverts_flatten() -> None:
     assert unflatten({"a.b": 1, "a.c": 2, "d": 3}) == {"a": {"b": 1, "c": 2}, "d": 3}
-    with pytest.raises(ValueError, match="nests under a scalar"):
-        unflatten({"a": 1, "a.b": 2})
+    both = {"synthetic": {"_value": "mixture", "d": 8}}  # a config group and a key in it
+    assert unflatten({"synthetic": "mixture", "synthetic.d": 8}) == both == unflatten({"synthetic.d": 8, "synthetic": "mixture"})
 
 
 def test_a_field_scaled_by_another_field() -> None:
