@@ -359,14 +359,14 @@ def test_folder_without_path_is_a_config_error(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- Inception weights
 def test_inception_download_failure_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch_fidelity
+    import torch_fidelity.utils
 
     from ddpm.evaluate.fidelity import INCEPTION_FILE, INCEPTION_NAME, INCEPTION_URL, fidelity_metrics
 
-    def offline(**kwargs: object) -> dict:
+    def offline(*args: object, **kwargs: object) -> None:  # where torch-fidelity fetches the weights
         raise urllib.error.URLError("[Errno 101] Network is unreachable")
 
-    monkeypatch.setattr(torch_fidelity, "calculate_metrics", offline)
+    monkeypatch.setattr(torch_fidelity.utils, "create_feature_extractor", offline)
     imgs = torch.zeros(4, 3, 16, 16, dtype=torch.uint8)
     with pytest.raises(DataError) as info:
         fidelity_metrics(imgs, imgs, INCEPTION_NAME, weights_path=None, cache_root=tmp_path)

@@ -441,6 +441,7 @@ def test_full_disk_during_evaluation_keeps_earlier_outputs(tiny_ckpt: Path, data
     # room for Hydra's records and config.yaml, not for a grid of 64 noisy samples
     args = [f"ckpt={tiny_ckpt}", "metrics=[memorisation]", "num_samples=64", "sampler=ddim", "sampler.steps=3", "runtime.device=cpu"]
     args += [f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path / 'cache'}", "progress=false", f"hydra.run.dir={run}"]
+    args += ["overwrite=true"]  # replacing the earlier outputs is asked for; the write itself is refused
     proc = run_with_file_limit("ddpm-evaluate", args)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr == f"error: could not write into {run}: File too large; the files already in {run} are kept\n"

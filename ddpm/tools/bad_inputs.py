@@ -229,7 +229,7 @@ BAD_INPUTS: list[BadInput] = [
         "regimes: hierarchy level whose centres coincide",
         "ddpm-regimes",
         ["synthetic=hierarchical", "synthetic.separation=[2.0,0.0,0.3]"],
-        "else Λ_2 = 0 and that level never separates",
+        "synthetic.separation must be > 0 (a level whose centres sit on their parents has Λ_ℓ = 0 and never separates)",
     ),
     BadInput(
         "regimes: potential class not in the dataset",
