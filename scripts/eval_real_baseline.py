@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from ddpm.data import load_dataset
 from ddpm.evaluate.classifier import get_classifier
 from ddpm.evaluate.coverage import coverage
-from ddpm.evaluate.fidelity import fidelity_metrics, register_domain_extractor
+from ddpm.evaluate.fidelity import domain_extractor, fidelity_metrics
 from ddpm.memorisation import memorisation
 
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     fid = fidelity_metrics(
         test,
         train,
-        register_domain_extractor(),
+        domain_extractor(),
         ["fid", "kid", "isc"],
         weights_path=str(clf.path),
         cache_root=os.path.join(os.path.expanduser(args.cache_dir), "fidelity"),

@@ -20,7 +20,7 @@ from ddpm.data import load_dataset
 from ddpm.errors import CheckpointError, ConfigError
 from ddpm.evaluate.classifier import accuracy, get_classifier, load_classifier, packaged_classifier_path, save_classifier, train_classifier
 from ddpm.evaluate.coverage import coverage, coverage_from_probabilities
-from ddpm.evaluate.fidelity import fidelity_metrics, register_domain_extractor
+from ddpm.evaluate.fidelity import domain_extractor, fidelity_metrics
 
 MNIST = OmegaConf.create(
     {"name": "mnist", "root": "MNIST", "image_size": 32, "channels": 1, "resize": False, "download": False, "num_classes": 10}
@@ -70,7 +70,7 @@ def test_missing_classifier_without_training_is_a_checkpoint_error(data_dir, tmp
 
 
 def test_domain_fid_is_zero_for_a_set_with_itself_and_grows_with_a_shift(quick_classifier, mnist):
-    name = register_domain_extractor()
+    name = domain_extractor()
     _, test = mnist
     a, b = test.images[:500], test.images[500:1000]
     shifted = torch.roll(a, shifts=(4, 4), dims=(2, 3))

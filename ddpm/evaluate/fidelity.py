@@ -113,7 +113,7 @@ def _domain_extractor_class():
     return DomainClassifierExtractor
 
 
-def register_domain_extractor() -> str:
+def domain_extractor() -> str:
     """Register the classifier extractor with torch-fidelity (once); returns its registry name."""
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 

@@ -69,7 +69,7 @@ def _fidelity(
     device: torch.device,
     warnings: list[str],
 ) -> dict:
-    from ddpm.evaluate.fidelity import INCEPTION_NAME, fidelity_metrics, kid_subset_size, register_domain_extractor
+    from ddpm.evaluate.fidelity import INCEPTION_NAME, domain_extractor, fidelity_metrics, kid_subset_size
 
     fe = cfg.feature_extractor
     wanted = [m for m in ("fid", "kid", "isc") if m in cfg.metrics]
@@ -77,7 +77,7 @@ def _fidelity(
         weights = inception_weights
         extractor, tag = INCEPTION_NAME, f"{INCEPTION_NAME}@{Path(weights).name if weights else 'download'}"
     else:
-        weights, extractor = str(clf.path), register_domain_extractor()
+        weights, extractor = str(clf.path), domain_extractor()
         tag = f"{dataset_cfg.name}-classifier@{clf.digest}"
     real_all = open_split(dataset_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, cfg.real_split, load_dataset).images
     n_real = len(real_all) if cfg.num_real is None else min(int(cfg.num_real), len(real_all))
