@@ -10,4 +10,4 @@ instead of warning that it would leave them out.
 
 from setuptools import find_namespace_packages, setup
 
-setup(packages=find_namespace_packages(include=["ddpm", "ddpm.*"], exclude=["*__pycache__*", "*.egg-info*"]))
+setup(packages=find_namespace_packages(include=["ddpm", "ddpm.*"], exclude=["*__pycache__*", "*.egg-info*"]), package_dir={"": "."})

@@ -64,6 +64,10 @@ def test_build_ships_every_package_and_config_without_warnings(tmp_path):
         top = sdist.getnames()[0].split("/")[0]
         in_sdist = {n.removeprefix(f"{top}/") for n in sdist.getnames()}
     assert expected | {"setup.py", "pyproject.toml"} <= in_sdist  # ddpm/conf: the link's files
+    # the plain layout: the editable wheel is one .pth path entry, not setuptools' meta-path finder (which
+    # pip reports as a BuildBackendWarning on every install)
+    editable = set(zipfile.ZipFile(next(out.glob("ddpm-*editable*.whl"))).namelist())
+    assert [n for n in editable if n.endswith(".pth")] and not [n for n in editable if "finder" in n], editable
 
 
 def test_setup_discovers_the_packages():
