@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,15 @@ def write_tar(path: Path, members: dict[str, bytes]) -> Path:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def run_console(exe: str, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run one of the installed console scripts (``ddpm-sample``, ...) beside this interpreter, one thread.
+
+    Args:
+        exe: the console script's name.
+        args: its command line.
+        timeout: seconds before the test fails.
+    """
+    cmd = [str(Path(sys.executable).parent / exe), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -5,15 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, run_console
 from omegaconf import OmegaConf
 
 from ddpm.data import load_dataset
@@ -194,13 +191,7 @@ def test_ddpm_evaluate_keeps_an_earlier_run_unless_overwrite(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.json").write_text("{}\n")
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ddpm-evaluate"), "ckpt=/nonexistent/last.pt", f"hydra.run.dir={run}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = run_console("ddpm-evaluate", ["ckpt=/nonexistent/last.pt", f"hydra.run.dir={run}"])
     lines = proc.stderr.splitlines()
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("error: ") and "metrics.json" in lines[0] and "overwrite=true" in lines[0]

@@ -18,15 +18,12 @@ import copy
 import fnmatch
 import importlib
 import math
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import COMMAND_NAMES, compose_config
+from conftest import COMMAND_NAMES, compose_config, run_console
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -410,13 +407,7 @@ def test_bad_value_as_a_process(exe: str, args: list[str], expect: str, tmp_path
     run = tmp_path / "run"
     run.mkdir()
     (run / "keep.txt").write_text("earlier output\n")
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / exe), *args, f"hydra.run.dir={run}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = run_console(exe, [*args, f"hydra.run.dir={run}"])
     lines = proc.stderr.splitlines()
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], proc.stderr
@@ -429,13 +420,7 @@ def test_sample_clamps_print_a_warning(tiny_ckpt: Path, tmp_path: Path) -> None:
     """The clamps of ``ddpm-sample`` listed in ACCEPTED say so in the log (and still succeed)."""
     run = tmp_path / "run"
     args = ["num_samples=2", "gif.num_images=5", "gif.frames=1000", "grid_images=10", "sampler.steps=3", "progress=false"]
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ddpm-sample"), f"ckpt={tiny_ckpt}", *args, f"hydra.run.dir={run}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = run_console("ddpm-sample", [f"ckpt={tiny_ckpt}", *args, f"hydra.run.dir={run}"])
     assert proc.returncode == 0, proc.stderr
     log = (run / "sample.log").read_text()
     assert "gif.num_images=5 exceeds num_samples=2: the GIFs show 2 images" in log
