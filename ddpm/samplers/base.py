@@ -347,18 +347,39 @@ class Sampler(ABC):
             stop: index into ``timesteps`` to stop at: 0 runs all the way to x̂_0, i > 0 returns the
                 state at ``timesteps[i]`` (not evaluated there); a multistep sampler's history restarts.
         """
-        if self.stochastic and rng is None:
-            raise ValueError(f"{type(self).__name__} needs a random generator")
+        self.require_rng(rng)
         self.reset()
         x = x_T.to(self.dtype)
         top = len(self.timesteps) - 1 if start is None else int(start)
         for i in range(top, stop if stop > 0 else -1, -1):
-            k = self.timesteps[i]
-            kk = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
-            eps, x0 = self.denoise(eps_fn, x, kk, self.abar[i])
-            if callback is not None:
-                callback(i, k, x, x0)
+            eps, x0 = self.evaluate(eps_fn, x, i, self.timesteps[i], self.abar[i], callback, progress)
             x = self.step(i, x, eps, x0, rng)
-            if progress is not None:
-                progress.update(1)
         return x
+
+    def require_rng(self, rng: StackedRandomGenerator | BatchRandomGenerator | None) -> None:
+        """Refuse to run a stochastic sampler without the generator its noise comes from."""
+        if self.stochastic and rng is None:
+            raise ValueError(f"{type(self).__name__} needs a random generator")
+
+    def evaluate(
+        self, eps_fn: EpsFn, x: torch.Tensor, i: int, k: int, abar: float, callback: Callback | None = None, progress=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One network evaluation, as every sampler's loop makes it: (ε̂, x̂_0) at step ``k`` by
+        :meth:`denoise`, then ``callback(i, k, x, x̂_0)`` and one tick of ``progress``.
+
+        Args:
+            eps_fn: ε̂(x_k, k).
+            x: the state at step ``k``.
+            i: the evaluation's index for the callback (``timesteps[i] == k``).
+            k: the schedule step.
+            abar: ᾱ_k.
+            callback: called with (i, k, x_k, x̂_0).
+            progress: a tqdm bar.
+        """
+        kk = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
+        eps, x0 = self.denoise(eps_fn, x, kk, abar)
+        if callback is not None:
+            callback(i, k, x, x0)
+        if progress is not None:
+            progress.update(1)
+        return eps, x0

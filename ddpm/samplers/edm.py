@@ -106,22 +106,14 @@ class EDMHeunSampler(Sampler):
         self, eps_fn: EpsFn, x_T: torch.Tensor, rng: StackedRandomGenerator | None = None, callback: Callback | None = None, progress=None
     ) -> torch.Tensor:
         """Run Algorithm 2 from ``x_T`` at the top visited step; the churn noise comes from ``rng``."""
-        if self.stochastic and rng is None:
-            raise ValueError(f"{type(self).__name__} needs a random generator")
+        self.require_rng(rng)
         table = self.diffusion.schedule.alphas_cumprod
         left = iter(range(self.num_evaluations - 1, -1, -1))  # callback index i: evaluation n-1-i
 
         def slope(xt: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
             """(dx̃/dσ = ε̂, x̂_0) at step k from the scaled state x̃."""
             a = float(table[k])
-            x = a**0.5 * xt
-            kk = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
-            eps, x0 = self.denoise(eps_fn, x, kk, a)
-            if callback is not None:
-                callback(next(left), k, x, x0)
-            if progress is not None:
-                progress.update(1)
-            return eps, x0
+            return self.evaluate(eps_fn, a**0.5 * xt, next(left), k, a, callback, progress)
 
         m = len(self.levels)
         xt = x_T.float() / float(table[self.levels[-1]]) ** 0.5
