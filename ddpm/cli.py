@@ -28,8 +28,8 @@ from ddpm.runlock import held_by_another, locked_message
 CONFIG_MODULE = "ddpm.conf"
 log = logging.getLogger("ddpm")
 
-# Keys that were renamed when every command took the shared ``runtime`` group: old key (or key
-# prefix, ending in ".") -> the key to use now, per config name ("*": every command).
+# Keys that were renamed (when every command took the shared ``runtime`` group, and when every concept
+# got one name): old key (or key prefix, ending in ".") -> the key to use now, per config name ("*": every command).
 RENAMED: dict[str, dict[str, str]] = {
     "*": {"gpu": "runtime", "gpu.": "runtime."},
     "train": {"gpu.grad_accum_steps": "train.grad_accum_steps", "train.sample_steps": "sampler.steps"},
@@ -40,10 +40,15 @@ RENAMED: dict[str, dict[str, str]] = {
         "kernel.device": "runtime.device",
         "threads": "runtime.num_threads",
         "data": "dataset=<mnist|cifar10|cryptopunks|cats> (images) or synthetic=<gaussian|gaussian_spectrum|mixture>",
-        **{f"data.{k}": f"points.{k}" for k in ("n", "seed", "downsample")},
+        "data.n": "dataset.n= (images) or synthetic.n= (synthetic laws)",
+        "data.seed": "dataset.subset_seed= (images) or synthetic.seed= (synthetic laws)",
+        "data.downsample": "points.downsample",
         **{f"data.{k}": f"synthetic.{k}" for k in ("name", "d", "sigma2", "power", "classes", "mu", "sigma")},
         "data.dataset.": "dataset.",
         "trained.memorised_ratio": "memorisation.threshold",
+        "points.n": "dataset.n= (images) or synthetic.n= (synthetic laws)",
+        "points.seed": "dataset.subset_seed= (images) or synthetic.seed= (synthetic laws)",
+        "trained.use_ema": "use_ema",
     },
 }
 

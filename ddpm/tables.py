@@ -352,7 +352,7 @@ class SweepJob:
 
     def json_row(self) -> dict[str, Any]:
         """The result JSON (less its ``config``) with ``job``, ``overrides`` and ``config`` nested by dots,
-        so that a doc's row template reads ``{t_C:.3f}``, ``{overrides.points.n}``, ``{config.synthetic.sigma2}``."""
+        so that a doc's row template reads ``{t_C:.3f}``, ``{overrides.synthetic.n}``, ``{config.synthetic.sigma2}``."""
         values = {k: _yaml_scalar(v) for k, v in self.overrides.items()}
         rest = {k: v for k, v in self.result.items() if k not in ("config", "job", "overrides")}
         return {"job": self.job, "overrides": unflatten(values), "config": unflatten(self.config), **rest}

@@ -13,7 +13,7 @@ With ``--plot Y --x X [--hue H]`` it also draws Y against X, one line per value 
 
 With ``--json FILE`` it also writes a result file for the docs (``docs/results/*.json``, rendered by
 ``scripts/render_docs.py``): ``"rows"`` (each job's result JSON less its ``config``, with ``job``,
-``overrides`` and ``config`` nested by dots: ``{overrides.points.n}``) and ``"command"``: the sweep
+``overrides`` and ``config`` nested by dots: ``{overrides.synthetic.n}``) and ``"command"``: the sweep
 command(s), read from Hydra's ``multirun.yaml`` under the folder (or given with ``--command``), then
 this collector's own invocation.
 

@@ -150,7 +150,12 @@ def test_folder_dataset_refuses_16_bit_and_undecodable_images(tmp_path):
         ("regimes", "threads=1", "runtime.num_threads="),
         ("sample", "+gpu.device=cpu", "runtime.device="),
         ("regimes", "data=gaussian", "dataset=<mnist|cifar10|cryptopunks|cats> (images) or synthetic=<gaussian"),
-        ("regimes", "data.n=300", "points.n="),
+        ("regimes", "data.n=300", "dataset.n= (images) or synthetic.n= (synthetic laws)"),
+        ("regimes", "data.seed=1", "dataset.subset_seed= (images) or synthetic.seed= (synthetic laws)"),
+        ("regimes", "data.downsample=2", "points.downsample="),
+        ("regimes", "points.n=5", "dataset.n= (images) or synthetic.n= (synthetic laws)"),
+        ("regimes", "points.seed=3", "dataset.subset_seed= (images) or synthetic.seed= (synthetic laws)"),
+        ("regimes", "trained.use_ema=false", "use_ema="),
         ("regimes", "data.sigma2=2", "synthetic.sigma2="),
         ("regimes", "data.dataset.image_size=14", "dataset.image_size="),
     ],
@@ -189,7 +194,17 @@ def test_regimes_sources_compose_from_the_shared_dataset_group_or_synthetic(opti
     src = data_source(cfg)
     assert src.name == option and (src.dataset is None) == synthetic
     if synthetic:
-        assert src.n == {"gaussian": 1000, "gaussian_spectrum": 1000, "mixture": 2000, "hierarchical": 2000}[option]
+        assert src.n == cfg.synthetic.n == {"gaussian": 1000, "gaussian_spectrum": 1000, "mixture": 2000, "hierarchical": 2000}[option]
+        assert src.seed == cfg.synthetic.seed == 0
     else:  # the training config's dataset node; MNIST at its native 28x28 (d = 784), the others as trained
         train = compose_config("train", [f"dataset={option}"]).dataset
         assert src.dataset.image_size == (28 if option == "mnist" else train.image_size) and src.dataset.root == train.root
+        # the training subset is dataset.n / dataset.subset_seed, as in ddpm-train: no other draw keys
+        assert "n" not in src and "seed" not in src and src.dataset.n is None
+
+
+def test_regimes_takes_use_ema_at_the_top_as_every_command() -> None:
+    cfg = compose_config("regimes", ["use_ema=false"])
+    assert cfg.use_ema is False and "use_ema" not in cfg.trained
+    assert compose_config("regimes", []).use_ema is True
+    assert "n" not in cfg.points and "seed" not in cfg.points  # points keeps only downsample

@@ -428,9 +428,13 @@ def test_regimes_points_of_a_streamed_folder_equal_the_in_memory_ones(tmp_path: 
     from ddpm.regimes.data import load_points
 
     src = make_folder(tmp_path / "imgs", 20)
-    node = {"name": "folder", "n": 12, "seed": 1, "downsample": 2}
-    want = load_points(OmegaConf.create({**node, "dataset": folder_cfg(src, in_memory=True)}), tmp_path, tmp_path / "cache")
+    node = {"name": "folder", "downsample": 2}  # the training subset: dataset.n=12, dataset.subset_seed=1
+    want = load_points(
+        OmegaConf.create({**node, "dataset": folder_cfg(src, in_memory=True, n=12, subset_seed=1)}), tmp_path, tmp_path / "cache"
+    )
     refuse_full_decode(monkeypatch)
-    got = load_points(OmegaConf.create({**node, "dataset": folder_cfg(src, in_memory=False)}), tmp_path, tmp_path / "c2")
+    got = load_points(
+        OmegaConf.create({**node, "dataset": folder_cfg(src, in_memory=False, n=12, subset_seed=1)}), tmp_path, tmp_path / "c2"
+    )
     assert torch.equal(got.x, want.x) and got.x.shape == (12, 48) and torch.equal(got.reference, want.reference)
     assert got.shape == want.shape == (3, 4, 4) and not list((tmp_path / "c2").glob("*.npy"))

@@ -93,7 +93,7 @@ def test_regimes_loads_the_mirrored_points_of_a_flipped_run(data_dir: Path, tmp_
     dataset = OmegaConf.merge(
         OmegaConf.structured(DatasetConfig), {"name": "mnist", "root": "MNIST", "channels": 1, "image_size": 8, "resize": True, "n": 20}
     )
-    node = OmegaConf.create({"name": "mnist", "n": None, "seed": 0, "downsample": 1, "dataset": dataset})
+    node = OmegaConf.create({"name": "mnist", "downsample": 1, "dataset": dataset})
     plain = load_points(node, data_dir, tmp_path)
     flipped = load_points(node, data_dir, tmp_path, mirrored=True)
     assert plain.n == 20 and flipped.n == 40

@@ -42,7 +42,7 @@ def _run(tmp_path: Path, overrides: list[str]) -> dict:
 
 
 def test_gaussian_run_writes_the_record(tmp_path):
-    rec = _run(tmp_path, ["synthetic=gaussian", "points.n=300", "synthetic.d=8", "synthetic.sigma2=2.0", "regimes=all"])
+    rec = _run(tmp_path, ["synthetic=gaussian", "synthetic.n=300", "synthetic.d=8", "synthetic.sigma2=2.0", "regimes=all"])
     on_disk = json.loads((tmp_path / "regimes.json").read_text())
     for key in ("t_C", "t_C_theory", "t_S", "Lambda", "k_C", "k_S"):
         assert key in on_disk and on_disk[key] is not None, key
@@ -64,7 +64,7 @@ def test_gaussian_run_writes_the_record(tmp_path):
 
 
 def test_mixture_speciation_run(tmp_path):
-    rec = _run(tmp_path, ["synthetic=mixture", "points.n=1000", "synthetic.d=16", "regimes=speciation", "speciation.queries=1024"])
+    rec = _run(tmp_path, ["synthetic=mixture", "synthetic.n=1000", "synthetic.d=16", "regimes=speciation", "speciation.queries=1024"])
     assert rec["Lambda"] == pytest.approx(17.0, rel=0.1)
     assert rec["phi_two_class_at_t_S"] == pytest.approx(theory.clone_probability_two_class(rec["t_S"], 16), rel=1e-9)
     # φ̃ crosses ½ near t_S for two classes (φ(t_S) ≈ 0.77, i.e. φ̃ ≈ 0.54).
@@ -76,7 +76,12 @@ def test_mixture_speciation_run(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        (["synthetic=gaussian", "points.n=0"], "points.n"),
+        (["synthetic=gaussian", "synthetic.n=0"], "synthetic.n"),
+        (["dataset.n=1"], "dataset.n"),
+        (
+            ["synthetic=gaussian", "dataset.n=100"],
+            r"^dataset.n=100 is the image subset; synthetic=gaussian draws synthetic.n points \(now 1000\): set synthetic.n=100$",
+        ),
         (["synthetic=gaussian", "collapse.t_min=0"], "t_min"),
         (["synthetic=gaussian", "regimes=trained"], "ckpt="),
         (["synthetic=gaussian", "kernel.dtype=float16"], "dtype"),
@@ -92,16 +97,16 @@ def test_bad_input_is_a_config_error(tmp_path, overrides, match):
 def test_command_line_errors_are_one_line(tmp_path):
     exe = Path(sys.executable).with_name("ddpm-regimes")
     r = subprocess.run(
-        [str(exe), "synthetic=gaussian", "points.n=0", f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=120
+        [str(exe), "synthetic=gaussian", "synthetic.n=0", f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == ["error: points.n must be >= 2 for synthetic data, got 0"]
+    assert r.stderr.strip().splitlines() == ["error: synthetic.n must be >= 2 (the memorisation ratio needs two training points), got 0"]
     assert not (tmp_path / "regimes.json").exists()
 
 
 def test_a_second_run_refuses_to_replace_the_outputs(tmp_path):
     """An earlier run's regimes.json, curves.npz and plots stay: one line, exit 2; overwrite=true replaces them."""
-    quick = ["synthetic=gaussian", "points.n=50", "synthetic.d=4", "regimes.analyses=[spectrum]"]
+    quick = ["synthetic=gaussian", "synthetic.n=50", "synthetic.d=4", "regimes.analyses=[spectrum]"]
     _run(tmp_path, quick)
     written = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.suffix in (".json", ".npz", ".png")}
     assert {"regimes.json", "curves.npz", "regimes.png", "spectrum.png"} <= set(written)
@@ -117,22 +122,43 @@ def test_a_second_run_refuses_to_replace_the_outputs(tmp_path):
     assert json.loads((tmp_path / "regimes.json").read_text())["config"]["seed"] == 1 == rec["config"]["seed"]
 
 
+@pytest.mark.parametrize("law", ["gaussian", "gaussian_spectrum", "mixture", "hierarchical"])
+def test_synthetic_n_and_seed_draw_what_points_n_and_seed_drew(law):
+    """synthetic.n / synthetic.seed draw from the same random streams as points.n / points.seed did:
+    the points are those of sample_synthetic with that seed (held-out ones: seed + 1,000,003)."""
+    from omegaconf import OmegaConf
+
+    from ddpm.regimes.data import sample_synthetic
+
+    cfg = compose_config("regimes", [f"synthetic={law}", "synthetic.n=50", "synthetic.seed=3", "synthetic.d=8"])
+    law_keys = {k: v for k, v in OmegaConf.to_container(cfg.synthetic).items() if k not in ("n", "seed")}
+    node = OmegaConf.create({**law_keys, "seed": 3})  # the node that points.seed=3 made (its means and tree too)
+    for split, seed in (("train", 3), ("test", 3 + 1_000_003)):
+        pts = load_points(data_source(cfg), "unused", "unused", split=split)
+        x, labels = sample_synthetic(node, 50, seed)
+        assert pts.n == 50 and torch.equal(pts.x, x)
+        assert (pts.labels is None) == (labels is None) and (labels is None or torch.equal(pts.labels, labels))
+    other = compose_config("regimes", [f"synthetic={law}", "synthetic.n=50", "synthetic.seed=4", "synthetic.d=8"])
+    train = load_points(data_source(cfg), "unused", "unused")
+    assert not torch.equal(load_points(data_source(other), "unused", "unused").x, train.x)
+
+
 def test_mnist_points_are_training_scaled_and_downsampled(data_dir, tmp_path):
     cfg = compose_config(
-        "regimes", ["dataset=mnist", "points.n=300", "points.downsample=4", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path}"]
+        "regimes", ["dataset=mnist", "dataset.n=300", "points.downsample=4", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path}"]
     )
     pts = load_points(data_source(cfg), cfg.paths.data_dir, cfg.paths.cache_dir)
     assert pts.x.shape == (300, 49) and pts.shape == (1, 7, 7)
     assert float(pts.x.min()) >= -1.0 and float(pts.x.max()) <= 1.0
     assert pts.reference.shape == (60000, 49)
     # 4x4 average pooling of the training scaling (uint8 / 127.5 - 1) of the same images.
-    full = compose_config("regimes", ["dataset=mnist", "points.n=300", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path}"])
+    full = compose_config("regimes", ["dataset=mnist", "dataset.n=300", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path}"])
     big = load_points(data_source(full), full.paths.data_dir, full.paths.cache_dir)
     pooled = torch.nn.functional.avg_pool2d(big.x.view(300, 1, 28, 28), 4).flatten(1)
     torch.testing.assert_close(pts.x, pooled)
     assert torch.equal(pts.labels, big.labels)
-    bad = compose_config("regimes", ["dataset=mnist", "points.n=70000", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path}"])
-    with pytest.raises(DataError, match="exceeds"):
+    bad = compose_config("regimes", ["dataset=mnist", "dataset.n=70000", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path}"])
+    with pytest.raises(DataError, match="^dataset.n=70000 exceeds the 60000 training images of mnist$"):
         load_points(data_source(bad), bad.paths.data_dir, bad.paths.cache_dir)
 
 
@@ -141,7 +167,7 @@ def test_trained_checkpoint_analysis(data_dir, tmp_path):
 
     from ddpm.train import train
 
-    # a network trained on 400 images: the exact score is that of exactly those (points.n must match)
+    # a network trained on 400 images: the exact score is that of exactly those (dataset.n must match)
     over = {"dataset.n": 400, "train.max_steps": 20, "train.ckpt_every": 20, "runtime.num_threads": 1}
     train(compose_config("train", tiny_train_overrides(data_dir, tmp_path / "cache", **over)), tmp_path / "train")
     rec = _run(
@@ -150,7 +176,7 @@ def test_trained_checkpoint_analysis(data_dir, tmp_path):
             "dataset=mnist",
             "regimes=trained",
             f"ckpt={tmp_path / 'train'}",  # a training run dir: its checkpoints/last.pt
-            "points.n=400",
+            "dataset.n=400",
             f"paths.data_dir={data_dir}",
             f"paths.cache_dir={tmp_path / 'cache'}",
             "trained.samples=6",
@@ -193,11 +219,11 @@ def test_collect_sweep_reads_a_multirun_dir(tmp_path):
     for i, (n, tc) in enumerate([(100, 0.5), (1000, 0.3)]):
         job = tmp_path / str(i)
         (job / ".hydra").mkdir(parents=True)
-        (job / ".hydra" / "overrides.yaml").write_text(f"- synthetic=gaussian\n- points.n={n}\n")
-        (job / ".hydra" / "config.yaml").write_text(f"synthetic:\n  name: gaussian\n  d: 16\npoints:\n  n: {n}\nseed: 0\n")
+        (job / ".hydra" / "overrides.yaml").write_text(f"- synthetic=gaussian\n- synthetic.n={n}\n")
+        (job / ".hydra" / "config.yaml").write_text(f"synthetic:\n  name: gaussian\n  d: 16\n  n: {n}\nseed: 0\n")
         (job / "regimes.json").write_text(json.dumps({"t_C": tc, "t_S": 0.1, "times": {"t_C": {"t": tc, "k": 5}}, "curve": [1, 2]}))
     (tmp_path / "2" / ".hydra").mkdir(parents=True)  # a job that failed: no result file
-    (tmp_path / "2" / ".hydra" / "overrides.yaml").write_text("- points.n=5\n")
+    (tmp_path / "2" / ".hydra" / "overrides.yaml").write_text("- synthetic.n=5\n")
     out = tmp_path / "sweep.csv"
     r = subprocess.run(
         [
@@ -218,7 +244,7 @@ def test_collect_sweep_reads_a_multirun_dir(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 2
-    assert [int(r["points.n"]) for r in rows] == [100, 1000]
+    assert [int(r["synthetic.n"]) for r in rows] == [100, 1000]
     assert [float(r["t_C"]) for r in rows] == [0.5, 0.3]
     assert rows[0]["times.t_C.k"] == "5" and rows[0]["synthetic.d"] == "16" and "curve" not in rows[0]
     assert "1 job(s) without regimes.json" in r.stderr
@@ -233,7 +259,7 @@ def test_multirun_sweep_with_joblib(tmp_path):
         str(exe),
         "-m",
         "synthetic=gaussian",
-        "points.n=50,200",
+        "synthetic.n=50,200",
         "synthetic.d=4",
         "regimes=collapse",
         "collapse.queries=128",

@@ -66,7 +66,7 @@ def test_hierarchical_speciation_times_from_cloning(tmp_path: Path) -> None:
     ½ log Λ_ℓ, and within 0.2 of the two-class closed form of that level's split; the class-posterior
     identity within 0.1 of it."""
     over = ["synthetic=hierarchical", "regimes=hierarchy", "synthetic.d=16", "synthetic.depth=2", "synthetic.separation=[2.0,0.8]"]
-    over += ["synthetic.sigma2=0.05", "points.n=400", "speciation.clone_traj=256", *FAST]
+    over += ["synthetic.sigma2=0.05", "synthetic.n=400", "speciation.clone_traj=256", *FAST]
     rec = run_regimes(compose_config("regimes", over), tmp_path)
     levels = rec["hierarchy_levels"]
     assert [lv["clusters"] for lv in levels] == [2, 4]
@@ -272,7 +272,7 @@ def test_empirical_potential_converges_to_the_closed_form() -> None:
 
 
 def test_potential_run_on_the_mixture(tmp_path: Path) -> None:
-    over = ["synthetic=mixture", "regimes=potential", "synthetic.d=32", "points.n=4000", "runtime.num_threads=1"]
+    over = ["synthetic=mixture", "regimes=potential", "synthetic.d=32", "synthetic.n=4000", "runtime.num_threads=1"]
     rec = run_regimes(compose_config("regimes", over), tmp_path)
     assert rec["potential_t_curvature_closed_form"] == pytest.approx(0.5 * math.log(32))  # 1 + dμ̃² - σ² = d
     assert rec["potential_t_curvature"] == pytest.approx(rec["potential_t_curvature_closed_form"], abs=0.05)
@@ -316,7 +316,7 @@ def test_bad_hierarchies_are_refused(overrides: list[str], match: str, tmp_path:
 def test_mnist_hierarchy_and_potential(data_dir: Path, tmp_path: Path) -> None:
     """MNIST at 7x7 (1,000 digits): the dendrogram levels nest and every level gets its times; the
     potential of the digits 0 and 1 has its curvature sign change."""
-    base = ["dataset=mnist", "points.n=1000", "points.downsample=4", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    base = ["dataset=mnist", "dataset.n=1000", "points.downsample=4", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path / 'cache'}"]
     over = [*base, "regimes=hierarchy", "speciation.clone_traj=16", "speciation.clone_steps=20", "speciation.clone_points=2", *FAST]
     rec = run_regimes(compose_config("regimes", over), tmp_path / "h")
     assert [lv["clusters"] for lv in rec["hierarchy_levels"]] == [2, 4, 10]

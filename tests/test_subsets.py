@@ -173,20 +173,47 @@ def test_regimes_uses_the_training_subset(subset_ckpt: Path, data_dir: Path, tmp
         "regimes.analyses=[spectrum]",
         "plots=false",
     ]
-    rec = run_regimes(compose_config("regimes", base + ["points.n=40"]), tmp_path / "ok")
+    rec = run_regimes(compose_config("regimes", base + ["dataset.n=40"]), tmp_path / "ok")
     assert rec["n"] == 40 and rec["d"] == 64  # the network's 40 images at its 8x8 resolution
-    with pytest.raises(ConfigError, match=r"points.n=30, but .* was trained on 40 images"):
-        run_regimes(compose_config("regimes", base + ["points.n=30"]), tmp_path / "bad")
+    with pytest.raises(ConfigError, match=r"^dataset.n=30, but .* was trained on 40 images; .* set dataset.n=40$"):
+        run_regimes(compose_config("regimes", base + ["dataset.n=30"]), tmp_path / "bad")
 
 
 def test_regimes_refuses_other_n_in_one_line(subset_ckpt: Path, data_dir: Path, tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("ddpm-regimes")
-    cmd = [str(exe), f"ckpt={subset_ckpt}", f"paths.data_dir={data_dir}", "points.n=1000", "regimes=trained", "runtime.num_threads=1"]
+    cmd = [str(exe), f"ckpt={subset_ckpt}", f"paths.data_dir={data_dir}", "dataset.n=1000", "regimes=trained", "runtime.num_threads=1"]
     cmd.append(f"hydra.run.dir={tmp_path / 'run'}")
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: points.n=1000, but") and "trained on 40 images" in lines[0], r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: dataset.n=1000, but") and "trained on 40 images" in lines[0], r.stderr
+
+
+def test_regimes_dataset_n_is_the_training_subset(data_dir: Path, tmp_path: Path) -> None:
+    """``ddpm-regimes dataset.n=N`` (with ``dataset.subset_seed`` and ``dataset.subset_part``) takes
+    exactly the class-balanced images that ``ddpm-train dataset.n=N`` trains on."""
+    from ddpm.data.subset import load_training_set
+    from ddpm.regimes.config import validate_regimes
+    from ddpm.regimes.data import data_source, load_points
+
+    paths = [f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path}"]
+    full = load_dataset(compose_config("train", paths).dataset, data_dir, tmp_path, "train")
+    for n, part in ((40, None), (40, 1)):
+        keys = [f"dataset.n={n}", "dataset.subset_seed=7"] + ([] if part is None else [f"dataset.subset_part={part}"])
+        idx = balanced_subset(len(full), full.labels, n, 7, part)
+        trained = load_training_set(compose_config("train", paths + keys).dataset, data_dir, tmp_path)
+        assert torch.equal(trained.subset["indices"].long(), idx)  # what ddpm-train trains on
+        pts = load_points(
+            data_source(compose_config("regimes", ["dataset=mnist", "points.downsample=4", *paths, *keys])), data_dir, tmp_path
+        )
+        assert pts.n == n and torch.equal(pts.x, pts.reference[idx]) and torch.equal(pts.labels, full.labels[idx])
+        assert torch.equal(pts.labels, trained.labels) and torch.bincount(pts.labels, minlength=10).tolist() == [4] * 10
+    # one seed: the subset of a smaller n lies inside that of a larger one (a random draw would not nest)
+    small = load_points(data_source(compose_config("regimes", ["dataset=mnist", "dataset.n=20", *paths])), data_dir, tmp_path)
+    big = load_points(data_source(compose_config("regimes", ["dataset=mnist", "dataset.n=40", *paths])), data_dir, tmp_path)
+    assert {tuple(r) for r in small.x.tolist()} <= {tuple(r) for r in big.x.tolist()}
+    with pytest.raises(ConfigError, match=r"^dataset.n must be >= 2 for ddpm-regimes .*got 1$"):
+        validate_regimes(compose_config("regimes", ["dataset.n=1"]))
 
 
 def test_dataset_n_range_is_checked() -> None:

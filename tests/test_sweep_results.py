@@ -17,7 +17,7 @@ MULTIRUN_YAML = """hydra:
     - hydra.mode=MULTIRUN
     task:
     - synthetic=gaussian
-    - points.n=100,1000
+    - synthetic.n=100,1000
     - regimes.analyses=[spectrum,collapse]
   job:
     name: regimes
@@ -31,12 +31,12 @@ def _sweep(root: Path) -> Path:
     for i, (n, tc) in enumerate([(100, 0.5), (1000, 0.3)]):
         job = root / str(i)
         (job / ".hydra").mkdir(parents=True)
-        (job / ".hydra" / "overrides.yaml").write_text(f"- synthetic=gaussian\n- points.n={n}\n")
-        (job / ".hydra" / "config.yaml").write_text(f"synthetic:\n  d: 16\n  sigma2: 0.25\npoints:\n  n: {n}\n")
+        (job / ".hydra" / "overrides.yaml").write_text(f"- synthetic=gaussian\n- synthetic.n={n}\n")
+        (job / ".hydra" / "config.yaml").write_text(f"synthetic:\n  d: 16\n  sigma2: 0.25\n  n: {n}\n")
         result = {"n": n, "t_C": tc, "times": {"t_C": {"k": 5}}, "shape": [4], "config": {"big": 1}}
         (job / "regimes.json").write_text(json.dumps(result))
     (root / "2" / ".hydra").mkdir(parents=True)  # a job that failed: no result file
-    (root / "2" / ".hydra" / "overrides.yaml").write_text("- points.n=5\n")
+    (root / "2" / ".hydra" / "overrides.yaml").write_text("- synthetic.n=5\n")
     return root
 
 
@@ -46,17 +46,18 @@ def test_jobs_become_csv_and_json_rows(tmp_path: Path) -> None:
     assert jobs[0].csv_row() == {
         "job": "0",
         "synthetic": "gaussian",
-        "points.n": "100",
+        "synthetic.n": "100",
         "synthetic.sigma2": 0.25,
         "n": 100,
         "t_C": 0.5,
         "times.t_C.k": 5,
     }
     row = jobs[1].json_row()
-    assert row["overrides"] == {"synthetic": "gaussian", "points": {"n": 1000}} and row["config"] == {"synthetic": {"sigma2": 0.25}}
+    assert row["overrides"] == {"synthetic": {"_value": "gaussian", "n": 1000}} and row["config"] == {"synthetic": {"sigma2": 0.25}}
     assert row["shape"] == [4] and row["t_C"] == 0.3  # the result's own config is left out, its lists kept
     table = render_template(
-        "rows: | {overrides.points.n:,} | {config.synthetic.sigma2:g} | {t_C:.2f} | {times.t_C.k} |", {"rows": [j.json_row() for j in jobs]}
+        "rows: | {overrides.synthetic.n:,} | {config.synthetic.sigma2:g} | {t_C:.2f} | {times.t_C.k} |",
+        {"rows": [j.json_row() for j in jobs]},
     )
     assert table.splitlines() == ["| 100 | 0.25 | 0.50 | 5 |", "| 1,000 | 0.25 | 0.30 | 5 |"]
 
@@ -66,8 +67,8 @@ def test_the_sweep_command_comes_from_multirun_yaml(tmp_path: Path) -> None:
     _sweep(tmp_path / "a" / "nested")
     (tmp_path / "a" / "nested" / "multirun.yaml").write_text(MULTIRUN_YAML.replace("/tmp/sweep_gauss", "/tmp/sweep_gauss/nested"))
     assert multirun_commands(tmp_path / "a") == [
-        "ddpm-regimes -m synthetic=gaussian points.n=100,1000 'regimes.analyses=[spectrum,collapse]' hydra.sweep.dir=/tmp/sweep_gauss",
-        "ddpm-regimes -m synthetic=gaussian points.n=100,1000 'regimes.analyses=[spectrum,collapse]' hydra.sweep.dir=/tmp/sweep_gauss/nested",
+        "ddpm-regimes -m synthetic=gaussian synthetic.n=100,1000 'regimes.analyses=[spectrum,collapse]' hydra.sweep.dir=/tmp/sweep_gauss",
+        "ddpm-regimes -m synthetic=gaussian synthetic.n=100,1000 'regimes.analyses=[spectrum,collapse]' hydra.sweep.dir=/tmp/sweep_gauss/nested",
     ]
     jobs, _ = collect_sweep_jobs(tmp_path / "a", "regimes.json")
     assert [j.job for j in jobs] == ["0", "1", "nested/0", "nested/1"]  # shallow first, in job order

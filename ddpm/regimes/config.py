@@ -10,7 +10,6 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from ddpm.config import (
-    MAX_DATASET_N,
     DatasetConfig,
     MemorisationConfig,
     PathsConfig,
@@ -57,16 +56,16 @@ class SyntheticConfig:
         default_factory=lambda: [2.0, 0.7, 0.3],
         metadata=rule(gt=0.0, finite=True, note="(a level whose centres sit on their parents has Λ_ℓ = 0 and never separates)"),
     )
+    # training points drawn from the law (each conf/synthetic/<law>.yaml sets its own); the
+    # memorisation ratio compares each end point's nearest and second-nearest training point
+    n: int = field(default=1000, metadata=rule(ge=2, note="(the memorisation ratio needs two training points)"))
+    seed: int = 0  # seed of the draws (and of the mixture means and hierarchical tree)
 
 
 @dataclass
 class PointsConfig:
-    """How many training points and how they are drawn, for images and synthetic laws alike."""
+    """How the images become points (the training subset is ``dataset.n``, the number of synthetic draws ``synthetic.n``)."""
 
-    # training points: synthetic draws, or a seeded subset of the images (null: all images); its
-    # bounds depend on the source, so validate_regimes checks it
-    n: Optional[int] = None
-    seed: int = 0  # draws of synthetic data and of image subsets
     downsample: int = field(default=1, metadata=rule(ge=1))  # images: average-pool factor (MNIST 28 -> 14 -> 7)
 
 
@@ -122,7 +121,6 @@ class TrainedConfig:
     steps: int = field(default=100, metadata=rule(ge=2))  # sampler steps
     gap_points: int = field(default=12, metadata=rule(ge=1))  # times of the ε_θ vs ε* gap curve
     gap_queries: int = field(default=128, metadata=rule(ge=1))  # noised training (and held-out) points per time
-    use_ema: bool = True
 
 
 @dataclass
@@ -165,6 +163,7 @@ class RegimesConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     ckpt: Optional[str] = None  # trained checkpoint (file or training run dir): its schedule and dataset are used
+    use_ema: bool = True  # the checkpoint's EMA weights (false: the raw ones)
     seed: int = 0
     plots: bool = True
     eigenvalues: int = field(default=8, metadata=rule(ge=0))  # top eigenvalues (and their times) reported
@@ -183,18 +182,21 @@ def validate_regimes(cfg: Any) -> None:
         cfg.runtime.precision == "fp32",
         f"ddpm-regimes computes in kernel.dtype: runtime.precision must be fp32, got {cfg.runtime.precision!r}",
     )
-    p, d = cfg.points, cfg.synthetic
-    if d is not None:
-        # the memorisation ratio compares each end point's nearest and second-nearest training point
-        _check(p.n is not None and p.n >= 2, f"points.n must be >= 2 for synthetic data, got {p.n}")
+    d, n = cfg.synthetic, cfg.dataset.get("n")
+    if d is not None:  # one name per concept: a law's draws are synthetic.n, never the images' dataset.n
         _check(
-            p.n * d.d <= MAX_SYNTHETIC_VALUES,
-            f"points.n x synthetic.d = {p.n} x {d.d} values exceed the {MAX_SYNTHETIC_VALUES} (8 GiB of float64) "
+            n is None, f"dataset.n={n} is the image subset; synthetic={d.name} draws synthetic.n points (now {d.n}): set synthetic.n={n}"
+        )
+        _check(
+            d.n * d.d <= MAX_SYNTHETIC_VALUES,
+            f"synthetic.n x synthetic.d = {d.n} x {d.d} values exceed the {MAX_SYNTHETIC_VALUES} (8 GiB of float64) "
             "that synthetic data may hold in memory",
         )
         _hierarchical_rules(d)
     else:
-        _check(p.n is None or 2 <= p.n <= MAX_DATASET_N, f"points.n must be >= 2 and <= {MAX_DATASET_N} or null (all images), got {p.n}")
+        # dataset.n's own rule (DatasetConfig) bounds it by MAX_DATASET_N; the memorisation ratio
+        # compares each end point's nearest and second-nearest training image
+        _check(n is None or n >= 2, f"dataset.n must be >= 2 for ddpm-regimes (the memorisation ratio needs two images) or null, got {n}")
         dataset_rules(cfg.dataset, "dataset")
     _check("trained" not in cfg.regimes.analyses or cfg.ckpt, "the trained analysis needs a checkpoint: ckpt=/path/to/last.pt")
     c = cfg.collapse

@@ -19,6 +19,7 @@ from ddpm.regimes.config import SYNTHETIC, SyntheticConfig
 from ddpm.regimes.seeds import generator
 
 _SYNTHETIC_DEFAULTS = SyntheticConfig(name="none")  # the law keys an image source carries unused (the records read them)
+_DRAWS = ("n", "seed")  # synthetic.n / synthetic.seed: the draws of a law; images take dataset.n / dataset.subset_seed
 
 
 @dataclass
@@ -55,9 +56,10 @@ class Points:
 
 
 def data_source(cfg: DictConfig) -> DictConfig:
-    """The training points' source as one node: ``name``, the ``points`` keys (``n``, ``seed``,
-    ``downsample``), the synthetic law's keys (``d``, ``sigma2``, ...) and ``dataset`` (the image
-    dataset node, or None for a synthetic law).
+    """The training points' source as one node: ``name``, ``downsample`` (the ``points`` group), the
+    synthetic law's keys (``d``, ``sigma2``, ..., and for a law ``n`` and ``seed``, its draws) and
+    ``dataset`` (the image dataset node, whose ``n`` and ``subset_seed`` pick the training subset,
+    or None for a synthetic law).
 
     Args:
         cfg: the composed ``regimes`` config (``synthetic``, when set, replaces ``dataset``).
@@ -65,7 +67,8 @@ def data_source(cfg: DictConfig) -> DictConfig:
     points = OmegaConf.to_container(cfg.points, resolve=True)
     if cfg.synthetic is not None:
         return OmegaConf.create({**OmegaConf.to_container(cfg.synthetic, resolve=True), **points, "dataset": None})
-    law = {k: v for k, v in OmegaConf.to_container(OmegaConf.structured(_SYNTHETIC_DEFAULTS), resolve=True).items() if k != "name"}
+    defaults = OmegaConf.to_container(OmegaConf.structured(_SYNTHETIC_DEFAULTS), resolve=True)
+    law = {k: v for k, v in defaults.items() if k != "name" and k not in _DRAWS}
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     return OmegaConf.create({**law, **points, "name": str(cfg.dataset.name), "dataset": dataset})
 
@@ -87,7 +90,7 @@ def mixture_means(classes: int, d: int, mu: float, seed: int) -> torch.Tensor:
 
 
 def hierarchical_tree(cfg):
-    """The tree of ``synthetic=hierarchical`` (seeded by ``points.seed``; :mod:`ddpm.regimes.hierarchy`)."""
+    """The tree of ``synthetic=hierarchical`` (seeded by ``synthetic.seed``; :mod:`ddpm.regimes.hierarchy`)."""
     from ddpm.regimes.hierarchy import synthetic_tree
 
     return synthetic_tree(int(cfg.depth), int(cfg.branching), [float(s) for s in cfg.separation], int(cfg.d), int(cfg.seed))
@@ -129,12 +132,15 @@ def load_points(
     """The training points of a source node.
 
     Args:
-        cfg: the source node of :func:`data_source` (name, n, seed, downsample, d, sigma2, ..., dataset).
+        cfg: the source node of :func:`data_source` (name, downsample, d, sigma2, ..., n and seed
+            for a synthetic law, dataset for images).
         data_dir: the data root for image datasets.
         cache_dir: decoded-archive cache for image datasets.
-        split: ``train`` or ``test`` (held-out points; synthetic data draws a fresh sample).
+        split: ``train`` or ``test`` (held-out points, all of the split; synthetic data draws a fresh sample).
         subset: a checkpoint's training-subset record: the train split is narrowed to exactly those
-            images (else to ``dataset.n`` when set, as ``ddpm-train`` does).
+            images (else to the class-balanced subset of ``dataset.n``, ``dataset.subset_seed`` and
+            ``dataset.subset_part`` when set: the images ``ddpm-train`` trains on,
+            :func:`ddpm.data.subset.balanced_subset`).
         mirrored: add the horizontal mirror of every training image (a run trained with
             ``dataset.hflip``: 2n points, the originals first; :func:`ddpm.memorisation.reference_images`).
     """
@@ -159,20 +165,16 @@ def load_points(
         return Points(x, labels, (int(cfg.d),), "synthetic (no pixel scaling)", eigs, None, means, cfg.name)
     x, labels, shape, source = _images(cfg, data_dir, cache_dir, split)
     full = x
-    n_train = cfg.dataset.get("n")
-    if split == "train" and (subset is not None or (n_train is not None and n_train != len(x))):
-        if subset is not None:
-            keep = recorded_indices(len(x), labels, subset, "the checkpoint")
-        elif n_train > len(x):
-            raise DataError(f"dataset.n={n_train} exceeds the {len(x)} training images of {cfg.name}")
-        else:
-            keep = balanced_subset(len(x), labels, int(n_train), int(cfg.dataset.get("subset_seed", 0) or 0))
-        x = x[keep]
-        labels = labels[keep] if labels is not None else None
-    if cfg.n is not None:
-        if cfg.n > len(x):
-            raise DataError(f"points.n={cfg.n} exceeds the {len(x)} {split} images of {cfg.name}")
-        keep = torch.randperm(len(x), generator=generator(cfg.seed, "subset"))[: int(cfg.n)].sort().values
+    keep = None
+    if split == "train" and subset is not None:
+        keep = recorded_indices(len(x), labels, subset, "the checkpoint")
+    elif split == "train":  # as ddpm.data.subset.select_subset picks the training images of ddpm-train
+        n_train, part = cfg.dataset.get("n"), cfg.dataset.get("subset_part")
+        if n_train is not None and (part is not None or int(n_train) != len(x)):
+            if n_train > len(x):
+                raise DataError(f"dataset.n={n_train} exceeds the {len(x)} training images of {cfg.name}")
+            keep = balanced_subset(len(x), labels, int(n_train), int(cfg.dataset.get("subset_seed", 0) or 0), part)
+    if keep is not None:
         x = x[keep]
         labels = labels[keep] if labels is not None else None
     if mirrored and split == "train":

@@ -140,15 +140,14 @@ def open_points(cfg: DictConfig, device: torch.device) -> tuple[Pretrained | Non
     if cfg.ckpt:
         from ddpm.pretrained import load_pretrained
 
-        pre = load_pretrained(cfg.ckpt, device, use_ema=cfg.trained.use_ema, channels_last=cfg.runtime.channels_last)
+        pre = load_pretrained(cfg.ckpt, device, use_ema=bool(cfg.use_ema), channels_last=cfg.runtime.channels_last)
         schedule = pre.diffusion.schedule
         check_times(cfg, schedule, f"the schedule of {pre.path}")
         # The exact score must be that of the network's training set, at the network's resolution.
         with open_dict(data_cfg):
             data_cfg.dataset = pre.cfg.dataset
             data_cfg.name = str(pre.cfg.dataset.name)
-            data_cfg.downsample = 1
-            data_cfg.n = None  # exactly the network's training set (checked against points.n below)
+            data_cfg.downsample = 1  # exactly the network's training set (a dataset.n given is checked against it below)
         subset = pre.data_subset
         log.info("checkpoint %s (step %d): using its schedule and dataset %s", cfg.ckpt, pre.step, data_cfg.name)
     else:
@@ -156,10 +155,11 @@ def open_points(cfg: DictConfig, device: torch.device) -> tuple[Pretrained | Non
     # a run trained with flips saw every image and its mirror: the exact score and the copy criterion see both
     mirrored = pre is not None and bool(pre.cfg.dataset.get("hflip", False))
     points = load_points(data_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, subset=subset, mirrored=mirrored)
-    if pre is not None and cfg.points.n is not None and int(cfg.points.n) != points.n:
+    trained_on = points.n // 2 if mirrored else points.n  # the training images (the mirrors are points too)
+    if pre is not None and cfg.dataset.get("n") is not None and int(cfg.dataset.n) != trained_on:
         raise ConfigError(
-            f"points.n={cfg.points.n}, but {pre.path} was trained on {points.n} images (dataset.n); "
-            f"the exact score must be that of its training set: drop points.n or set points.n={points.n}"
+            f"dataset.n={cfg.dataset.n}, but {pre.path} was trained on {trained_on} images; "
+            f"the exact score must be that of its training set: drop dataset.n or set dataset.n={trained_on}"
         )
     return pre, schedule, data_cfg, points
 

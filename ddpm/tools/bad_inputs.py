@@ -198,7 +198,10 @@ BAD_INPUTS: list[BadInput] = [
         "regimes: copy threshold above 1", "ddpm-regimes", ["memorisation.threshold=1.5"], "memorisation.threshold must lie in (0, 1)"
     ),
     BadInput("regimes: the old copy key", "ddpm-regimes", ["trained.memorised_ratio=0.3"], "use memorisation.threshold= instead"),
-    BadInput("regimes: one training point", "ddpm-regimes", ["synthetic=gaussian", "points.n=1"], "points.n must be >= 2"),
+    BadInput("regimes: the old subset key", "ddpm-regimes", ["points.n=5"], "use dataset.n= (images) or synthetic.n= (synthetic laws)"),
+    BadInput("regimes: one training point", "ddpm-regimes", ["synthetic=gaussian", "synthetic.n=1"], "synthetic.n must be >= 2"),
+    BadInput("regimes: one training image", "ddpm-regimes", ["dataset.n=1"], "dataset.n must be >= 2 for ddpm-regimes"),
+    BadInput("regimes: image subset key on a law", "ddpm-regimes", ["synthetic=gaussian", "dataset.n=100"], "set synthetic.n=100"),
     BadInput("regimes: collapse grid beyond t=40", "ddpm-regimes", ["collapse.t_max=1e6"], "collapse.t_max must be <= 40"),
     BadInput(
         "regimes: speciation beyond the schedule", "ddpm-regimes", ["speciation.t_max=100"], "speciation.t_max must be <= the last time"
@@ -209,11 +212,11 @@ BAD_INPUTS: list[BadInput] = [
         ["ckpt={ckpt}", "speciation.t_min=2.0"],
         "speciation.t_min must lie below the last time of the schedule of",
     ),
-    BadInput("regimes: huge image subset", "ddpm-regimes", ["points.n=1000000000000"], "points.n must be >= 2 and <= 100000000"),
+    BadInput("regimes: huge image subset", "ddpm-regimes", ["dataset.n=1000000000000"], "dataset.n must lie in 1..100000000"),
     BadInput(
         "regimes: synthetic points beyond memory",
         "ddpm-regimes",
-        ["synthetic=gaussian", "points.n=100000000", "synthetic.d=64"],
+        ["synthetic=gaussian", "synthetic.n=100000000", "synthetic.d=64"],
         "values exceed the 1073741824",
     ),
     BadInput(
