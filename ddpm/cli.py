@@ -35,7 +35,7 @@ RENAMED: dict[str, dict[str, str]] = {
     "train": {"gpu.grad_accum_steps": "train.grad_accum_steps", "train.sample_steps": "sampler.steps"},
     "sample": {"device": "runtime.device", "precision": "runtime.precision"},
     "visualize": {"device": "runtime.device", "precision": "runtime.precision"},
-    "evaluate": {"device": "runtime.device"},
+    "evaluate": {"device": "runtime.device", "real_split": "split"},
     "regimes": {
         "kernel.device": "runtime.device",
         "threads": "runtime.num_threads",
@@ -113,6 +113,20 @@ def renamed_key(config_name: str, arg: str) -> str | None:
     return None
 
 
+# Groups that default to null, per config name: a key below one means nothing until an option is chosen.
+NULL_GROUPS: dict[str, dict[str, str]] = {"regimes": {"synthetic": "gaussian|gaussian_spectrum|mixture|hierarchical"}}
+
+
+def needs_group(config_name: str, argv: list[str], arg: str) -> str | None:
+    """The one-line message for a key below a null group whose option the command line does not
+    choose (``synthetic.n=5`` without ``synthetic=...``: Hydra would say "Unexpected type for root"), else None."""
+    key = arg.split("=", 1)[0].lstrip("+~")
+    for group, options in NULL_GROUPS.get(config_name, {}).items():
+        if key.startswith(group + ".") and not any(a.split("=", 1)[0].lstrip("+") == group for a in argv):
+            return f"{key}= needs a {group} option: add {group}=<{options}>"
+    return None
+
+
 def compose_checked(config_name: str, overrides: list[str]) -> DictConfig:
     """Compose ``config_name`` from command-line ``overrides`` as the command would (``hydra.*``
     ones are Hydra's own and left out); any failure is a :class:`ConfigError` of one line.
@@ -137,13 +151,17 @@ def compose_checked(config_name: str, overrides: list[str]) -> DictConfig:
 def precheck(config_name: str, argv: list[str]) -> None:
     """Compose the config from ``argv``'s overrides; exit with one line if that fails."""
     for a in argv:  # also before a multirun (-m) or --cfg, which Hydra would report in many lines
-        msg = renamed_key(config_name, a)
+        msg = renamed_key(config_name, a) or needs_group(config_name, argv, a)
         if msg:
             fail(msg)
     if any(a.split("=")[0] in _HYDRA_FLAGS for a in argv):
         return
     try:
-        compose_checked(config_name, argv)
+        cfg = compose_checked(config_name, argv)
+        if "paths" in cfg:  # Hydra makes the run dir below paths.output_dir before the command's checks run
+            from ddpm.config import PathsConfig, check
+
+            check(cfg.paths, PathsConfig, "paths.")
     except ConfigError as exc:
         fail(str(exc))
     # torchrun's other ranks skip this: rank 0 of the same launch may already hold the lock.

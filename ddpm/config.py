@@ -24,6 +24,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from ddpm.errors import ConfigError
 from ddpm.memorisation import DEFAULT_THRESHOLD
+from ddpm.paths import DEFAULT_OUTPUT_DIR
 
 # Upper bounds of sizes that allocate in proportion: beyond them a typo would exhaust memory.
 MAX_T = 1_000_000  # schedule steps (per-step tables of ᾱ, posterior, ...)
@@ -49,6 +50,7 @@ class Rule:
     finite: bool = False
     length: int | None = None
     min_len: int = 0
+    nonempty: bool = False
     note: str = ""
     item: str = ""
 
@@ -60,6 +62,8 @@ class Rule:
         """
         if value is None:
             return self.optional
+        if isinstance(value, str) and self.nonempty and not value.strip():
+            return False
         if isinstance(value, (list, tuple, ListConfig)):
             items = list(value)
             if (self.length is not None and len(items) != self.length) or len(items) < self.min_len:
@@ -87,6 +91,8 @@ class Rule:
         Args:
             finite: name the finiteness too (a message leaves it out unless the value is infinite).
         """
+        if self.nonempty:
+            return "be non-empty" + (" or null" if self.optional else "") + (f" {self.note}" if self.note else "")
         listed = self.length is not None or self.min_len > 0
         verb, cond = self._condition(listed, finite)
         if listed:
@@ -155,6 +161,7 @@ def rule(
     finite: bool = False,
     length: int | None = None,
     min_len: int = 0,
+    nonempty: bool = False,
     note: str = "",
     item: str = "",
 ) -> dict[str, Rule]:
@@ -170,6 +177,7 @@ def rule(
         finite: inf is refused (NaN fails every bound already).
         length: list fields: exactly this many items.
         min_len: list fields: at least this many items.
+        nonempty: string fields: refuse "" (and whitespace only).
         note: why, printed after the condition (e.g. ``(FID needs a covariance)``).
         item: list fields with choices: what one item is, to name the unknown ones (``metric``).
     """
@@ -184,6 +192,7 @@ def rule(
             finite=finite,
             length=length,
             min_len=min_len,
+            nonempty=nonempty,
             note=note,
             item=item,
         )
@@ -405,7 +414,12 @@ class MemorisationConfig:
 
 @dataclass
 class PathsConfig:
-    data_dir: str | None = "data"  # data root; ddpm-sample/-visualize: null = the root stored in the checkpoint
+    """The roots every command shares (``paths/default.yaml`` reads them from the environment)."""
+
+    # data root (DDPM_DATA_DIR); null: the root stored in the checkpoint a command loads, else DEFAULT_DATA_DIR
+    data_dir: str | None = None
+    # run dirs of every command (DDPM_OUTPUT_DIR), and the dashboard's runs
+    output_dir: str = field(default=DEFAULT_OUTPUT_DIR, metadata=rule(nonempty=True, note="(a folder: the run dirs go below it)"))
     cache_dir: str = "~/.cache/ddpm"  # decoded archives, classifiers, fidelity statistics
 
 

@@ -15,6 +15,7 @@ from ddpm.errors import CheckpointError, ConfigError
 from ddpm.export_format import SUFFIX as EXPORT_SUFFIX
 from ddpm.export_format import is_export, read_export, subset_from_json
 from ddpm.models import UNet, build_model
+from ddpm.paths import data_root, resolve_data_root
 from ddpm.runtime import Runtime, resolve_memory_format, setup_runtime
 from ddpm.schedules import NoiseSchedule
 
@@ -162,15 +163,17 @@ def _verify_weights(weights: dict, expected: dict[str, torch.Tensor], path: Path
 
 
 def load_for_inference(cfg: DictConfig) -> tuple[Pretrained, Runtime]:
-    """Set up ``cfg.runtime`` and load ``cfg.ckpt`` (``cfg.use_ema`` weights) for a command that runs the network.
+    """Set up ``cfg.runtime``, load ``cfg.ckpt`` (``cfg.use_ema`` weights) for a command that runs the
+    network, and resolve ``cfg.paths.data_dir`` (:func:`ddpm.paths.resolve_data_root`).
 
     Args:
-        cfg: a command config with ``ckpt``, ``use_ema`` and a ``runtime`` node.
+        cfg: a command config with ``ckpt``, ``use_ema``, ``runtime`` and ``paths`` nodes.
     """
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
         raise ConfigError("pass the checkpoint to use: ckpt=PATH (a .pt file, a .safetensors export or a training run dir)")
     rt = setup_runtime(cfg.runtime)
     pre = load_pretrained(cfg.ckpt, rt.device, use_ema=bool(cfg.use_ema), channels_last=cfg.runtime.channels_last)
+    resolve_data_root(cfg, OmegaConf.select(pre.cfg, "paths.data_dir"))  # null: the root the network was trained from
     return pre, rt
 
 
@@ -185,18 +188,14 @@ def network(pre: Pretrained, runtime_cfg: DictConfig) -> torch.nn.Module:
 
 
 def data_dir_of(cfg: DictConfig, pre: Pretrained) -> str:
-    """``paths.data_dir`` when set, else the data root the checkpoint was trained from.
+    """The data root for ``pre``'s dataset: ``paths.data_dir`` when set, else the root the checkpoint
+    was trained from (:func:`ddpm.paths.data_root`).
 
     Args:
         cfg: a command config with a ``paths`` node.
         pre: the loaded checkpoint.
     """
-    if cfg.paths.data_dir:
-        return str(cfg.paths.data_dir)
-    stored = OmegaConf.select(pre.cfg, "paths.data_dir")
-    if not stored:
-        raise ConfigError("the checkpoint stores no data root; pass paths.data_dir=... (or set DDPM_DATA_DIR)")
-    return str(stored)
+    return data_root(cfg.paths, OmegaConf.select(pre.cfg, "paths.data_dir"))
 
 
 def real_images(cfg: DictConfig, pre: Pretrained, n: int, split: str, seed: int) -> torch.Tensor:

@@ -34,6 +34,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ddpm.errors import ConfigError, DataError
@@ -329,6 +330,36 @@ class ExactScore:
 FULL_EIG_MAX = 4096
 
 
+def _spectrum(x: torch.Tensor, top: int, seed: int, vectors: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]:
+    """Mean, eigenvalues (unsorted), eigenvectors (when ``vectors``) and the variance per direction
+    left out, of the covariance (1/n) of the rows of ``x``: exact for d <= FULL_EIG_MAX (d x d) or
+    n <= FULL_EIG_MAX (the n x n Gram matrix), else the top ``top`` by a randomised SVD seeded ``seed``."""
+    x = x.to(torch.float64)
+    n, d = x.shape
+    mu = x.mean(0)
+    xc = x - mu
+    rest, vec = 0.0, None
+    if d <= FULL_EIG_MAX:
+        cov = xc.T @ xc / n
+        lam, vec = torch.linalg.eigh(cov) if vectors else (torch.linalg.eigvalsh(cov), None)
+    elif n <= FULL_EIG_MAX:
+        gram = xc @ xc.T / n
+        if not vectors:
+            return mu, torch.linalg.eigvalsh(gram), None, 0.0
+        lam, w = torch.linalg.eigh(gram)
+        keep = lam > lam.max() * 1e-12
+        lam, w = lam[keep], w[:, keep]
+        vec = xc.T @ w / torch.sqrt(n * lam)[None]  # eigenvectors of xcᵀxc/n from those of xc xcᵀ/n
+    else:
+        torch.manual_seed(seed)
+        k = min(top, d)
+        _, s, v = torch.svd_lowrank(xc, q=min(k + 16, d), niter=4)
+        lam = (s[:k] ** 2) / n
+        vec = v[:, :k] if vectors else None
+        rest = max(float((xc * xc).sum() / n - lam.sum()), 0.0) / max(d - k, 1)
+    return mu, lam, vec, rest
+
+
 def covariance_eigen(x: torch.Tensor, top: int = 512, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Mean (d,), eigenvalues (r,) and orthonormal eigenvectors (d, r) of the covariance (1/n) of the
     rows of ``x``, descending, with λ > 0 only; and the variance left to the other directions.
@@ -337,30 +368,30 @@ def covariance_eigen(x: torch.Tensor, top: int = 512, seed: int = 0) -> tuple[to
     otherwise the top ``top`` by a randomised SVD, the rest of the total variance spread evenly over
     the other d - top directions.
     """
-    x = x.to(torch.float64)
-    n, d = x.shape
-    if n < 2:
-        raise DataError(f"a Gaussian surrogate needs at least 2 points, got {n}")
-    mu = x.mean(0)
-    xc = x - mu
-    rest = 0.0
-    if d <= FULL_EIG_MAX:
-        lam, vec = torch.linalg.eigh(xc.T @ xc / n)
-    elif n <= FULL_EIG_MAX:
-        lam, w = torch.linalg.eigh(xc @ xc.T / n)
-        keep = lam > lam.max() * 1e-12
-        lam, w = lam[keep], w[:, keep]
-        vec = xc.T @ w / torch.sqrt(n * lam)[None]  # eigenvectors of xcᵀxc/n from those of xc xcᵀ/n
-    else:
-        torch.manual_seed(seed)
-        k = min(top, d)
-        _, s, v = torch.svd_lowrank(xc, q=min(k + 16, d), niter=4)
-        lam, vec = (s[:k] ** 2) / n, v[:, :k]
-        rest = max(float((xc * xc).sum() / n - lam.sum()), 0.0) / max(d - k, 1)
+    if len(x) < 2:
+        raise DataError(f"a Gaussian surrogate needs at least 2 points, got {len(x)}")
+    mu, lam, vec, rest = _spectrum(x, top, seed, vectors=True)
     order = torch.argsort(lam, descending=True)
     lam, vec = lam[order], vec[:, order]
     keep = lam > max(float(lam[0]), 1e-300) * 1e-12
     return mu, lam[keep].clamp_min(0), vec[:, keep].contiguous(), rest
+
+
+def covariance_eigenvalues(x: torch.Tensor, top: int = 256, seed: int = 0) -> np.ndarray:
+    """All d eigenvalues (descending) of the covariance (1/n) of the rows of ``x``, as
+    :func:`covariance_eigen` finds them without the eigenvectors: a Gram-matrix spectrum is padded
+    with zeros, a randomised top ``top`` with the remaining variance spread evenly (the sum, hence
+    the mean eigenvalue, stays exact).
+
+    Args:
+        x: points (n, d).
+        top: eigenvalues estimated exactly in the large-d, large-n case.
+        seed: seed of the randomised SVD.
+    """
+    d = x.shape[1]
+    _, lam, _, rest = _spectrum(x, top, seed, vectors=False)
+    eig = torch.cat([lam, torch.full((d - len(lam),), rest, dtype=torch.float64)])
+    return np.sort(eig.clamp_min(0).numpy())[::-1].copy()
 
 
 class GaussianScore:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 # torch is imported where it is used, so argument errors come back at once
+from ddpm.paths import data_root
 from ddpm.tools.quality_budget import UsageError, compose_train, fresh_dirs, markdown, real_reference, run_diffusers, run_ours
 
 
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = resolve_device(args.device)
     fresh_dirs([args.workdir / "ours", *([args.workdir / "diffusers"] if args.compare else [])], args.overwrite)
     # The scorer first: a dataset without a classifier fails before any training.
-    scorer = SampleScorer(cfg.dataset, cfg.paths.data_dir, cfg.paths.cache_dir, device, num_reference=args.num_reference)
+    scorer = SampleScorer(cfg.dataset, data_root(cfg.paths), cfg.paths.cache_dir, device, num_reference=args.num_reference)
     rows = [run_ours(args, device, scorer, BudgetClock)]
     if args.compare == "diffusers":
         rows.append(run_diffusers(args, device, cfg, scorer, BudgetClock))

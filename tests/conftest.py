@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_module
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
 from ddpm.commands import COMMANDS, register_schemas
 from ddpm.tools.bad_inputs import tiny_train_overrides  # noqa: F401 - the tests import it from here
@@ -87,6 +90,48 @@ def write_tar(path: Path, members: dict[str, bytes]) -> Path:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+# ---------------------------------------------------------------------------- folders of images
+FOLDER_RNG = np.random.default_rng(22)
+
+
+def encoded(arr: np.ndarray, fmt: str = "PNG") -> bytes:
+    """An image array (H, W[, C], uint8) encoded as a PNG or JPEG file."""
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def make_folder(root: Path, n: int, side: int = 8, parts: int = 2) -> Path:
+    """``n`` random RGB PNGs of ``side``², spread over ``parts`` sub-folders (so the order spans folders)."""
+    for i in range(n):
+        sub = root / f"part{i % parts}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"{i:05d}.png").write_bytes(encoded(FOLDER_RNG.integers(0, 256, (side, side, 3), dtype=np.uint8)))
+    return root
+
+
+def folder_cfg(path: Path, **kw: object) -> DictConfig:
+    """A ``dataset=folder`` node over ``path`` (8x8 RGB, no resizing, 10% held out); ``kw`` overrides keys."""
+    base = dict(
+        name="folder",
+        root="",
+        image_size=8,
+        channels=3,
+        hflip=False,
+        resize=False,
+        download=False,
+        background=[99, 133, 150],
+        path=str(path),
+        test_fraction=0.1,
+        num_classes=None,
+        in_memory="auto",
+        in_memory_max_gb=4.0,
+        workers=None,
+    )
+    base.update(kw)
+    return OmegaConf.create(base)
 
 
 def run_console(exe: str, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:

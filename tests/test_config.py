@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, compose_config
+from conftest import COMMAND_NAMES, REPO, compose_config
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 from PIL import Image
 
@@ -146,6 +147,7 @@ def test_folder_dataset_refuses_16_bit_and_undecodable_images(tmp_path):
         ("sample", "device=cpu", "runtime.device="),
         ("visualize", "precision=bf16", "runtime.precision="),
         ("evaluate", "device=cpu", "runtime.device="),
+        ("evaluate", "real_split=test", "split="),
         ("regimes", "kernel.device=cpu", "runtime.device="),
         ("regimes", "threads=1", "runtime.num_threads="),
         ("sample", "+gpu.device=cpu", "runtime.device="),
@@ -183,6 +185,78 @@ def test_every_command_shares_runtime_paths_and_output_dirs(config_name):
         hc = compose(config_name, return_hydra_config=True).hydra
     assert hc.job.name == config_name
     assert hc.run.dir.startswith(f"outputs/{config_name}/") and hc.sweep.dir.startswith(f"outputs/multirun/{config_name}/")
+
+
+@pytest.mark.parametrize("config_name", COMMAND_NAMES)
+def test_one_outputs_root_and_one_data_root_rule(config_name, monkeypatch):
+    """``paths.output_dir`` (DDPM_OUTPUT_DIR) holds every command's run dirs; ``paths.data_dir``
+    defaults to null everywhere (the checkpoint's root, else ``data``)."""
+    monkeypatch.delenv("DDPM_DATA_DIR", raising=False)
+    monkeypatch.setenv("DDPM_OUTPUT_DIR", "/tmp/runs_here")
+    with initialize_config_module("ddpm.conf", version_base="1.3"):
+        cfg = compose(config_name, return_hydra_config=True)
+        flag = compose(config_name, ["paths.output_dir=/srv/ddpm"], return_hydra_config=True)
+    assert cfg.paths.data_dir is None and cfg.paths.output_dir == "/tmp/runs_here"
+    job = "train/mnist" if config_name == "train" else config_name
+    assert cfg.hydra.run.dir.startswith(f"/tmp/runs_here/{job}/"), cfg.hydra.run.dir
+    assert flag.hydra.run.dir.startswith(f"/srv/ddpm/{job}/") and flag.hydra.sweep.dir.startswith(f"/srv/ddpm/multirun/{config_name}/")
+
+
+def test_dashboard_outputs_default_is_the_same_root(monkeypatch):
+    """The dashboard is not a Hydra command: its ``--outputs`` default follows DDPM_OUTPUT_DIR too."""
+    from ddpm.dashboard.cli import parse_args
+
+    monkeypatch.setenv("DDPM_OUTPUT_DIR", "/tmp/runs_here")
+    assert parse_args([]).outputs == Path("/tmp/runs_here")
+    monkeypatch.delenv("DDPM_OUTPUT_DIR")
+    assert parse_args([]).outputs == Path("outputs")
+
+
+def test_a_key_below_a_null_group_names_the_group_to_choose(capsys):
+    from ddpm.cli import precheck
+
+    with pytest.raises(SystemExit) as exc:
+        precheck("regimes", ["synthetic.n=5"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: synthetic.n= needs a synthetic option: add synthetic=<gaussian|gaussian_spectrum|mixture|hierarchical>"
+    ]
+    precheck("regimes", ["synthetic=gaussian", "synthetic.n=5", "hydra.run.dir=/tmp/ddpm-test-null-group"])  # composes
+
+
+def test_empty_outputs_root_is_refused_before_hydra_makes_a_run_dir(capsys):
+    from ddpm.cli import precheck
+
+    with pytest.raises(SystemExit) as exc:
+        precheck("sample", ["ckpt=x", "paths.output_dir="])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: paths.output_dir must be non-empty (a folder: the run dirs go below it), got ''"]
+
+
+def test_data_root_rule():
+    from ddpm.paths import data_root
+
+    paths = OmegaConf.create({"data_dir": None})
+    assert data_root(paths) == "data"  # nothing names one
+    assert data_root(paths, "/stored/root") == "/stored/root"  # the checkpoint's root
+    assert data_root(OmegaConf.create({"data_dir": "/given"}), "/stored/root") == "/given"  # the command line wins
+
+
+def test_commands_with_a_checkpoint_read_its_data_root(tiny_ckpt, data_dir, monkeypatch):
+    """ddpm-sample / -evaluate / -visualize (one loader) read the root the checkpoint was trained
+    from when paths.data_dir is null, and the command line's root when it is set."""
+    from ddpm.inference import load
+
+    monkeypatch.delenv("DDPM_DATA_DIR", raising=False)
+    for name in ("sample", "evaluate", "visualize"):
+        cfg = compose_config(name, [f"ckpt={tiny_ckpt}", "runtime.device=cpu"])
+        assert cfg.paths.data_dir is None
+        load(cfg)
+        assert cfg.paths.data_dir == str(data_dir)  # what the tiny run was trained from
+    cfg = compose_config("evaluate", [f"ckpt={tiny_ckpt}", "runtime.device=cpu", "paths.data_dir=/elsewhere"])
+    load(cfg)
+    assert cfg.paths.data_dir == "/elsewhere"
 
 
 @pytest.mark.parametrize("option", options("synthetic") + ["mnist", "cifar10", "cryptopunks", "cats"])

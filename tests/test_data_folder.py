@@ -5,7 +5,6 @@ is made here from a handful of images (a few thousand 8x8 ones for the memory ca
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import subprocess
@@ -16,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, compose_config, tiny_train_overrides
-from omegaconf import DictConfig, OmegaConf
+from conftest import REPO, compose_config, encoded, folder_cfg, make_folder, tiny_train_overrides
+from omegaconf import OmegaConf
 from PIL import Image
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
@@ -30,42 +29,6 @@ from ddpm.data.sources import index_source, list_folder, listing_cache_path
 from ddpm.errors import DataError
 
 RNG = np.random.default_rng(22)
-
-
-def encoded(arr: np.ndarray, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-    return buf.getvalue()
-
-
-def folder_cfg(path: Path, **kw: object) -> DictConfig:
-    base = dict(
-        name="folder",
-        root="",
-        image_size=8,
-        channels=3,
-        hflip=False,
-        resize=False,
-        download=False,
-        background=[99, 133, 150],
-        path=str(path),
-        test_fraction=0.1,
-        num_classes=None,
-        in_memory="auto",
-        in_memory_max_gb=4.0,
-        workers=None,
-    )
-    base.update(kw)
-    return OmegaConf.create(base)
-
-
-def make_folder(root: Path, n: int, side: int = 8, parts: int = 2) -> Path:
-    """``n`` random RGB PNGs of ``side``², spread over ``parts`` sub-folders."""
-    for i in range(n):
-        sub = root / f"part{i % parts}"
-        sub.mkdir(parents=True, exist_ok=True)
-        (sub / f"{i:05d}.png").write_bytes(encoded(RNG.integers(0, 256, (side, side, 3), dtype=np.uint8)))
-    return root
 
 
 def age(root: Path, seconds: float = 60.0) -> None:

@@ -208,7 +208,7 @@ def test_evaluate_clamps_print_a_warning(tiny_ckpt, data_dir, tmp_path, caplog, 
         return dataclasses.replace(data, images=data.images[:6], labels=data.labels[:6]) if args[3] == "test" else data
 
     monkeypatch.setattr(run, "load_dataset", six_test_images)
-    over = {"metrics": "[kid,coverage,denoise,memorisation]", "num_samples": 8, "num_real": 20, "real_split": "test", "batch_size": 8}
+    over = {"metrics": "[kid,coverage,denoise,memorisation]", "num_samples": 8, "num_real": 20, "split": "test", "batch_size": 8}
     over.update({"denoise.steps": "[2]", "denoise.num_images": 256, "memorisation.grid": 16, "feature_extractor.min_samples": 0})
     cfg = compose_config("evaluate", _evaluate_overrides(tiny_ckpt, data_dir, tmp_path / "cache", "null", **over))
     with caplog.at_level(logging.WARNING, logger="ddpm.evaluate"):

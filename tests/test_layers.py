@@ -23,6 +23,7 @@ LAYERS: dict[str, set[str]] = {
     "core": {
         "ddpm",
         "errors",
+        "paths",
         "config",
         "conditioning",
         "memorisation",

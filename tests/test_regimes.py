@@ -14,10 +14,9 @@ from ddpm.regimes.collapse import draw_queries, last_crossing, measure_collapse
 from ddpm.regimes.data import mixture_means, sample_synthetic
 from ddpm.regimes.sampling import backward, visited_steps
 from ddpm.regimes.speciation import clone_experiment, mixture_posterior, posterior_clone_curve
-from ddpm.regimes.spectrum import covariance_eigenvalues
 from ddpm.regimes.tracking import exact_eps_fn, measure_trajectories
 from ddpm.schedules import NoiseSchedule, make_betas
-from ddpm.score import ExactScore
+from ddpm.score import ExactScore, covariance_eigenvalues
 
 
 @pytest.fixture(autouse=True, scope="module")

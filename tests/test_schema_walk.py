@@ -52,6 +52,7 @@ BAD_VALUES: dict[str, dict[str, object]] = {
 ACCEPTED: list[tuple[str, set[str] | None, str]] = [
     ("* *data_dir", None, "a path: opened at start-up, a missing one is one line naming it"),
     ("* *cache_dir", None, "a path: created on first use"),
+    ("* paths.output_dir", {"unknown"}, "a path: Hydra creates the run dirs below it"),
     ("* *.root", None, "a path below the data root: opened at start-up, a missing one is one line naming it"),
     ("* *.path", None, "a path: opened at start-up, a missing one is one line naming it"),
     ("* ckpt", None, "a path: opened at start-up, a missing one is one line naming it"),

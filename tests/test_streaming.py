@@ -4,7 +4,6 @@ line. Every dataset is a handful of tiny images made here."""
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import tarfile
@@ -15,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, write_tar
+from conftest import compose_config, encoded, make_folder, write_tar
+from conftest import folder_cfg as shared_folder_cfg
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
@@ -31,38 +31,9 @@ from ddpm.train import Trainer
 RNG = np.random.default_rng(0)
 
 
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def make_folder(root: Path, n: int, side: int = 8) -> Path:
-    """``n`` random RGB PNGs of ``side``², in two sub-folders (so the order spans folders)."""
-    for i in range(n):
-        sub = root / f"part{i % 2}"
-        sub.mkdir(parents=True, exist_ok=True)
-        (sub / f"{i:04d}.png").write_bytes(png(RNG.integers(0, 256, (side, side, 3), dtype=np.uint8)))
-    return root
-
-
 def folder_cfg(path: Path, **kw: object) -> DictConfig:
-    base = dict(
-        name="folder",
-        root="",
-        image_size=8,
-        channels=3,
-        hflip=False,
-        resize=False,
-        download=False,
-        background=[99, 133, 150],
-        path=str(path),
-        test_fraction=0.1,
-        num_classes=None,
-        in_memory=False,
-    )
-    base.update(kw)
-    return OmegaConf.create(base)
+    """The shared folder node, streamed unless a test says otherwise."""
+    return shared_folder_cfg(path, **{"in_memory": False, **kw})
 
 
 def stream(d: DictConfig, root: Path, **kw: object) -> StreamingBatches:
@@ -76,7 +47,7 @@ def test_non_square_images_are_cropped_then_resized(tmp_path: Path) -> None:
     arr = RNG.integers(0, 256, (24, 40, 3), dtype=np.uint8)  # 40 wide, 24 high
     d = tmp_path / "imgs"
     d.mkdir()
-    (d / "a.png").write_bytes(png(arr))
+    (d / "a.png").write_bytes(encoded(arr))
     want = np.asarray(Image.fromarray(arr).crop((8, 0, 32, 24)).resize((8, 8), Image.LANCZOS)).transpose(2, 0, 1)
     distorted = np.asarray(Image.fromarray(arr).resize((8, 8), Image.LANCZOS)).transpose(2, 0, 1)
     assert not np.array_equal(want, distorted)  # the test tells the two apart
@@ -85,7 +56,7 @@ def test_non_square_images_are_cropped_then_resized(tmp_path: Path) -> None:
     assert np.array_equal(decode_image(d / "a.png", 3, 8, True, "a.png"), want)  # the streaming path decodes the same
     tall = np.ascontiguousarray(arr.transpose(1, 0, 2))  # 24 wide, 40 high: rows 8..31 kept
     want_tall = np.asarray(Image.fromarray(tall).crop((0, 8, 24, 32)).resize((8, 8), Image.LANCZOS)).transpose(2, 0, 1)
-    (d / "a.png").write_bytes(png(tall))
+    (d / "a.png").write_bytes(encoded(tall))
     assert np.array_equal(decode_image(d / "a.png", 3, 8, True, "a.png"), want_tall)
 
 
@@ -251,7 +222,7 @@ def test_webdataset_shards_stream_and_load_alike(tmp_path: Path) -> None:
     for s in range(2):
         members = {}
         for i in range(5):
-            members[f"{s}{i:05d}.png"] = png(RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+            members[f"{s}{i:05d}.png"] = encoded(RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8))
             members[f"{s}{i:05d}.cls"] = b"3"  # not an image: ignored
         write_tar(shards / f"shard-{s:06d}.tar", members)
     index = index_source(shards)
@@ -263,14 +234,14 @@ def test_webdataset_shards_stream_and_load_alike(tmp_path: Path) -> None:
 
 def test_bad_files_are_one_line_naming_them(tmp_path: Path) -> None:
     d = make_folder(tmp_path / "imgs", 8)
-    bad = d / "part1" / "0003.png"
+    bad = d / "part1" / "00003.png"
     bad.write_bytes(bad.read_bytes()[:40])  # truncated
     s = stream(folder_cfg(d, test_fraction=0.0), tmp_path, batch_size=8, workers=1)
     with pytest.raises(DataError) as info:
         s.next()
     msg = str(info.value)
     assert msg.startswith(f"cannot read image {bad}: ") and "\n" not in msg
-    tar = write_tar(tmp_path / "a.tar", {"a.png": png(RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8))})
+    tar = write_tar(tmp_path / "a.tar", {"a.png": encoded(RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8))})
     gz = tmp_path / "a.tar.gz"
     with tarfile.open(gz, "w:gz") as out:
         out.add(tar, "a.tar")

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from ddpm.paths import default_output_dir
+
 APP = Path(__file__).with_name("app.py")
 
 
@@ -18,26 +20,9 @@ def streamlit_argv(outputs: Path, host: str, port: int) -> list[str]:
         host: address to listen on.
         port: TCP port.
     """
-    return [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(APP),
-        "--server.address",
-        host,
-        "--server.port",
-        str(port),
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-        "--client.toolbarMode",
-        "viewer",  # no Deploy button, no developer menu: the app is a local tool, not a Streamlit project
-        "--",
-        "--outputs",
-        str(outputs),
-    ]
+    server = ["--server.address", host, "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    # viewer: no Deploy button, no developer menu (the app is a local tool, not a Streamlit project)
+    return [sys.executable, "-m", "streamlit", "run", str(APP), *server, "--client.toolbarMode", "viewer", "--", "--outputs", str(outputs)]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +32,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         argv: the arguments (None: ``sys.argv[1:]``).
     """
     p = argparse.ArgumentParser(prog="ddpm-dashboard", description="Local web app to train, watch, sample and explore ddpm runs.")
-    p.add_argument("--outputs", type=Path, default=Path("outputs"), help="outputs root holding the runs (default: outputs/)")
+    p.add_argument(
+        "--outputs",
+        type=Path,
+        default=Path(default_output_dir()),
+        help="outputs root holding the runs (default: $DDPM_OUTPUT_DIR or outputs/)",
+    )
     p.add_argument("--port", type=int, default=8501, help="TCP port (default: 8501)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
     args = p.parse_args(argv)

@@ -12,6 +12,7 @@ import yaml
 from ddpm.dashboard import launch
 from ddpm.dashboard.runs import LAUNCH_LOG, loss_curve, read_config, run_info, tail
 from ddpm.errors import ConfigError
+from ddpm.paths import default_output_dir
 
 REFRESH_S = 2.0  # how often a live run's view re-reads its files
 
@@ -21,7 +22,7 @@ def outputs_root() -> Path:
     passes it), kept in the session; ``outputs`` when absent."""
     if "outputs_root" not in st.session_state:
         p = argparse.ArgumentParser(add_help=False)
-        p.add_argument("--outputs", type=Path, default=Path("outputs"))
+        p.add_argument("--outputs", type=Path, default=Path(default_output_dir()))
         args, _ = p.parse_known_args(sys.argv[1:])
         st.session_state["outputs_root"] = str(args.outputs.expanduser().resolve())
     return Path(st.session_state["outputs_root"])

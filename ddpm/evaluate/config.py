@@ -49,7 +49,7 @@ class EvaluateConfig:
     metrics: list[str] = field(default_factory=lambda: list(METRICS), metadata=rule(choices=METRICS, min_len=1, item="metric"))
     num_samples: int = field(default=1000, metadata=rule(ge=2))  # generated images for fid/kid/isc/coverage/memorisation
     num_real: Optional[int] = field(default=None, metadata=rule(ge=2, optional=True))  # real images for FID/KID (null = the whole split)
-    real_split: str = field(default="train", metadata=rule(choices=("train", "test")))  # split the generated images are compared with
+    split: str = field(default="train", metadata=rule(choices=("train", "test")))  # dataset split the generated images are compared with
     batch_size: int = field(default=250, metadata=rule(gt=0))
     seed: int = 0  # sample i starts from seed + i
     use_ema: bool = True

@@ -79,11 +79,11 @@ def _fidelity(
     else:
         weights, extractor = str(clf.path), domain_extractor()
         tag = f"{dataset_cfg.name}-classifier@{clf.digest}"
-    real_all = open_split(dataset_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, cfg.real_split, load_dataset).images
+    real_all = open_split(dataset_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, cfg.split, load_dataset).images
     n_real = len(real_all) if cfg.num_real is None else min(int(cfg.num_real), len(real_all))
     real = real_all[:n_real]
     if cfg.num_real is not None and n_real < cfg.num_real:
-        _warn(warnings, f"num_real={cfg.num_real} exceeds the {n_real} images of the {cfg.real_split} split: FID/KID use {n_real}")
+        _warn(warnings, f"num_real={cfg.num_real} exceeds the {n_real} images of the {cfg.split} split: FID/KID use {n_real}")
     if len(fake) < fe.min_samples:
         msg = f"FID/KID from {len(fake)} generated samples (< {fe.min_samples} recommended for feature_extractor={fe.name}) are biased upwards and noisy; compare only numbers with the same sample count"
         _warn(warnings, msg)
@@ -94,7 +94,7 @@ def _fidelity(
             f"kid_subset_size={cfg.kid_subset_size} exceeds the {len(fake)} generated or {n_real} real images: KID uses subsets of {subset}",
         )
     cache_root = Path(cfg.paths.cache_dir).expanduser() / "fidelity"
-    cache_name = f"{dataset_cfg.name}-{dataset_cfg.image_size}px-{cfg.real_split}-{n_real}-{tag.replace('@', '-').replace('.', '_')}"
+    cache_name = f"{dataset_cfg.name}-{dataset_cfg.image_size}px-{cfg.split}-{n_real}-{tag.replace('@', '-').replace('.', '_')}"
     t0 = time.time()
     res = fidelity_metrics(
         fake,
@@ -109,7 +109,7 @@ def _fidelity(
         kid_max_subset_size=int(cfg.kid_subset_size),
         batch_size=int(cfg.batch_size),
     )
-    res.update(feature_extractor=fe.name, extractor_id=tag, real_split=cfg.real_split, seconds=round(time.time() - t0, 1))
+    res.update(feature_extractor=fe.name, extractor_id=tag, split=cfg.split, seconds=round(time.time() - t0, 1))
     if fe.kind == "domain":
         res["classifier_test_accuracy"] = clf.test_accuracy
     return res
@@ -365,7 +365,7 @@ def summary_lines(result: dict) -> str:
     lines = [f"{result['ckpt']} (step {result['step']}), sampler {result['sampler']['name']}"]
     for name, r in result.get("fidelity", {}).items():
         parts = [f"{k} {r[k]:.4g}" for k in ("fid", "kid_mean", "isc_mean") if k in r]
-        lines.append(f"  [{name} features, {r['num_generated']} generated vs {r['num_real']} real {r['real_split']}] " + ", ".join(parts))
+        lines.append(f"  [{name} features, {r['num_generated']} generated vs {r['num_real']} real {r['split']}] " + ", ".join(parts))
     if "coverage" in result:
         g = result["coverage"]["generated"]
         lines.append(

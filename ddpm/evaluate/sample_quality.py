@@ -9,7 +9,7 @@ CPU) in the feature space of the dataset's domain classifier (:mod:`ddpm.evaluat
 
   Both are computed by the functions ``ddpm-evaluate`` uses (:func:`ddpm.evaluate.fidelity.frechet_distance`,
   :func:`~ddpm.evaluate.fidelity.kernel_distance`), so they equal what ``ddpm-evaluate
-  feature_extractor=mnist real_split=train`` reports for the same images;
+  feature_extractor=mnist split=train`` reports for the same images;
 - ``class_entropy``, ``confidence``, ``confident_fraction``: the classifier's view of the samples
   (normalised entropy of the predicted-class histogram, 1 = every class equally often; mean top-class
   probability; share of samples above :data:`CONFIDENT`);

@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from ddpm.config import _check, rule, validates
+from ddpm.config import PathsConfig, _check, rule, validates
 from ddpm.export_format import SUFFIX
 
 FORMATS = ("safetensors",)
@@ -23,6 +23,7 @@ class ExportConfig:
     name: str = "model"  # file stem: <run dir>/<name>.safetensors and <name>.json
     use_ema: bool = True  # export the EMA weights (false: the raw training weights)
     overwrite: bool = False  # allow replacing an earlier export in the same run dir
+    paths: PathsConfig = field(default_factory=PathsConfig)  # output_dir: where the run dir goes
 
 
 @validates(ExportConfig)

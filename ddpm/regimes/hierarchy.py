@@ -213,7 +213,7 @@ def within_parent_lambdas(x: torch.Tensor, leaf_labels: torch.Tensor, tree: Tree
     """Per level ℓ = 1..L: the weighted mean over the parents that split of the largest eigenvalue of
     the covariance of the points inside the parent (the paper's ½ log Λ applied within a cluster,
     which adds the within-cluster variance to Λ_ℓ)."""
-    from ddpm.regimes.spectrum import covariance_eigenvalues
+    from ddpm.score import covariance_eigenvalues
 
     out = []
     lab = leaf_labels.numpy()

@@ -171,8 +171,8 @@ def measure_potential(
         closed_form: for a Gaussian mixture, (a, σ) of its law (half the distance between the two
             class means, the class standard deviation): the closed form is added.
     """
-    from ddpm.regimes.spectrum import covariance_eigenvalues
     from ddpm.regimes.theory import speciation_time
+    from ddpm.score import covariance_eigenvalues
 
     classes = [int(c) for c in cfg.classes]
     kind = str(cfg.kind)

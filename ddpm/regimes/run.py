@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ddpm.checkpoint import atomic_write
 from ddpm.errors import ConfigError
+from ddpm.paths import resolve_data_root
 from ddpm.pretrained import Pretrained, network
 from ddpm.regimes import plots, theory
 from ddpm.regimes.collapse import measure_collapse
@@ -152,6 +153,7 @@ def open_points(cfg: DictConfig, device: torch.device) -> tuple[Pretrained | Non
         log.info("checkpoint %s (step %d): using its schedule and dataset %s", cfg.ckpt, pre.step, data_cfg.name)
     else:
         schedule = NoiseSchedule.from_config(cfg.schedule)
+    resolve_data_root(cfg, None if pre is None else OmegaConf.select(pre.cfg, "paths.data_dir"))
     # a run trained with flips saw every image and its mirror: the exact score and the copy criterion see both
     mirrored = pre is not None and bool(pre.cfg.dataset.get("hflip", False))
     points = load_points(data_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, subset=subset, mirrored=mirrored)

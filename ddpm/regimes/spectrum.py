@@ -5,43 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-import torch
-
 from ddpm.regimes import theory
 from ddpm.regimes.data import Points
-
-# Above this dimension the d x d eigendecomposition is replaced by a randomised top-k estimate.
-FULL_EIG_MAX_D = 4096
-
-
-def covariance_eigenvalues(x: torch.Tensor, top: int = 256, seed: int = 0) -> np.ndarray:
-    """Eigenvalues (descending, length d) of the covariance (1/n normalisation) of the rows of ``x``.
-
-    Exact (symmetric eigensolver, float64) for d <= 4096 or n <= 4096; otherwise the ``top``
-    largest come from a randomised SVD and the remaining variance is spread evenly over the
-    other d - top directions (the sum, hence the mean eigenvalue, stays exact).
-
-    Args:
-        x: points (n, d).
-        top: eigenvalues estimated exactly in the large-d case.
-        seed: seed of the randomised SVD.
-    """
-    xc = x.to(torch.float64)
-    xc = xc - xc.mean(0)
-    n, d = xc.shape
-    if d <= FULL_EIG_MAX_D:
-        eig = torch.linalg.eigvalsh(xc.T @ xc / n)
-    elif n <= FULL_EIG_MAX_D:
-        eig = torch.cat([torch.linalg.eigvalsh(xc @ xc.T / n), torch.zeros(d - n, dtype=torch.float64)])
-    else:
-        torch.manual_seed(seed)
-        k = min(top, d)
-        _, s, _ = torch.svd_lowrank(xc, q=min(k + 16, d), niter=4)
-        head = (s[:k] ** 2) / n
-        rest = max(float((xc * xc).sum() / n - head.sum()), 0.0) / max(d - k, 1)
-        eig = torch.cat([head, torch.full((d - k,), rest, dtype=torch.float64)])
-    return np.sort(eig.clamp_min(0).numpy())[::-1].copy()
+from ddpm.score import covariance_eigenvalues
 
 
 def analyse_spectrum(points: Points, top_k: int = 8) -> dict[str, Any]:

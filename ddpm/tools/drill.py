@@ -592,16 +592,16 @@ class Drill:
     def output_faults(self, ckpt: Path) -> None:
         """A full disk (``RLIMIT_FSIZE``) while ``ddpm-sample`` / ``ddpm-evaluate`` write their image grid
         into a run directory holding earlier files: one line, exit 2, the earlier files byte for byte,
-        no temp file left. ``ddpm-evaluate`` writes through temp files, so an earlier ``samples.png``
-        (the file whose new version is refused) stays too; ``ddpm-sample`` refuses to replace its
-        outputs without ``overwrite=true``, so only a foreign file is there."""
+        no temp file left. ``ddpm-evaluate`` is asked to replace its earlier ``samples.png`` and
+        ``metrics.json`` (``overwrite=true``) and writes through temp files, so the earlier files (whose
+        new versions are refused) stay; for ``ddpm-sample`` only a foreign file is there."""
         rng = random.Random(1)
         grid = bytes(rng.getrandbits(8) for _ in range(40_000))
         cases = {
             "full disk during ddpm-sample": ("ddpm-sample", ["num_samples=64"], {"earlier.txt": b"earlier output\n"}),
             "full disk during ddpm-evaluate": (
                 "ddpm-evaluate",
-                ["num_samples=64", "metrics=[memorisation]"],
+                ["num_samples=64", "metrics=[memorisation]", "overwrite=true"],
                 {"earlier.txt": b"earlier output\n", "samples.png": grid, "metrics.json": b'{"fid": 12.5}\n'},
             ),
         }

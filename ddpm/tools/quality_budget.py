@@ -199,12 +199,13 @@ def run_diffusers(args: argparse.Namespace, device: torch.device, cfg, scorer, c
     from diffusers.training_utils import EMAModel
 
     from ddpm.data import load_dataset, to_model_range
+    from ddpm.paths import data_root
     from ddpm.samplers import StackedRandomGenerator
 
     r = DIFFUSERS_RECIPE
     run_dir = args.workdir / "diffusers"
     ds = cfg.dataset
-    data = to_model_range(load_dataset(ds, cfg.paths.data_dir, cfg.paths.cache_dir, "train").images).to(device)
+    data = to_model_range(load_dataset(ds, data_root(cfg.paths), cfg.paths.cache_dir, "train").images).to(device)
     channels, size = int(ds.channels), int(ds.image_size)
     torch.manual_seed(args.seed)
     model = UNet2DModel(
@@ -296,8 +297,9 @@ def real_reference(args: argparse.Namespace, cfg, scorer) -> dict[str, Any]:
     """The first ``--num-samples`` test-split images, scored like the samples: FID and KID are biased
     upwards at small counts, so this row is the best any recipe can score at this count."""
     from ddpm.data import load_dataset, to_model_range
+    from ddpm.paths import data_root
 
-    test = load_dataset(cfg.dataset, cfg.paths.data_dir, cfg.paths.cache_dir, "test").images[: args.num_samples]
+    test = load_dataset(cfg.dataset, data_root(cfg.paths), cfg.paths.cache_dir, "test").images[: args.num_samples]
     args.workdir.mkdir(parents=True, exist_ok=True)
     return {"name": f"real test images ({len(test)})", **score_row(scorer, to_model_range(test), args.workdir / "real_test.png")}
 

@@ -42,6 +42,7 @@ from ddpm.ema import make_ema
 from ddpm.errors import CheckpointError, ConfigError
 from ddpm.generate import generate
 from ddpm.models import build_model
+from ddpm.paths import resolve_data_root
 from ddpm.runtime import Runtime, resolve_memory_format, setup_runtime
 from ddpm.samplers import build_sampler, make_eps_fn
 from ddpm.train.config import validate_train
@@ -276,6 +277,7 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[TrainCallback] = ()) -> None:
         validate_train(cfg)
+        resolve_data_root(cfg)  # null: DEFAULT_DATA_DIR; the checkpoints store the root read
         self.cfg = cfg
         self.callbacks = list(callbacks)
         self.run_dir = Path(run_dir)
