@@ -19,11 +19,15 @@ venv: $(BIN)/ddpm-train
 train: venv
 	$(BIN)/ddpm-train experiment=quickstart hydra.run.dir=outputs/quickstart
 
+# One test file per core at a time, one thread each: the tests' networks are tiny and barely gain
+# from a second thread (pytest-xdist; plain `pytest` runs them one after the other).
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -ra -n auto --dist loadfile
+
 test: venv
-	$(BIN)/python -m pytest -q -ra --durations=15
+	$(PYTEST) --durations=15
 
 test-fast: venv
-	$(BIN)/python -m pytest -q -ra -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: venv
 	$(BIN)/ruff check ddpm tests scripts

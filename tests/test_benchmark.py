@@ -36,8 +36,9 @@ def test_memory_format_default_by_device_and_width(flag, device, width, expected
 def test_quick_benchmark_reports_defaults_and_both_ratios(tmp_path) -> None:
     pytest.importorskip("diffusers")
     out = tmp_path / "bench.json"
-    args = ["--quick", "--presets", "tiny,mini", "--compare", "mini", "--no-variants", "--threads", "1"]
-    args += ["--train-batches", "4", "--sample-batch", "4", "--out", str(out)]
+    # one run of the script for every check (it measures the peak with a small product: --gemm-n 1024)
+    args = ["--quick", "--presets", "tiny,mini", "--compare", "mini", "--variants", "bf16", "--threads", "1", "--clock", "cpu"]
+    args += ["--train-batches", "4", "--sample-batch", "4", "--gemm-n", "1024", "--out", str(out)]
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), *args], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
@@ -59,3 +60,12 @@ def test_quick_benchmark_reports_defaults_and_both_ratios(tmp_path) -> None:
     assert t["gflops"] == pytest.approx(ours["train_gflop_per_image"] * t["images_per_s"])
     printed = proc.stdout
     assert "with diffusers also in fp32 channels_last: train ratio" in printed
+    # every fraction is of its own precision's measured peak, and none is above it
+    rows = [*result["models"], *result["variants"]]
+    fractions = [(m["variant"], t["frac_peak"]) for m in rows for t in [*m["train"].values(), *([m["sample"]] if m["sample"] else [])]]
+    assert len(fractions) >= 4 and all(0 < f <= 1 for _, f in fractions), fractions
+    assert {m["precision"] for m in rows} == {"fp32", "bf16"}
+    measured = result["peak"]["measured"]
+    assert measured["fp32"] == max(result["peak"]["start"]["fp32"], result["peak"]["end"]["fp32"])
+    assert t["frac_peak"] == pytest.approx(t["gflops"] / measured["fp32"])
+    assert "data-sheet peak" in printed and "measured / data sheet" in printed

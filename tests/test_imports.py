@@ -2,8 +2,8 @@
 
 Each module is imported in a process that has imported no ddpm module before. One interpreter
 imports the heavy third-party libraries once (torch alone takes seconds to import) and forks a
-child per module, so the check stays fast; a circle among ddpm modules shows up the same way as in
-a fresh interpreter, since no third-party library imports ddpm.
+child per module (one per core at a time), so the check stays fast; a circle among ddpm modules
+shows up the same way as in a fresh interpreter, since no third-party library imports ddpm.
 """
 
 from __future__ import annotations
@@ -27,8 +27,23 @@ import importlib, json, os, sys
 for lib in ("torch", "torchvision", "numpy", "scipy", "hydra", "omegaconf", "PIL", "tqdm", "matplotlib.pyplot"):
     importlib.import_module(lib)
 assert not [m for m in sys.modules if m == "ddpm" or m.startswith("ddpm.")], "a third-party library imported ddpm"
-failed = {}
+failed, running = {}, {}
+
+
+def reap():
+    pid, status = os.wait()
+    name, r = running.pop(pid)
+    out = b""
+    while chunk := os.read(r, 65536):
+        out += chunk
+    os.close(r)
+    if out or status:
+        failed[name] = out.decode() or f"exit status {status}"
+
+
 for name in json.loads(sys.argv[1]):
+    if len(running) >= os.cpu_count():  # one child per core at a time
+        reap()
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -38,16 +53,12 @@ for name in json.loads(sys.argv[1]):
             msg = b""
         except BaseException as exc:  # report any failure, including SystemExit at import time
             msg = f"{type(exc).__name__}: {exc}".encode()
-        os.write(w, msg)
+        os.write(w, msg)  # a line or two: far below the pipe's buffer, so the child never blocks
         os._exit(0)
     os.close(w)
-    out = b""
-    while chunk := os.read(r, 65536):
-        out += chunk
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    if out or status:
-        failed[name] = out.decode() or f"exit status {status}"
+    running[pid] = (name, r)
+while running:
+    reap()
 print(json.dumps(failed))
 """
 
