@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import importlib.resources
 import logging
 import os
 import sys
@@ -28,6 +29,13 @@ from ddpm.runlock import held_by_another, locked_message
 CONFIG_MODULE = "ddpm.conf"
 log = logging.getLogger("ddpm")
 
+
+def group_options(group: str) -> str:
+    """The options of a config group as ``a|b|c`` (the YAML files of ``conf/<group>/``)."""
+    folder = importlib.resources.files(CONFIG_MODULE).joinpath(group)
+    return "|".join(sorted(f.name.removesuffix(".yaml") for f in folder.iterdir() if f.name.endswith(".yaml")))
+
+
 # Keys that were renamed (when every command took the shared ``runtime`` group, and when every concept
 # got one name): old key (or key prefix, ending in ".") -> the key to use now, per config name ("*": every command).
 RENAMED: dict[str, dict[str, str]] = {
@@ -39,7 +47,7 @@ RENAMED: dict[str, dict[str, str]] = {
     "regimes": {
         "kernel.device": "runtime.device",
         "threads": "runtime.num_threads",
-        "data": "dataset=<mnist|cifar10|cryptopunks|cats> (images) or synthetic=<gaussian|gaussian_spectrum|mixture>",
+        "data": f"dataset=<{group_options('dataset')}> (images) or synthetic=<{group_options('synthetic')}>",
         "data.n": "dataset.n= (images) or synthetic.n= (synthetic laws)",
         "data.seed": "dataset.subset_seed= (images) or synthetic.seed= (synthetic laws)",
         "data.downsample": "points.downsample",
@@ -114,16 +122,16 @@ def renamed_key(config_name: str, arg: str) -> str | None:
 
 
 # Groups that default to null, per config name: a key below one means nothing until an option is chosen.
-NULL_GROUPS: dict[str, dict[str, str]] = {"regimes": {"synthetic": "gaussian|gaussian_spectrum|mixture|hierarchical"}}
+NULL_GROUPS: dict[str, tuple[str, ...]] = {"regimes": ("synthetic",)}
 
 
 def needs_group(config_name: str, argv: list[str], arg: str) -> str | None:
     """The one-line message for a key below a null group whose option the command line does not
     choose (``synthetic.n=5`` without ``synthetic=...``: Hydra would say "Unexpected type for root"), else None."""
     key = arg.split("=", 1)[0].lstrip("+~")
-    for group, options in NULL_GROUPS.get(config_name, {}).items():
+    for group in NULL_GROUPS.get(config_name, ()):
         if key.startswith(group + ".") and not any(a.split("=", 1)[0].lstrip("+") == group for a in argv):
-            return f"{key}= needs a {group} option: add {group}=<{options}>"
+            return f"{key}= needs a {group} option: add {group}=<{group_options(group)}>"
     return None
 
 

@@ -151,7 +151,11 @@ def test_folder_dataset_refuses_16_bit_and_undecodable_images(tmp_path):
         ("regimes", "kernel.device=cpu", "runtime.device="),
         ("regimes", "threads=1", "runtime.num_threads="),
         ("sample", "+gpu.device=cpu", "runtime.device="),
-        ("regimes", "data=gaussian", "dataset=<mnist|cifar10|cryptopunks|cats> (images) or synthetic=<gaussian"),
+        (
+            "regimes",
+            "data=gaussian",
+            "dataset=<cats|cifar10|cryptopunks|folder|mnist> (images) or synthetic=<gaussian|gaussian_spectrum|hierarchical|mixture>",
+        ),
         ("regimes", "data.n=300", "dataset.n= (images) or synthetic.n= (synthetic laws)"),
         ("regimes", "data.seed=1", "dataset.subset_seed= (images) or synthetic.seed= (synthetic laws)"),
         ("regimes", "data.downsample=2", "points.downsample="),
@@ -219,7 +223,7 @@ def test_a_key_below_a_null_group_names_the_group_to_choose(capsys):
         precheck("regimes", ["synthetic.n=5"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: synthetic.n= needs a synthetic option: add synthetic=<gaussian|gaussian_spectrum|mixture|hierarchical>"
+        "error: synthetic.n= needs a synthetic option: add synthetic=<gaussian|gaussian_spectrum|hierarchical|mixture>"
     ]
     precheck("regimes", ["synthetic=gaussian", "synthetic.n=5", "hydra.run.dir=/tmp/ddpm-test-null-group"])  # composes
 

@@ -133,8 +133,30 @@ def take(data: ImageData, indices: torch.Tensor, n: int, seed: int, part: int | 
     )
 
 
+def subset_indices(total: int, labels: torch.Tensor | None, n: int | None, seed: int, part: int | None, name: str) -> torch.Tensor | None:
+    """The indices of the training images ``ddpm-train`` trains on: None when ``n`` is null or covers
+    the whole split, else the balanced subset of ``n`` of the ``total`` images.
+
+    Args:
+        total: images of the full training split.
+        labels: their labels (the subset is class-balanced), or None.
+        n: ``dataset.n`` (null: all images).
+        seed: ``dataset.subset_seed``.
+        part: ``dataset.subset_part``: one of two disjoint subsets of ``n`` (None: the subset of all images).
+        name: the dataset, for messages.
+    """
+    if part is not None and n is None:
+        raise ConfigError(f"dataset.subset_part={part} needs dataset.n")
+    if n is None or (part is None and int(n) == total):
+        return None
+    if int(n) > total:
+        raise DataError(f"dataset.n={n} exceeds the {total} training images of {name}")
+    return balanced_subset(total, labels, int(n), int(seed), part)
+
+
 def select_subset(data: ImageData, n: int | None, seed: int, part: int | None = None) -> ImageData:
-    """``data`` itself when ``n`` is null or covers it all, else its balanced subset of ``n`` images.
+    """``data`` itself when ``n`` is null or covers it all, else its balanced subset of ``n`` images
+    (:func:`subset_indices`).
 
     Args:
         data: the full training split.
@@ -142,13 +164,8 @@ def select_subset(data: ImageData, n: int | None, seed: int, part: int | None = 
         seed: ``dataset.subset_seed``.
         part: ``dataset.subset_part``: one of two disjoint subsets of ``n`` (None: the subset of all images).
     """
-    if part is not None and n is None:
-        raise ConfigError(f"dataset.subset_part={part} needs dataset.n")
-    if n is None or (part is None and int(n) == len(data)):
-        return data
-    if int(n) > len(data):
-        raise DataError(f"dataset.n={n} exceeds the {len(data)} training images of {data.name}")
-    return take(data, balanced_subset(len(data), data.labels, int(n), int(seed), part), int(n), int(seed), part)
+    keep = subset_indices(len(data), data.labels, n, seed, part, data.name)
+    return data if keep is None else take(data, keep, int(n), int(seed), part)
 
 
 def recorded_indices(total: int, labels: torch.Tensor | None, record: dict[str, Any], where: str) -> torch.Tensor:

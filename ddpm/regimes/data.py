@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm.data import load_dataset, open_split, to_model_range
-from ddpm.data.subset import balanced_subset, recorded_indices
-from ddpm.errors import ConfigError, DataError
+from ddpm.data.subset import recorded_indices, subset_indices
+from ddpm.errors import ConfigError
 from ddpm.memorisation import reference_images
 from ddpm.regimes.config import SYNTHETIC, SyntheticConfig
 from ddpm.regimes.seeds import generator
@@ -140,7 +140,7 @@ def load_points(
         subset: a checkpoint's training-subset record: the train split is narrowed to exactly those
             images (else to the class-balanced subset of ``dataset.n``, ``dataset.subset_seed`` and
             ``dataset.subset_part`` when set: the images ``ddpm-train`` trains on,
-            :func:`ddpm.data.subset.balanced_subset`).
+            :func:`ddpm.data.subset.subset_indices`).
         mirrored: add the horizontal mirror of every training image (a run trained with
             ``dataset.hflip``: 2n points, the originals first; :func:`ddpm.memorisation.reference_images`).
     """
@@ -168,12 +168,9 @@ def load_points(
     keep = None
     if split == "train" and subset is not None:
         keep = recorded_indices(len(x), labels, subset, "the checkpoint")
-    elif split == "train":  # as ddpm.data.subset.select_subset picks the training images of ddpm-train
-        n_train, part = cfg.dataset.get("n"), cfg.dataset.get("subset_part")
-        if n_train is not None and (part is not None or int(n_train) != len(x)):
-            if n_train > len(x):
-                raise DataError(f"dataset.n={n_train} exceeds the {len(x)} training images of {cfg.name}")
-            keep = balanced_subset(len(x), labels, int(n_train), int(cfg.dataset.get("subset_seed", 0) or 0), part)
+    elif split == "train":  # the images ddpm-train trains on
+        d = cfg.dataset
+        keep = subset_indices(len(x), labels, d.get("n"), int(d.get("subset_seed", 0) or 0), d.get("subset_part"), cfg.name)
     if keep is not None:
         x = x[keep]
         labels = labels[keep] if labels is not None else None
